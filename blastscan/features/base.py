@@ -1,0 +1,171 @@
+"""The extractor interface and the registry that maps feature-set names to extractors.
+
+An extractor turns images into a float32 matrix with fixed, named columns. Its identity in the feature
+store is ``name@version`` plus a short hash of the configuration that changes its output, so features
+computed with other settings (input size, weights) never mix.
+
+Two kinds exist:
+
+* :class:`PerImageExtractor` (handcrafted): ``compute(image) -> 1-D float32``; the extract pipeline
+  parallelises it over processes with joblib.
+* :class:`BatchExtractor` (deep): ``compute_paths(paths)`` yields results per batch; it overlaps its
+  own decoding with inference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from blastscan.errors import BlastscanError
+
+__all__ = [
+    "Extractor",
+    "PerImageExtractor",
+    "BatchExtractor",
+    "BatchResult",
+    "FeatureInfo",
+    "register_extractor",
+    "get_extractor",
+    "available_extractors",
+    "parse_feature_set",
+]
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """One entry of the feature dictionary: ``name`` (stable), ``family``, ``definition``, ``unit``."""
+
+    name: str
+    family: str
+    definition: str
+    unit: str = ""
+
+
+@dataclass
+class BatchResult:
+    """What a batch extractor yields for one batch.
+
+    ``indices`` are positions in the ``paths`` list given to ``compute_paths``; ``features`` has one
+    row per index (float32). ``failures`` maps a position to the reason it could not be computed.
+    """
+
+    indices: list[int]
+    features: np.ndarray
+    failures: dict[int, str] = field(default_factory=dict)
+
+
+class Extractor:
+    """Base of all extractors. Subclasses set ``name``, ``version`` and ``feature_names``."""
+
+    name: str = ""
+    version: str = "1"
+    kind: str = ""  # "per_image" or "batch"
+
+    @property
+    def feature_names(self) -> list[str]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """The settings that change this extractor's output (JSON-serialisable)."""
+        return {}
+
+    @property
+    def identity(self) -> str:
+        """``name@version`` plus, when the config is not empty, ``-`` and 10 hex of its hash."""
+        cfg = self.config()
+        base = f"{self.name}@{self.version}"
+        if not cfg:
+            return base
+        digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:10]
+        return f"{base}-{digest}"
+
+    def describe(self) -> dict[str, Any]:
+        """Everything needed to rebuild this extractor exactly (stored in bundles and run records)."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "identity": self.identity,
+            "config": self.config(),
+            "n_features": len(self.feature_names),
+        }
+
+
+class PerImageExtractor(Extractor):
+    """An extractor that works on one decoded RGB uint8 image (H, W, 3) at a time."""
+
+    kind = "per_image"
+
+    def compute(self, image: np.ndarray) -> np.ndarray:  # pragma: no cover - overridden
+        """Return a float32 vector of ``len(feature_names)``; raise ``BlastscanError`` when the
+        image cannot be featurised (the pipeline records the reason as a failure)."""
+        raise NotImplementedError
+
+
+class BatchExtractor(Extractor):
+    """An extractor that reads and processes image files in batches (deep networks)."""
+
+    kind = "batch"
+
+    def compute_paths(self, paths: Sequence[str]) -> Iterator[BatchResult]:  # pragma: no cover
+        """Yield :class:`BatchResult` objects that together cover every position of ``paths``."""
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, Callable[..., Extractor]] = {}
+
+
+def register_extractor(name: str):
+    """Decorator: register a factory (class or function) that builds the extractor ``name``.
+
+    The factory is called with the keyword options given to :func:`get_extractor`; it must accept
+    and ignore options it does not use (``**_``), so one option set serves a whole feature set.
+    """
+
+    def deco(factory):
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def _load_builtin_extractors() -> None:
+    # Importing the modules runs their @register_extractor decorators. Deep backbones register without
+    # importing TensorFlow (it is imported lazily when an embedding is first computed).
+    import blastscan.features.handcrafted  # noqa: F401
+    import blastscan.features.deep  # noqa: F401
+
+
+def available_extractors() -> list[str]:
+    """Names of all registered extractors."""
+    _load_builtin_extractors()
+    return sorted(_REGISTRY)
+
+
+def get_extractor(name: str, **options: Any) -> Extractor:
+    """Build the extractor registered as ``name`` with ``options`` (e.g. ``weights_dir``)."""
+    _load_builtin_extractors()
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise BlastscanError(f"feature set '{name}'", f"unknown; choose from: {known}") from None
+    return factory(**options)
+
+
+def parse_feature_set(spec: str) -> list[str]:
+    """Split ``"handcrafted+inception_v3"`` into extractor names, checking each is known."""
+    names = [part.strip() for part in str(spec).split("+") if part.strip()]
+    if not names:
+        raise BlastscanError(f"feature set '{spec}'", "is empty")
+    known = available_extractors()
+    for n in names:
+        if n not in known:
+            raise BlastscanError(f"feature set '{spec}'", f"unknown part '{n}'; choose from: {', '.join(known)}")
+    if len(set(names)) != len(names):
+        raise BlastscanError(f"feature set '{spec}'", "names an extractor twice")
+    return names

@@ -1,0 +1,234 @@
+"""The feature store: Parquet tables per extractor identity, keyed by image sha256.
+
+Layout of a store folder::
+
+    STORE/<identity>/meta.json             extractor description + feature names (written once)
+    STORE/<identity>/part-*.parquet        feature rows: ``sha256`` + one float32 column per feature
+    STORE/<identity>/fail-*.parquet        images that could not be featurised: ``sha256, reason``
+
+Every part is written to a temporary name and renamed into place, so a reader never sees half a file
+and an interrupted run keeps every chunk it finished. Parts have unique names, so concurrent writers
+never touch the same file; :meth:`FeatureStore.compact` merges parts under a file lock. Rows are
+keyed by content (sha256), so the same image under two paths is computed once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from blastscan.errors import BlastscanError
+
+__all__ = ["FeatureStore", "atomic_write_bytes", "atomic_path"]
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, suffix: str = ""):
+    """Yield a temporary path beside ``target``; rename it onto ``target`` only if the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``target`` atomically (temp file in the same folder, then rename)."""
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+class FeatureStore:
+    """A folder of feature tables, one per extractor identity.
+
+    Parameters
+    ----------
+    root : path
+        The store folder; created on first write.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    # -- layout -------------------------------------------------------------------------------
+    def _dir(self, identity: str) -> Path:
+        return self.root / identity
+
+    def identities(self) -> list[str]:
+        """Identities that have a table in this store."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / "meta.json").is_file())
+
+    def meta(self, identity: str) -> dict | None:
+        """The ``meta.json`` of a table, or ``None`` when the table does not exist."""
+        path = self._dir(identity) / "meta.json"
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise BlastscanError(str(path), f"unreadable store metadata ({exc})") from None
+
+    def ensure_table(self, description: Mapping, feature_names: Sequence[str]) -> str:
+        """Create the table for an extractor (``description`` from ``Extractor.describe()``).
+
+        Refuses when a table of the same identity holds other feature names: that means an extractor
+        changed its output without a version bump.
+        """
+        identity = description["identity"]
+        meta = {"feature_names": list(feature_names), "extractor": dict(description), "created": time.time()}
+        existing = self.meta(identity)
+        if existing is not None:
+            if existing["feature_names"] != list(feature_names):
+                raise BlastscanError(
+                    str(self._dir(identity)),
+                    "holds different feature names for the same extractor identity; "
+                    "the extractor changed without a version bump (use another --store or delete this table)",
+                )
+            return identity
+        atomic_write_bytes(self._dir(identity) / "meta.json", json.dumps(meta, indent=2).encode())
+        return identity
+
+    @contextlib.contextmanager
+    def _lock(self, identity: str):
+        d = self._dir(identity)
+        d.mkdir(parents=True, exist_ok=True)
+        with open(d / ".lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _parts(self, identity: str, prefix: str) -> list[Path]:
+        d = self._dir(identity)
+        if not d.is_dir():
+            return []
+        return sorted(d.glob(f"{prefix}-*.parquet"))
+
+    def _read_parts(self, identity: str, prefix: str, columns=None) -> pd.DataFrame | None:
+        # A compaction may delete a part between listing and reading; list again when that happens.
+        for _ in range(5):
+            frames = []
+            try:
+                for p in self._parts(identity, prefix):
+                    frames.append(pd.read_parquet(p, columns=columns))
+            except FileNotFoundError:
+                continue
+            except Exception as exc:  # a damaged part: name it rather than fail obscurely
+                raise BlastscanError(str(p), f"unreadable feature-store part ({exc}); delete it and re-run extract") from None
+            if not frames:
+                return None
+            df = pd.concat(frames, ignore_index=True)
+            return df.drop_duplicates(subset="sha256", keep="last")
+        raise BlastscanError(str(self._dir(identity)), "store kept changing while being read; try again")
+
+    # -- writing ------------------------------------------------------------------------------
+    def write_chunk(
+        self,
+        identity: str,
+        shas: Sequence[str],
+        features: np.ndarray,
+        failures: Mapping[str, str] | None = None,
+    ) -> None:
+        """Publish one chunk of rows (and failures) atomically as new part files."""
+        meta = self.meta(identity)
+        if meta is None:
+            raise BlastscanError(str(self._dir(identity)), "no such table; call ensure_table first")
+        names = meta["feature_names"]
+        stamp = f"{time.time_ns():x}-{uuid.uuid4().hex[:8]}"
+        d = self._dir(identity)
+        if len(shas):
+            features = np.asarray(features, dtype=np.float32).reshape(len(shas), len(names))
+            df = pd.DataFrame(features, columns=names)
+            df.insert(0, "sha256", list(shas))
+            with atomic_path(d / f"part-{stamp}.parquet") as tmp:
+                df.to_parquet(tmp, index=False)
+        if failures:
+            fdf = pd.DataFrame({"sha256": list(failures), "reason": [str(v) for v in failures.values()]})
+            with atomic_path(d / f"fail-{stamp}.parquet") as tmp:
+                fdf.to_parquet(tmp, index=False)
+
+    def compact(self, identity: str) -> None:
+        """Merge all parts of a table into one file (under a lock; readers stay consistent)."""
+        with self._lock(identity):
+            for prefix in ("part", "fail"):
+                parts = self._parts(identity, prefix)
+                if len(parts) <= 1:
+                    continue
+                df = self._read_parts(identity, prefix)
+                if prefix == "fail":
+                    done = self.known_shas(identity, include_failures=False)
+                    df = df[~df["sha256"].isin(done)]
+                stamp = f"{time.time_ns():x}-{uuid.uuid4().hex[:8]}"
+                with atomic_path(self._dir(identity) / f"{prefix}-{stamp}.parquet") as tmp:
+                    df.to_parquet(tmp, index=False)
+                for p in parts:
+                    with contextlib.suppress(FileNotFoundError):
+                        p.unlink()
+
+    # -- reading ------------------------------------------------------------------------------
+    def known_shas(self, identity: str, include_failures: bool = True) -> set[str]:
+        """sha256 of every image with stored features (and, by default, stored failures)."""
+        out: set[str] = set()
+        df = self._read_parts(identity, "part", columns=["sha256"])
+        if df is not None:
+            out.update(df["sha256"])
+        if include_failures:
+            fdf = self._read_parts(identity, "fail", columns=["sha256"])
+            if fdf is not None:
+                out.update(fdf["sha256"])
+        return out
+
+    def failures(self, identity: str) -> dict[str, str]:
+        """sha256 -> reason for images this extractor could not featurise (and never later did)."""
+        fdf = self._read_parts(identity, "fail")
+        if fdf is None:
+            return {}
+        done = self.known_shas(identity, include_failures=False)
+        return {s: r for s, r in zip(fdf["sha256"], fdf["reason"]) if s not in done}
+
+    def forget_failures(self, identity: str) -> None:
+        """Drop recorded failures so the next extract retries them."""
+        with self._lock(identity):
+            for p in self._parts(identity, "fail"):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+
+    def read(self, identity: str, shas: Iterable[str] | None = None) -> pd.DataFrame:
+        """Features as a DataFrame indexed by sha256 (rows for ``shas`` that exist; all if None).
+
+        Columns are the table's feature names in their stored order (float32).
+        """
+        meta = self.meta(identity)
+        if meta is None:
+            raise BlastscanError(str(self._dir(identity)), "no such feature table")
+        df = self._read_parts(identity, "part")
+        names = meta["feature_names"]
+        if df is None:
+            return pd.DataFrame(columns=names, dtype=np.float32).rename_axis("sha256")
+        df = df.set_index("sha256")[names]
+        if shas is not None:
+            wanted = pd.Index(pd.unique(pd.Series(list(shas), dtype=object)))
+            df = df.loc[wanted.intersection(df.index)]
+        return df
