@@ -1,0 +1,118 @@
+"""End to end, as a user runs it: `blastscan extract` then `blastscan compare` on real C-NMC cells of
+several subjects, in a subprocess; and the one-line errors of `compare`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+# the installed command, as a user runs it (next to this interpreter in the venv)
+_EXE = Path(sys.executable).parent / "blastscan"
+BLASTSCAN = [str(_EXE)] if _EXE.exists() else [sys.executable, "-m", "blastscan.cli"]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
+
+
+def _blastscan(*args, timeout=300):
+    return subprocess.run([*BLASTSCAN, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=ENV)
+
+
+def _needs(*modules_attrs):
+    import importlib
+
+    for mod, attr in modules_attrs:
+        try:
+            m = importlib.import_module(mod)
+        except ImportError:
+            pytest.skip(f"{mod} is not written yet")
+        if attr and not hasattr(m, attr):
+            pytest.skip(f"{mod}.{attr} is not written yet")
+
+
+@pytest.fixture(scope="module")
+def small_cnmc(cnmc_root, tmp_path_factory) -> Path:
+    """~200 real cells in the C-NMC layout: ALL and HEM subjects of every size, plus the prelim phase.
+
+    Subjects keep all their cells up to a cap, so big subjects stay big and small ones small, as in the
+    real data; files are symlinked.
+    """
+    root = tmp_path_factory.mktemp("cnmc") / "C-NMC_Leukemia"
+    rows = list(csv.DictReader(open(cnmc_root / "manifest.csv")))
+    by_subject = defaultdict(list)
+    for r in rows:
+        by_subject[(r["label"], r["subject"])].append(r)
+    keep_all = ["11", "16", "1", "3", "57", "45", "67", "52", "2"]
+    keep_hem = ["H10", "H14", "H11", "H23", "H24", "H6", "H49", "H30", "H3"]
+    cap = {"11": 25, "16": 20, "2": 20, "1": 19, "H10": 40, "H14": 40}
+    picked = []
+    for label, subjects in (("all", keep_all), ("hem", keep_hem)):
+        for s in subjects:
+            picked += by_subject[(label, s)][: cap.get(s, 12)]
+    for r in picked:
+        dst = root.parent / r["path"]
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(cnmc_root / r["path"], dst)
+    labels_csv = "C-NMC_Leukemia/validation_data/C-NMC_test_prelim_phase_data_labels.csv"
+    shutil.copy(cnmc_root / labels_csv, root.parent / labels_csv)
+    return root.parent
+
+
+@pytest.mark.slow
+def test_extract_then_compare_on_real_cells(small_cnmc, tmp_path):
+    _needs(("blastscan.dataset", "build_manifest"), ("blastscan.classifiers", "get_classifier"),
+           ("blastscan.features.handcrafted", None))
+    store, run_dir = tmp_path / "store", tmp_path / "run"
+    ext = _blastscan("extract", small_cnmc, "--features", "handcrafted", "--store", store, "--jobs", 2, "-q")
+    assert ext.returncode == 0, ext.stderr
+    res = _blastscan("compare", small_cnmc, "--features", "handcrafted", "--classifiers", "logreg,xgboost",
+                     "--store", store, "--out", run_dir, "--bootstrap", 200, "--jobs", 2, "-q")
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+
+    run = json.loads((run_dir / "run.json").read_text())
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    best = metrics[(metrics["config"] == run["best"]) & (metrics["split"] == "subject_cv_pooled")
+                   & metrics["headline"]].iloc[0]
+    wf1 = f"{best['weighted_f1']:.3f}"
+    # the best configuration and its number end the output, as in the report's first paragraph
+    assert f"Best configuration: {run['best']}: weighted F1 {wf1}" in res.stdout
+    md = (run_dir / "report.md").read_text()
+    assert f"**{run['best']}**: weighted F1 **{wf1}**" in md.split("\n## ")[0]
+    assert f"<strong>{wf1}</strong>" in (run_dir / "report.html").read_text()
+    assert {c["name"] for c in run["configs"]} == {"handcrafted/logreg", "handcrafted/xgboost"}
+    assert run["data"]["n_images"] == best["n"] and best["n_subjects"] >= 16
+
+    # real subjects never straddle folds, and the official prelim phase was evaluated
+    pred = pd.read_csv(run_dir / "predictions.csv", dtype=str)
+    cv = pred[(pred["split"] == "subject_cv") & (pred["config"] == run["best"])]
+    assert cv.groupby("subject")["fold"].nunique().max() == 1
+    assert (metrics["split"] == "official_prelim").any()
+    assert (metrics["split"] == "leaky_image_cv_pooled").any()
+    # handcrafted features computed once are reused: compare did not recompute anything
+    assert "computed 0" in _blastscan("extract", small_cnmc, "--store", store, "-q").stdout
+
+
+@pytest.mark.slow
+def test_compare_names_the_extract_command_when_features_are_missing(small_cnmc, tmp_path, weights_dir):
+    _needs(("blastscan.dataset", "build_manifest"), ("blastscan.classifiers", "get_classifier"),
+           ("blastscan.features.deep", None))
+    res = _blastscan("compare", small_cnmc, "--features", "vgg16", "--classifiers", "logreg",
+                     "--store", tmp_path / "empty", "--weights-dir", weights_dir, "--out", tmp_path / "run", "-q")
+    assert res.returncode == 2
+    assert res.stderr.startswith("error: ") and "Traceback" not in res.stderr
+    assert "no 'vgg16' features" in res.stderr and "run: blastscan extract" in res.stderr
+    assert "--features vgg16" in res.stderr
+
+
+def test_bad_param_is_one_line_error(tmp_path):
+    res = _blastscan("compare", tmp_path, "--param", "C=10")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == ["error: --param C=10: expected CLASSIFIER.NAME=VALUE, e.g. svm.C=10"]

@@ -1,0 +1,264 @@
+"""The compare grid and its run folder: files, run.json, report numbers that match metrics.csv, leaky
+labelling, skipped configurations, provenance. Uses synthetic features and small scikit-learn models
+(no image work), so it checks the plumbing, not the real classifiers."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.naive_bayes import GaussianNB
+
+from blastscan import provenance as prov
+from blastscan.errors import BlastscanError
+from blastscan.pipelines import compare as cmp
+from blastscan.pipelines.evaluate import LEAKY_NOTE
+from blastscan.pipelines.report import fmt
+
+
+class Broken(LogisticRegression):
+    """A classifier whose fit fails the expected way (as a model whose backend is missing would)."""
+
+    def fit(self, X, y, sample_weight=None):
+        raise BlastscanError("classifier 'broken'", "its backend is not installed")
+
+
+FACTORIES = {"logreg": lambda random_state=0, **p: LogisticRegression(**p),
+             "nb": lambda random_state=0, **p: GaussianNB(**p),
+             "broken": lambda random_state=0, **p: Broken()}
+
+
+def synthetic_manifest(seed=0):
+    """12 ALL subjects, 3 HEM subjects (so 5 folds must shrink to 3), two subjects in a 'prelim' phase."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    subjects = [(str(i), "all") for i in range(12)] + [("H1", "hem"), ("H2", "hem"), ("H3", "hem"), ("H4", "hem")]
+    for s, (subj, label) in enumerate(subjects):
+        split = "prelim" if subj in ("11", "H4") else f"fold_{s % 3}"
+        for k in range(int(rng.integers(4, 30))):
+            rows.append({"path": f"/data/{subj}/{k}.png", "sha256": f"{s:04d}{k:060d}", "label": label,
+                         "subject": subj, "group": subj, "source_split": split, "width": 450, "height": 450,
+                         "dup_group": -1})
+    rows.append({"path": "/data/unlabelled.png", "sha256": "f" * 64, "label": None, "subject": None,
+                 "group": "img:ffff", "source_split": "final", "width": 450, "height": 450, "dup_group": -1})
+    df = pd.DataFrame(rows)
+    # H3 holds one class only in the test folds it lands in; H4 exists only in prelim, so the CV has 3 HEM groups
+    df = df[~((df["subject"] == "H3") & (df["source_split"] != "fold_0"))]
+    return df.reset_index(drop=True)
+
+
+def _features(df, seed=0):
+    rng = np.random.default_rng(seed)
+    subj_shift = {s: rng.normal(0, 0.6, 4) for s in df["subject"].dropna().unique()}
+    out = {}
+    for r in df.itertuples():
+        base = subj_shift.get(r.subject, np.zeros(4)) + (1.0 if r.label == "all" else 0.0)
+        out[r.sha256] = (base + rng.normal(0, 1, 4)).astype(np.float32)
+    return out
+
+
+def install_fakes(mp, df):
+    """Fake feature loading and classifier factory (with the real function signatures)."""
+    import blastscan.classifiers as classifiers
+    import blastscan.pipelines.extract as extract
+
+    feats = _features(df)
+
+    def load_features(manifest_df, feature_set, store, *, extractor_options=None, dataset_hint="DATASET"):
+        if feature_set == "missing":
+            raise BlastscanError(str(store), f"no 'missing' features for {len(manifest_df)} images; "
+                                             f"run: blastscan extract {dataset_hint} --features missing")
+        X = np.stack([feats[s] for s in manifest_df["sha256"]])
+        if feature_set == "half":
+            X = X[:, :2]
+        return extract.FeatureMatrix(X=X, feature_names=[f"f{i}" for i in range(X.shape[1])],
+                                     rows=manifest_df.reset_index(drop=True),
+                                     dropped=manifest_df.iloc[:0].assign(reason=pd.Series(dtype=str)),
+                                     extractors=[{"name": feature_set, "identity": f"{feature_set}@1"}],
+                                     feature_set=feature_set)
+
+    mp.setattr(extract, "load_features", load_features)
+    mp.setattr(classifiers, "get_classifier", lambda name, random_state=0, **p: FACTORIES[name](random_state, **p),
+               raising=False)
+    mp.setattr(classifiers, "available_classifiers", lambda: sorted(FACTORIES), raising=False)
+    mp.setattr(classifiers, "fit_classifier", lambda est, X, y, groups=None: est.fit(X, y), raising=False)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    df = synthetic_manifest()
+    out = tmp_path_factory.mktemp("run")
+    with pytest.MonkeyPatch.context() as mp:
+        install_fakes(mp, df)
+        result = cmp.compare(df, "full,half", "logreg,nb,broken", tmp_path_factory.mktemp("store"), out,
+                             n_splits=5, seed=0, n_boot=200, jobs=1, progress=False, dataset="synthetic",
+                             params=["logreg.C=0.5"])
+    return df, result
+
+
+def test_run_folder_has_every_file(run):
+    _, result = run
+    for name in ("metrics.csv", "metrics.json", "predictions.csv", "per_subject.csv", "report.md", "report.html",
+                 "run.json", "manifest.parquet"):
+        assert (result.run_dir / name).is_file(), name
+    assert not list(result.run_dir.glob(".*.tmp"))  # atomic writes left no temporaries
+
+
+def test_run_json_follows_the_contract(run):
+    df, result = run
+    rec = json.loads((result.run_dir / "run.json").read_text())
+    for key in ("dataset", "manifest", "store", "extractor_options", "seed", "n_splits", "threshold", "configs",
+                "best", "versions", "data", "started", "finished"):
+        assert key in rec, key
+    assert rec["threshold"] == {"rule": "recall", "target_recall": 0.9}
+    assert {c["name"] for c in rec["configs"]} == {"full/logreg", "full/nb", "half/logreg", "half/nb"}
+    assert [c for c in rec["configs"] if c["name"] == "full/logreg"][0]["params"] == {"C": 0.5}
+    assert rec["best"] == result.best
+    saved = pd.read_parquet(result.run_dir / rec["manifest"])
+    assert len(saved) == len(df) and saved["used"].sum() == len(df) - 1  # the unlabelled image is not used
+    used = saved[saved["used"]]
+    assert rec["data"]["manifest_sha256"] == prov.manifest_hash(used)
+    assert rec["data"]["n_images"] == len(used)
+    assert rec["n_splits"] == 3 and rec["n_splits_requested"] == 5
+
+
+def test_best_is_the_top_pooled_weighted_f1_and_the_report_shows_its_numbers(run):
+    _, result = run
+    m = pd.read_csv(result.run_dir / "metrics.csv")
+    pooled = m[(m["split"] == "subject_cv_pooled") & m["headline"]]
+    top = pooled.sort_values(["weighted_f1", "roc_auc"], ascending=False).iloc[0]
+    assert top["config"] == result.best
+    wf1, lo, hi = fmt(top["weighted_f1"]), fmt(top["weighted_f1_ci_low"]), fmt(top["weighted_f1_ci_high"])
+    assert float(lo) <= float(wf1) <= float(hi)
+    md = (result.run_dir / "report.md").read_text()
+    head = md.split("\n## ")[0]  # before the first section: the top of the report
+    assert result.best in head and f"weighted F1 **{wf1}**" in head and f"{lo}–{hi}" in head
+    assert f"{int(top['n'])} cells from {int(top['n_subjects'])} subjects" in head
+    html = (result.run_dir / "report.html").read_text()
+    first_p = re.search(r"<p>(.*?)</p>", html, re.S).group(1)
+    assert result.best in first_p and f"<strong>{wf1}</strong>" in first_p
+    assert result.summary().splitlines()[0].startswith(f"Best configuration: {result.best}: weighted F1 {wf1}")
+    # every configuration's pooled weighted F1 appears in the table as formatted
+    for _, r in pooled.iterrows():
+        assert f"| {r['config']} | {fmt(r['weighted_f1'])} [" in md
+
+
+def test_report_is_self_contained_and_says_how_to_read_it(run):
+    _, result = run
+    html = (result.run_dir / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 5
+    assert "http://" not in html and "https://" not in html
+    md = (result.run_dir / "report.md").read_text()
+    n = result.run["data"]["n_subjects"]
+    assert "How to read this" in md and f"only {n} subjects" in md and "not a medical device" in md
+
+
+def test_leaky_numbers_are_labelled_leaky_everywhere(run):
+    _, result = run
+    m = pd.read_csv(result.run_dir / "metrics.csv")
+    leaky = m[m["split"] == "leaky_image_cv_pooled"]
+    assert len(leaky) == 4 and leaky["note"].str.contains(LEAKY_NOTE, regex=False).all()
+    for name in ("report.md", "report.html"):
+        text = (result.run_dir / name).read_text()
+        section = text[text.index("Leaky per-image split"):]
+        assert LEAKY_NOTE[1:] in section and "do not trust" in section
+
+
+def test_skipped_configurations_and_fold_reduction_are_reported(run):
+    _, result = run
+    assert {s["name"] for s in result.skipped} == {"full/broken", "half/broken"}
+    md = (result.run_dir / "report.md").read_text()
+    assert "skipped **full/broken**: its backend is not installed" in md
+    assert "using 3 folds" in md
+    assert "skipped full/broken" in result.summary()
+
+
+def test_predictions_are_out_of_fold_and_subject_disjoint(run):
+    df, result = run
+    pred = pd.read_csv(result.run_dir / "predictions.csv", dtype={"subject": str, "group": str, "fold": str})
+    for col in ("path", "sha256", "subject", "group", "label", "fold", "p_all", "config"):
+        assert col in pred.columns
+    cv = pred[(pred["split"] == "subject_cv") & (pred["config"] == result.best)]
+    assert cv["sha256"].is_unique and len(cv) == len(df) - 1
+    by_fold = cv.groupby("fold")["group"].apply(set)
+    for a in by_fold.index:
+        for b in by_fold.index:
+            if a != b:
+                assert by_fold[a].isdisjoint(by_fold[b])
+    official = pred[(pred["split"] == "official") & (pred["config"] == result.best)]
+    assert set(official["subject"]) == {"11", "H4"}
+    # per-subject accuracy agrees with the predictions it summarises
+    ps = pd.read_csv(result.run_dir / "per_subject.csv", dtype={"subject": str})
+    ps = ps[ps["config"] == result.best].set_index("subject")
+    right = (cv["pred"] == cv["label"]).groupby(cv["subject"]).mean()
+    for subj, acc in right.items():
+        assert ps.loc[subj, "accuracy"] == pytest.approx(acc)
+
+
+def test_same_folds_for_every_configuration(run):
+    _, result = run
+    p = result.predictions[result.predictions["split"] == "subject_cv"]
+    folds = p.pivot(index="sha256", columns="config", values="fold")
+    assert (folds.nunique(axis=1) == 1).all()
+
+
+def test_missing_features_error_propagates(tmp_path):
+    df = synthetic_manifest()
+    with pytest.MonkeyPatch.context() as mp:
+        install_fakes(mp, df)
+        with pytest.raises(BlastscanError, match=r"run: blastscan extract DATA --features missing"):
+            cmp.compare(df, "full,missing", "logreg", tmp_path / "store", tmp_path / "run", progress=False,
+                        dataset="DATA", n_boot=0, jobs=1)
+
+
+def test_bad_options_fail_early(tmp_path):
+    df = synthetic_manifest()
+    with pytest.MonkeyPatch.context() as mp:
+        install_fakes(mp, df)
+        with pytest.raises(BlastscanError, match="unknown"):
+            cmp.compare(df, "full", "nosuch", tmp_path, tmp_path / "r", progress=False)
+        with pytest.raises(BlastscanError, match="--threshold"):
+            cmp.compare(df, "full", "logreg", tmp_path, tmp_path / "r", threshold_rule="auc", progress=False)
+        with pytest.raises(BlastscanError, match="not among"):
+            cmp.compare(df, "full", "logreg", tmp_path, tmp_path / "r", params=["svm.C=1"], progress=False)
+
+
+def test_parse_params():
+    assert cmp.parse_params(["svm.C=10", "svm.kernel=rbf", "xgboost.max_depth=3", "fcn.hidden=[64,32]",
+                             "logreg.fit_intercept=false", "svm.gamma=0.5"]) == {
+        "svm": {"C": 10, "kernel": "rbf", "gamma": 0.5}, "xgboost": {"max_depth": 3},
+        "fcn": {"hidden": [64, 32]}, "logreg": {"fit_intercept": False}}
+    with pytest.raises(BlastscanError, match="CLASSIFIER.NAME=VALUE"):
+        cmp.parse_params(["C=10"])
+
+
+def test_manifest_hash_covers_content_not_paths_or_order():
+    df = synthetic_manifest()
+    h = prov.manifest_hash(df)
+    moved = df.assign(path="/elsewhere/" + df["path"].str.slice(6)).sample(frac=1, random_state=1)
+    assert prov.manifest_hash(moved) == h
+    relabelled = df.copy()
+    relabelled.loc[0, "label"] = "hem"
+    assert prov.manifest_hash(relabelled) != h
+    regrouped = df.copy()
+    regrouped.loc[0, "group"] = "other"
+    assert prov.manifest_hash(regrouped) != h
+    # missing labels hash the same however pandas stores them
+    a = pd.DataFrame({"sha256": ["x", "y"], "label": ["all", None], "group": ["1", "2"]})
+    b = a.astype({"label": "string"})
+    assert prov.manifest_hash(a) == prov.manifest_hash(b)
+
+
+def test_provenance_records_versions_without_importing_tensorflow():
+    import sys
+
+    before = "tensorflow" in sys.modules
+    rec = prov.provenance(synthetic_manifest(), config={"seed": 0})
+    assert rec["versions"]["numpy"] == np.__version__ and rec["versions"]["python"]
+    assert rec["config_sha256"] == prov.config_hash({"seed": 0}) and len(rec["manifest_sha256"]) == 64
+    assert rec["created"].endswith("Z")
+    assert ("tensorflow" in sys.modules) == before
