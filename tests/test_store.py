@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 
 import numpy as np
 import pandas as pd
@@ -122,3 +123,15 @@ def test_unreadable_part_is_named_in_the_error(store):
     part.write_bytes(b"not parquet")
     with pytest.raises(BlastscanError, match=part.name):
         store.read("fake@1")
+
+
+def test_published_files_get_the_usual_mode_not_mkstemp_0600(tmp_path):
+    from blastscan.features.store import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "x.bin", b"data")
+    finally:
+        os.umask(old)
+    # mkstemp creates 0600; other users of a shared store must be able to read what was published
+    assert (tmp_path / "x.bin").stat().st_mode & 0o777 in (0o644, 0o666 & ~old)

@@ -32,6 +32,15 @@ from blastscan.errors import BlastscanError
 __all__ = ["FeatureStore", "atomic_write_bytes", "atomic_path"]
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, suffix: str = ""):
     """Yield a temporary path beside ``target``; rename it onto ``target`` only if the block succeeds."""
@@ -41,6 +50,7 @@ def atomic_path(target: str | os.PathLike, suffix: str = ""):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; published files get the usual mode
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
