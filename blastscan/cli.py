@@ -73,6 +73,20 @@ def jobs_option(f):
     )(f)
 
 
+def dataset_manifest(dataset, store, jobs, quiet):
+    """Build DATASET's manifest (file checks cached in the store) and list its problems briefly on stderr."""
+    from pathlib import Path
+
+    from blastscan.dataset import build_manifest, format_problems
+
+    manifest = build_manifest(dataset, jobs=jobs, progress=not quiet, cache=Path(store) / "inspected.json")
+    if manifest.problems:
+        for line in format_problems(manifest.problems, 5, root=manifest.root):
+            click.echo(line, err=True)
+        click.echo("(`blastscan data DATASET --problems FILE` lists them all)", err=True)
+    return manifest
+
+
 def _deep_options(weights_dir, random_weights, **extra):
     opts = {"weights_dir": weights_dir, "random_weights": random_weights}
     opts.update({k: v for k, v in extra.items() if v is not None})
@@ -144,14 +158,9 @@ def extract(dataset, features, store, jobs, weights_dir, random_weights, input_s
     everything. An interrupted run keeps every finished chunk. Images that cannot be featurised are
     listed with the reason and do not stop the run.
     """
-    from blastscan.dataset import build_manifest
     from blastscan.pipelines.extract import extract as run_extract
 
-    manifest = build_manifest(dataset, jobs=jobs, progress=not quiet)
-    for problem in manifest.problems[:10]:
-        click.echo(f"skipped: {problem}", err=True)
-    if len(manifest.problems) > 10:
-        click.echo(f"skipped: ... and {len(manifest.problems) - 10} more (see `blastscan data`)", err=True)
+    manifest = dataset_manifest(dataset, store, jobs, quiet)
     opts = _deep_options(weights_dir, random_weights, input_size=input_size, batch_size=batch_size)
     summary = run_extract(manifest.df, features.split(","), store, jobs=jobs, extractor_options=opts,
                           progress=not quiet, retry_failed=retry_failed)
@@ -200,13 +209,7 @@ def compare(dataset, features, classifiers, out_dir, store, weights_dir, random_
     from blastscan.pipelines.compare import compare as run_compare, parse_params
 
     parsed = parse_params(params)  # bad --param fails before the manifest is built
-    from blastscan.dataset import build_manifest
-
-    manifest = build_manifest(dataset, jobs=jobs, progress=not quiet)
-    for problem in manifest.problems[:10]:
-        click.echo(f"skipped: {problem}", err=True)
-    if len(manifest.problems) > 10:
-        click.echo(f"skipped: ... and {len(manifest.problems) - 10} more (see `blastscan data`)", err=True)
+    manifest = dataset_manifest(dataset, store, jobs, quiet)
     opts = _deep_options(weights_dir, random_weights, input_size=input_size)
     result = run_compare(manifest.df, features, classifiers, store, out_dir, extractor_options=opts, n_splits=folds,
                          seed=seed, threshold_rule=threshold_rule, target_recall=target_recall, params=parsed,

@@ -40,6 +40,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import os
 import re
 import sys
@@ -277,6 +278,55 @@ def _inspect(path: str) -> tuple:
     except _Refused as exc:
         return sha, 0, 0, "", Problem(path, str(exc), exc.kind)
     return sha, int(im.width), int(im.height), src, None
+
+
+def _stat_key(path: str) -> str | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _load_inspect_cache(cache: Path | None) -> dict:
+    if cache is None or not cache.is_file():
+        return {}
+    try:
+        data = json.loads(cache.read_text())
+        return data["entries"] if data.get("version") == 1 else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}  # a damaged cache only costs a re-read
+
+
+def _inspect_cached(paths: Sequence[str], jobs: int | None, progress: bool, cache: Path | None) -> list[tuple]:
+    """:func:`_inspect_all`, reusing results for files whose size and mtime are unchanged since they
+    were last read (the cache lives in the feature store, so a second ``extract`` does not re-hash)."""
+    if cache is None:
+        return _inspect_all(paths, jobs, progress)
+    entries = _load_inspect_cache(cache)
+    keys = [_stat_key(p) for p in paths]
+    out: list = [None] * len(paths)
+    todo = []
+    for i, (p, k) in enumerate(zip(paths, keys)):
+        e = entries.get(p)
+        if k is not None and e is not None and e[0] == k:
+            sha, w, h, mode, problem = e[1]
+            out[i] = (sha, w, h, mode, Problem(p, *problem) if problem else None)
+        else:
+            todo.append(i)
+    if todo:
+        for i, res in zip(todo, _inspect_all([paths[i] for i in todo], jobs, progress)):
+            out[i] = res
+            sha, w, h, mode, problem = res
+            if keys[i] is not None and (problem is None or problem.kind != "unreadable"):
+                entries[paths[i]] = [keys[i], [sha, w, h, mode, [problem.reason, problem.kind] if problem else None]]
+        from blastscan.features.store import atomic_write_bytes
+
+        try:
+            atomic_write_bytes(cache, json.dumps({"version": 1, "entries": entries}).encode())
+        except OSError:
+            pass  # read-only store: the manifest is still right, only slower next time
+    return out
 
 
 def _inspect_all(paths: Sequence[str], jobs: int | None, progress: bool) -> list[tuple]:
@@ -603,7 +653,8 @@ def _collect_list(items: Sequence, col: _Collector) -> Path:
 
 
 # -- building ------------------------------------------------------------------------------------------
-def build_manifest(source, *, jobs: int | None = None, progress: bool = False) -> Manifest:
+def build_manifest(source, *, jobs: int | None = None, progress: bool = False,
+                   cache: str | os.PathLike | None = None) -> Manifest:
     """Find, read and check the images of ``source``; describe them in a :class:`Manifest`.
 
     Parameters
@@ -615,6 +666,9 @@ def build_manifest(source, *, jobs: int | None = None, progress: bool = False) -
         Threads reading and hashing images (default: all cores).
     progress : bool
         Show a progress bar on stderr (only when reading takes more than a second).
+    cache : path, optional
+        JSON file remembering each file's hash and checks by path, size and modification time, so
+        unchanged files are not read again (the CLI keeps it in the feature store).
 
     Returns
     -------
@@ -665,7 +719,7 @@ def build_manifest(source, *, jobs: int | None = None, progress: bool = False) -
         hint = f" ({len(col.problems)} problems, e.g. {col.problems[0]})" if col.problems else ""
         raise BlastscanError(what, f"no images found (looked for {', '.join(IMAGE_EXTENSIONS)} files){hint}")
 
-    results = _inspect_all([r.path for r in col.rows], jobs, progress)
+    results = _inspect_cached([r.path for r in col.rows], jobs, progress, Path(cache) if cache else None)
     records, modes = [], Counter()
     for row, (sha, w, h, mode, problem) in zip(col.rows, results):
         if problem is not None:

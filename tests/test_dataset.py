@@ -615,3 +615,33 @@ def test_sample_is_what_make_sample_selects(sample_root, cnmc_root):
     assert {Path(r["path"]).name: (r["label"], r["subject"]) for r in sample_rows} == \
         {k: v[:2] for k, v in got.items()}
     assert sum(p.stat().st_size for p in sample_root.rglob("*") if p.is_file()) < 10e6
+
+
+def test_inspect_cache_reuses_unchanged_files_and_rereads_changed_ones(tmp_path, monkeypatch):
+    import os
+
+    import blastscan.dataset as ds
+
+    root = tmp_path / "cells"
+    for label in ("all", "hem"):
+        for i in range(3):
+            _save(root / label / f"UID_{label}{i}_1_1_{label}.png", _pixels(seed=hash((label, i)) % 1000))
+    cache = tmp_path / "store" / "inspected.json"
+    first = build_manifest(root, cache=cache)
+    assert cache.is_file()
+
+    read = []
+    real = ds._inspect
+    monkeypatch.setattr(ds, "_inspect", lambda p: read.append(p) or real(p))
+    again = build_manifest(root, cache=cache)
+    assert read == []  # nothing re-read or re-hashed
+    pd.testing.assert_frame_equal(first.df, again.df)
+
+    changed = root / "all" / "UID_all0_1_1_all.png"
+    _save(changed, _pixels(seed=999))
+    os.utime(changed, ns=(1, 1))  # a new mtime even on coarse clocks
+    third = build_manifest(root, cache=cache)
+    assert read == [str(changed)]
+    new_sha = third.df.set_index("path").loc[str(changed), "sha256"]
+    assert new_sha != first.df.set_index("path").loc[str(changed), "sha256"]
+    pd.testing.assert_frame_equal(third.df, build_manifest(root).df)
