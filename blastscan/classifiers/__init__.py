@@ -1,0 +1,104 @@
+"""Classifier families by name: each builds a fresh scikit-learn estimator (usually a ``Pipeline`` whose
+last step is named ``model``) whose ``predict_proba(X)[:, 1]`` is P(ALL) for labels 1 = ALL, 0 = HEM.
+
+Fit through :func:`fit_classifier`: it hands the subject groups to models that split their training data
+(SVM calibration, FCN early stopping), so even those inner splits are subject-disjoint.
+
+Importing this package is cheap: families load on first use, and TensorFlow only when an FCN is fitted.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import numbers
+from typing import Any
+
+from blastscan.errors import BlastscanError
+
+__all__ = ["available_classifiers", "get_classifier", "fit_classifier", "describe_classifier",
+           "classifier_defaults"]
+
+_FAMILIES = ("logreg", "svm", "xgb", "fcn", "fcn_svm")  # modules; each registers itself on import
+
+
+def _registry():
+    from blastscan.classifiers.base import REGISTRY
+
+    for module in _FAMILIES:
+        importlib.import_module(f"blastscan.classifiers.{module}")
+    return REGISTRY
+
+
+def _spec(name: str):
+    registry = _registry()
+    if name not in registry:
+        raise BlastscanError(f"classifier '{name}'", f"unknown; choose from: {', '.join(sorted(registry))}")
+    return registry[name]
+
+
+def available_classifiers() -> list[str]:
+    """Names of all registered classifier families."""
+    return sorted(_registry())
+
+
+def classifier_defaults(name: str) -> dict[str, Any]:
+    """The default hyper-parameters of ``name`` (those :func:`get_classifier` accepts)."""
+    return {k: p.default for k, p in _spec(name).params.items()}
+
+
+def get_classifier(name: str, random_state: int = 0, **params: Any):
+    """A fresh, unfitted estimator of family ``name`` with ``params`` overriding its defaults.
+
+    Parameters
+    ----------
+    name : str
+        One of :func:`available_classifiers`.
+    random_state : int
+        Seed of every random step of the model.
+    **params
+        Hyper-parameters (see :func:`describe_classifier`), as Python values.
+
+    Raises
+    ------
+    BlastscanError
+        Unknown name, unknown parameter, or invalid value (the message lists what is valid).
+    """
+    spec = _spec(name)
+    what = f"classifier '{name}'"
+    unknown = sorted(set(params) - set(spec.params))
+    if unknown:
+        raise BlastscanError(what, f"unknown parameter '{unknown[0]}'; valid: {', '.join(spec.params)}")
+    for key, value in params.items():
+        try:
+            spec.params[key].check(key, value)
+        except ValueError as exc:
+            raise BlastscanError(what, str(exc)) from None
+        if spec.params[key].kind is int and not isinstance(value, (str, type(None))):
+            params[key] = int(value)  # "300.0" from a command line is 300 trees
+    if isinstance(random_state, bool) or not isinstance(random_state, numbers.Integral):
+        raise BlastscanError(what, f"random_state must be an integer (got {random_state!r})")
+    return spec.build(random_state=int(random_state), **{**classifier_defaults(name), **params})
+
+
+def _final_step(est):
+    steps = getattr(est, "steps", None)
+    return (steps[-1][0], steps[-1][1]) if steps else (None, est)
+
+
+def fit_classifier(est, X, y, groups=None):
+    """Fit ``est`` on ``X, y`` and return it; ``groups`` (one subject / group id per row) reaches the final
+    estimator when its ``fit`` takes ``groups``, so its internal splits never divide a group. Other
+    estimators get plain ``fit(X, y)``."""
+    step, final = _final_step(est)
+    if groups is None or "groups" not in inspect.signature(final.fit).parameters:
+        return est.fit(X, y) or est
+    key = "groups" if step is None else f"{step}__groups"
+    return est.fit(X, y, **{key: groups}) or est
+
+
+def describe_classifier(name: str) -> str:
+    """One line: ``name: what it is (defaults: k=v, ...)``."""
+    spec = _spec(name)
+    defaults = ", ".join(f"{k}={p.default!r}" for k, p in spec.params.items())
+    return f"{name}: {spec.summary} (defaults: {defaults})"
