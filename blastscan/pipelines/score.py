@@ -1,0 +1,244 @@
+"""Score new cells with a bundle: P(ALL) and a call per cell in a CSV, and a per-subject summary beside it.
+
+Images are processed in chunks (features computed, predicted, written), so memory stays flat however
+many images are scored. A file that cannot be read or featurised gets a row with the reason in
+``status``; it never stops the batch. Both CSVs are published atomically when the batch is done.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from blastscan.errors import BlastscanError
+from blastscan.pipelines.bundle import Bundle, input_manifest, load_bundle
+
+__all__ = ["COLUMNS", "SUBJECT_COLUMNS", "ScoreResult", "score", "subject_summary", "subjects_path"]
+
+COLUMNS = ["path", "sha256", "subject", "p_all", "pred", "status"]
+SUBJECT_COLUMNS = ["subject", "n_cells", "n_scored", "n_pred_all", "fraction_pred_all", "mean_p_all", "call", "rule"]
+CHUNK_IMAGES = 512
+
+
+def subjects_path(output_csv: str | os.PathLike) -> Path:
+    """``predictions.csv`` -> ``predictions_subjects.csv``."""
+    out = Path(output_csv)
+    return out.with_name(f"{out.stem}_subjects.csv")
+
+
+def _rule_text(fraction: float, threshold: float) -> str:
+    return (f"ALL if >= {fraction:.0%} of scored cells are predicted ALL "
+            f"(a cell is ALL when P(ALL) >= {threshold:.4f})")
+
+
+def subject_summary(cells: pd.DataFrame, threshold: float, fraction: float = 0.5) -> pd.DataFrame:
+    """Per-subject counts and call from per-cell rows (``subject, p_all, pred``; NaN ``p_all`` = not scored).
+
+    A subject is called ALL when at least ``fraction`` of its scored cells are predicted ALL, HEM
+    otherwise, and gets no call without scored cells. Cells without a subject are left out.
+    """
+    return _Tally().add(cells).frame(threshold, fraction)
+
+
+class _Tally:
+    """Per-subject running sums, so the summary needs no second pass over a large batch."""
+
+    def __init__(self):
+        self.sums: dict[str, np.ndarray] = {}  # subject -> [cells, scored, predicted ALL, sum of P(ALL)]
+
+    def add(self, cells: pd.DataFrame) -> "_Tally":
+        subj = cells["subject"].astype("string").fillna("").astype(str).str.strip()
+        p = pd.to_numeric(cells["p_all"], errors="coerce").to_numpy(dtype=float)
+        scored = ~np.isnan(p)
+        part = pd.DataFrame({"subject": subj.to_numpy(), "n": 1, "scored": scored.astype(int),
+                             "all": (scored & (cells["pred"].astype(str).to_numpy() == "all")).astype(int),
+                             "p": np.where(scored, p, 0.0)})
+        part = part[part["subject"] != ""]
+        for s, row in part.groupby("subject", sort=False)[["n", "scored", "all", "p"]].sum().iterrows():
+            self.sums[s] = self.sums.get(s, np.zeros(4)) + row.to_numpy(dtype=float)
+        return self
+
+    def frame(self, threshold: float, fraction: float) -> pd.DataFrame:
+        from blastscan.dataset import _natural_key
+
+        rows = []
+        for s in sorted(self.sums, key=_natural_key):
+            n, scored, n_all, p_sum = self.sums[s]
+            frac = n_all / scored if scored else np.nan
+            call = "" if not scored else ("all" if frac >= fraction - 1e-12 else "hem")
+            rows.append({"subject": s, "n_cells": int(n), "n_scored": int(scored), "n_pred_all": int(n_all),
+                         "fraction_pred_all": frac, "mean_p_all": p_sum / scored if scored else np.nan,
+                         "call": call, "rule": _rule_text(fraction, threshold)})
+        return pd.DataFrame(rows, columns=SUBJECT_COLUMNS)
+
+
+@dataclass
+class ScoreResult:
+    """What :func:`score` wrote and counted.
+
+    Attributes
+    ----------
+    predictions_csv, subjects_csv : Path
+    n_images : int
+        Rows of the predictions CSV (every input image, usable or not).
+    n_scored, n_failed, n_pred_all : int
+    threshold : float
+    subjects : DataFrame
+        The per-subject summary (also in ``subjects_csv``).
+    failures : dict
+        status -> number of images that failed with it.
+    examples : list of (path, status)
+        The first few failures.
+    """
+
+    predictions_csv: Path
+    subjects_csv: Path
+    n_images: int
+    n_scored: int
+    n_failed: int
+    n_pred_all: int
+    threshold: float
+    subjects: pd.DataFrame
+    failures: dict[str, int] = field(default_factory=dict)
+    examples: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    subject_fraction: float = 0.5
+
+    def summary(self) -> str:
+        share = f" ({self.n_pred_all / self.n_scored:.0%})" if self.n_scored else ""
+        lines = [f"scored {self.n_scored} of {self.n_images} images in {self.seconds:.1f} s; "
+                 f"{self.n_pred_all} predicted ALL{share} at P(ALL) >= {self.threshold:.4f}"]
+        if self.n_failed:
+            lines.append(f"{self.n_failed} image{'s' if self.n_failed != 1 else ''} could not be scored "
+                         "(the status column says why):")
+            lines += [f"  {path}: {status}" for path, status in self.examples]
+            if self.n_failed > len(self.examples):
+                lines.append(f"  ... and {self.n_failed - len(self.examples)} more")
+        s = self.subjects
+        if len(s):
+            n_all = int((s["call"] == "all").sum())
+            lines.append(f"{len(s)} subjects: {n_all} called ALL, {int((s['call'] == 'hem').sum())} HEM "
+                         f"({_rule_text(self.subject_fraction, self.threshold)})")
+        lines += [f"warning: {w}" for w in self.warnings]
+        lines.append(f"predictions: {self.predictions_csv}; per subject: {self.subjects_csv}")
+        return "\n".join(lines)
+
+
+def score(
+    bundle_or_path: Bundle | str | os.PathLike,
+    inputs,
+    output_csv: str | os.PathLike,
+    *,
+    store: str | os.PathLike | None = None,
+    extractor_options: Mapping[str, Any] | None = None,
+    trust: bool = False,
+    jobs: int | None = None,
+    progress: bool = True,
+    subject_fraction: float = 0.5,
+    chunk_images: int | None = None,
+) -> ScoreResult:
+    """Score ``inputs`` with a bundle; write per-cell predictions and a per-subject summary.
+
+    Parameters
+    ----------
+    bundle_or_path : Bundle or path
+        A bundle, or a bundle file (loaded with :func:`blastscan.pipelines.bundle.load_bundle`; only
+        load bundles you trust).
+    inputs : path or list of paths
+        Image files, folders (searched recursively) and CSVs with a ``path`` column.
+    output_csv : path
+        Per-cell CSV: ``path, sha256, subject, p_all, pred, status``. The per-subject summary goes to
+        ``<stem>_subjects.csv`` beside it.
+    store : path, optional
+        Feature store to reuse and fill; by default features go to a temporary store that is deleted.
+    extractor_options : dict, optional
+        Where things are now (``weights_dir``, ``batch_size``); the bundle's recorded extractor config
+        decides the features.
+    trust : bool
+        Load a bundle whose sidecar is missing or does not match.
+    jobs : int, optional
+        Processes for per-image features (default all cores).
+    progress : bool
+        Progress bar on stderr.
+    subject_fraction : float
+        A subject is called ALL when at least this fraction of its scored cells are predicted ALL.
+    chunk_images : int, optional
+        Images per chunk (default 512, more with many cores).
+
+    Returns
+    -------
+    ScoreResult
+    """
+    from tqdm.auto import tqdm
+
+    from blastscan.features.store import atomic_path
+    from blastscan.pipelines.extract import TASK_IMAGES, _resolve_jobs
+
+    t0 = time.perf_counter()
+    out = Path(output_csv)
+    if out.suffix.lower() != ".csv":
+        raise BlastscanError(str(out), "predictions are written as .csv")
+    if not 0 < subject_fraction <= 1:
+        raise BlastscanError("subject_fraction", f"must be in (0, 1] (got {subject_fraction})")
+    bundle = bundle_or_path if isinstance(bundle_or_path, Bundle) else load_bundle(bundle_or_path, trust=trust)
+    built = bundle.extractors(extractor_options)  # a wrong weights file stops here, before any image is read
+    manifest_df, failed = input_manifest(inputs, progress=progress)
+    if "subject" not in manifest_df:
+        manifest_df = manifest_df.assign(subject="")
+    chunk = chunk_images or max(CHUNK_IMAGES, 2 * _resolve_jobs(jobs) * TASK_IMAGES)
+    tally = _Tally()
+    counts = {"scored": 0, "all": 0}
+    failures: dict[str, int] = {}
+    examples: list[tuple[str, str]] = []
+
+    def record(rows: pd.DataFrame, fh) -> None:
+        rows[COLUMNS].to_csv(fh, header=False, index=False)
+        tally.add(rows)
+        ok = rows["status"] == "ok"
+        counts["scored"] += int(ok.sum())
+        counts["all"] += int((rows["pred"] == "all").sum())
+        for path, status in zip(rows.loc[~ok, "path"], rows.loc[~ok, "status"]):
+            failures[status] = failures.get(status, 0) + 1
+            if len(examples) < 10:
+                examples.append((path, status))
+
+    bar = tqdm(total=len(manifest_df), desc="score", unit="img", file=sys.stderr, disable=not progress,
+               dynamic_ncols=True)
+    try:
+        with atomic_path(out, suffix=".csv") as tmp, open(tmp, "w", newline="") as fh:
+            fh.write(",".join(COLUMNS) + "\n")
+            for start in range(0, len(manifest_df), chunk):
+                part = manifest_df.iloc[start:start + chunk]
+                with tempfile.TemporaryDirectory(prefix="blastscan-score-") as chunk_store:
+                    # without a store each chunk gets its own, so nothing grows with the batch
+                    rows = bundle.score_manifest(part, store if store is not None else chunk_store,
+                                                 extractor_options=extractor_options, jobs=jobs, built=built)
+                record(rows, fh)
+                bar.update(len(part))
+            if len(failed):
+                record(failed, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise BlastscanError(str(out), f"cannot write ({exc.strerror or exc})") from None
+    finally:
+        bar.close()
+    subjects = tally.frame(bundle.threshold, subject_fraction)
+    subj_csv = subjects_path(out)
+    with atomic_path(subj_csv, suffix=".csv") as tmp:
+        subjects.to_csv(tmp, index=False)
+    n_images = len(manifest_df) + len(failed)
+    return ScoreResult(predictions_csv=out, subjects_csv=subj_csv, n_images=n_images, n_scored=counts["scored"],
+                       n_failed=n_images - counts["scored"], n_pred_all=counts["all"], threshold=bundle.threshold,
+                       subjects=subjects, failures=failures, examples=examples,
+                       seconds=time.perf_counter() - t0, warnings=list(bundle.warnings),
+                       subject_fraction=subject_fraction)
