@@ -81,9 +81,10 @@ def dataset_manifest(dataset, store, jobs, quiet):
 
     manifest = build_manifest(dataset, jobs=jobs, progress=not quiet, cache=Path(store) / "inspected.json")
     if manifest.problems:
-        for line in format_problems(manifest.problems, 5, root=manifest.root):
-            click.echo(line, err=True)
-        click.echo("(`blastscan data DATASET --problems FILE` lists them all)", err=True)
+        counts = format_problems(manifest.problems, 0)[1:-1]  # "  <n>  <kind>" lines, no file list
+        kinds = "; ".join(" ".join(line.split()) for line in counts)
+        click.echo(f"note: {len(manifest.problems):,} problems in the dataset ({kinds}); "
+                   f"`blastscan data {dataset} --problems FILE` lists them", err=True)
     return manifest
 
 
@@ -131,11 +132,58 @@ def data(dataset, out, problems_file, jobs, quiet):
 
 
 # ---- features (feature dictionary) -----------------------------------------------------------
-# (filled in by the handcrafted-features work)
+@main.command("features")
+@click.option("--family", default=None, help="Only this family: shape, color or texture.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv"]), default="table", show_default=True)
+def features_cmd(family, fmt):
+    """List the handcrafted features: name, family, unit and definition, in column order."""
+    import csv
+
+    from blastscan.features.handcrafted import feature_dictionary
+
+    infos = feature_dictionary(family)
+    if fmt == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["name", "family", "unit", "definition"])
+        writer.writerows([i.name, i.family, i.unit, i.definition] for i in infos)
+        return
+    width = max(len(i.name) for i in infos)
+    for i in infos:
+        click.echo(f"{i.name:<{width}}  {i.family:<7}  {i.unit or '-':<9}  {i.definition}")
+    click.echo(f"{len(infos)} features", err=True)
 
 
 # ---- weights (deep backbones) ------------------------------------------------------------------
-# (filled in by the deep-features work)
+@main.command("weights")
+@weights_option
+@click.option("--download", is_flag=True,
+              help="Download Keras' ImageNet weights of each missing backbone (needs internet) into --weights-dir, "
+                   "else the Keras cache.")
+def weights(weights_dir, random_weights, download):
+    """Show, per deep backbone, which weight file would be used, where, and its sha256.
+
+    Looks where `blastscan extract` looks: --weights-dir ($BLASTSCAN_WEIGHTS_DIR) when given, else the
+    Keras cache. For a missing file it says what was looked for and how to provide it. Exits with 1 when
+    a backbone has no weights.
+    """
+    from blastscan.features.deep import BACKBONES, download_weights, file_sha256, find_weights
+
+    if random_weights:
+        raise BlastscanError("--random-weights", "does not apply to `blastscan weights`")
+    missing = 0
+    for name, backbone in BACKBONES.items():
+        found = find_weights(backbone, weights_dir)
+        if found.path is None and download:
+            download_weights(backbone, weights_dir)
+            found = find_weights(backbone, weights_dir)
+        if found.path is None:
+            missing += 1
+            click.echo(f"{name:<13} missing: {found.missing_error().why}")
+        else:
+            size = found.path.stat().st_size
+            click.echo(f"{name:<13} found: {found.path} ({size:,} bytes) sha256 {file_sha256(found.path)}")
+    if missing:
+        sys.exit(1)
 
 
 # ---- extract ---------------------------------------------------------------------------------
@@ -222,7 +270,102 @@ def compare(dataset, features, classifiers, out_dir, store, weights_dir, random_
 
 
 # ---- export / score (bundle) -----------------------------------------------------------------
-# (filled in by the bundle work)
+_TRUST_HELP = ("Load the bundle even when its .json sidecar is missing or its hash does not match. A bundle is a "
+               "pickle: loading one can run any code; only load bundles you trust.")
+
+
+def _bundle_weights_option(f):
+    return click.option(
+        "--weights-dir", type=click.Path(file_okay=False), default=lambda: os.environ.get("BLASTSCAN_WEIGHTS_DIR"),
+        show_default="$BLASTSCAN_WEIGHTS_DIR, else where training found them",
+        help="Folder with the ImageNet weight files; they must be the ones the model was trained with.")(f)
+
+
+@main.command()
+@click.argument("dataset", type=click.Path(exists=True))
+@click.option("--features", "-f", default="handcrafted", show_default=True,
+              help="One feature set, e.g. handcrafted, inception_v3 or handcrafted+inception_v3.")
+@click.option("--classifier", "-c", default="svm", show_default=True, help="One classifier, e.g. logreg, svm, xgboost.")
+@click.option("--param", "params", multiple=True, metavar="CLF.NAME=VALUE",
+              help="Classifier parameter, e.g. --param svm.C=10 (repeatable).")
+@click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
+              help="Write the bundle here (e.g. model.joblib; a .json sidecar is written beside it).")
+@store_option
+@jobs_option
+@weights_option
+@click.option("--input-size", type=int, default=None, help="Deep backbones' input size (default: each backbone's own).")
+@click.option("--threshold", "threshold_rule", type=click.Choice(["recall", "f1"]), default="recall",
+              show_default=True, help="Threshold rule, applied to subject-disjoint out-of-fold P(ALL) of the "
+                                      "training data: reach --target-recall for ALL, or best weighted F1.")
+@click.option("--target-recall", type=float, default=0.90, show_default=True, help="ALL recall for --threshold recall.")
+@click.option("--inner-folds", type=int, default=5, show_default=True,
+              help="Subject-disjoint folds of the out-of-fold predictions that set the threshold.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of folds and model.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def train(dataset, features, classifier, params, out, store, jobs, weights_dir, random_weights, input_size,
+          threshold_rule, target_recall, inner_folds, seed, quiet):
+    """Fit one model on every labelled image of DATASET; with --out, save it as a scoring bundle.
+
+    Missing features are computed first. The threshold and the printed metrics come from subject-disjoint
+    out-of-fold predictions on the training data (no test set is involved: use `blastscan compare` for an
+    evaluation).
+    """
+    from blastscan.pipelines.train import train as run_train
+
+    opts = _deep_options(weights_dir, random_weights, input_size=input_size)
+    run_train(dataset, features, classifier, store, params=list(params), out=out, extractor_options=opts,
+              threshold_rule=threshold_rule, target_recall=target_recall, seed=seed, inner_splits=inner_folds,
+              jobs=jobs, progress=not quiet, echo=click.echo)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--config", "config_name", required=True, metavar="NAME",
+              help="Configuration of the run to export, e.g. handcrafted/svm (see the run's report).")
+@click.option("--out", "out", type=click.Path(dir_okay=False), required=True,
+              help="Bundle file to write, e.g. model.joblib (a .json sidecar is written beside it).")
+@click.option("--store", type=click.Path(file_okay=False), default=None, show_default="the run's store",
+              help="Feature store, if it moved since the run.")
+@_bundle_weights_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def export(run_dir, config_name, out, store, weights_dir, quiet):
+    """Refit configuration NAME of a `blastscan compare` run on all its labelled images and save a bundle.
+
+    Uses the run's parameters, feature store, extractor options, seed and threshold rule.
+    """
+    from blastscan.pipelines.bundle import export_run
+
+    opts = {"weights_dir": weights_dir} if weights_dir else None
+    bundle = export_run(run_dir, config_name, out, store=store, extractor_options=opts, progress=not quiet)
+    click.echo(bundle.summary())
+    click.echo(f"bundle: {out} (+ {bundle.path.with_suffix('.json').name})")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--output", "-o", "output", type=click.Path(dir_okay=False), default="predictions.csv",
+              show_default=True, help="Per-cell CSV (path, sha256, subject, p_all, pred, status); the per-subject "
+                                      "summary goes to <stem>_subjects.csv beside it.")
+@click.option("--store", type=click.Path(file_okay=False), default=None, show_default="a temporary store",
+              help="Feature store to reuse and fill (by default nothing is kept).")
+@_bundle_weights_option
+@jobs_option
+@click.option("--trust", is_flag=True, help=_TRUST_HELP)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def score(bundle, inputs, output, store, weights_dir, jobs, trust, quiet):
+    """Score INPUTS (image files, folders, CSVs with a path column) with a BUNDLE from train/export.
+
+    Every input image gets a row; those that cannot be read or featurised get the reason in the status
+    column and do not stop the batch. Only load bundles you trust: a bundle is a pickle and loading it
+    can run code; its hash is checked against the .json sidecar unless --trust is given.
+    """
+    from blastscan.pipelines.score import score as run_score
+
+    opts = {"weights_dir": weights_dir} if weights_dir else None
+    result = run_score(bundle, list(inputs), output, store=store, extractor_options=opts, trust=trust, jobs=jobs,
+                       progress=not quiet)
+    click.echo(result.summary())
 
 
 # ---- demo ------------------------------------------------------------------------------------
