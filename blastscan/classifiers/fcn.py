@@ -117,7 +117,9 @@ class FCNClassifier(BinaryClassifier):
 def _train_keras(X, y, w, validation, *, hidden, dropout, epochs, patience, batch_size, lr, seed):
     """Train the head; returns ``(get_weights(), best_epoch, epochs_run)``. Leaves numpy's and Python's
     global random states as they were (Keras seeds them)."""
-    import keras  # lazily: importing TensorFlow costs seconds
+    from blastscan._tf import import_keras
+
+    keras = import_keras()  # lazily: importing TensorFlow costs seconds
 
     saved = np.random.get_state(), random.getstate()
     try:

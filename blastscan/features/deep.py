@@ -241,7 +241,9 @@ def download_weights(backbone: str | Backbone, dest: str | os.PathLike | None = 
     """
     b = BACKBONES[backbone] if isinstance(backbone, str) else backbone
     folder = Path(dest).expanduser() if dest else keras_cache_dir()
-    import keras
+    from blastscan._tf import import_keras
+
+    keras = import_keras()
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -330,7 +332,9 @@ class DeepExtractor(BatchExtractor):
                 return
             import importlib
 
-            import keras
+            from blastscan._tf import import_keras
+
+            keras = import_keras()
             import tensorflow as tf
 
             b, s = self.backbone, self.input_size
