@@ -186,3 +186,15 @@ def test_unknown_feature_set_is_a_clear_error(tmp_path):
     man = _manifest(tmp_path, [10])
     with pytest.raises(BlastscanError, match="unknown"):
         ex.extract(man, ["handcrafted+nope"], tmp_path / "store", progress=False)
+
+
+def test_equivalent_options_share_one_extractor_instance():
+    from blastscan.pipelines.extract import _extractor
+
+    # Scoring a bundle passes the recorded input size explicitly; the instance (and its built network)
+    # from extraction with the default size must be reused, not built a second time.
+    a = _extractor("vgg16", {"random_weights": True})
+    b = _extractor("vgg16", {"random_weights": True, "input_size": 224})
+    c = _extractor("vgg16", {"random_weights": True, "input_size": 160})
+    assert a is b
+    assert c is not a and c.identity != a.identity

@@ -112,7 +112,12 @@ def _options_key(name: str, options: Mapping[str, Any]) -> tuple:
 def _extractor(name: str, options: Mapping[str, Any]) -> Extractor:
     key = _options_key(name, options)
     if key not in _EXTRACTOR_CACHE:
-        _EXTRACTOR_CACHE[key] = get_extractor(name, **dict(options))
+        ext = get_extractor(name, **dict(options))  # cheap: networks are built on first use
+        # Options spelled differently (e.g. a default input size given explicitly when scoring a bundle)
+        # can describe the same extractor: reuse the instance whose network may already be built.
+        same = (e for e in _EXTRACTOR_CACHE.values() if e.name == ext.name and e.identity == ext.identity
+                and getattr(e, "batch_size", None) == getattr(ext, "batch_size", None))
+        _EXTRACTOR_CACHE[key] = next(same, ext)
     return _EXTRACTOR_CACHE[key]
 
 
