@@ -88,6 +88,13 @@ def dataset_manifest(dataset, store, jobs, quiet):
     return manifest
 
 
+def params_option(f):
+    f = click.option("--params-file", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help='JSON file of classifier parameters, e.g. {"svm": {"C": 10}}; --param overrides it.')(f)
+    return click.option("--param", "params", multiple=True, metavar="CLF.NAME=VALUE",
+                        help="Classifier parameter, e.g. --param svm.C=10 (repeatable).")(f)
+
+
 def _deep_options(weights_dir, random_weights, **extra):
     opts = {"weights_dir": weights_dir, "random_weights": random_weights}
     opts.update({k: v for k, v in extra.items() if v is not None})
@@ -236,8 +243,7 @@ def extract(dataset, features, store, jobs, weights_dir, random_weights, input_s
               show_default=True, help="Threshold rule, applied on training folds only: reach --target-recall "
                                       "for ALL, or best weighted F1.")
 @click.option("--target-recall", type=float, default=0.90, show_default=True, help="ALL recall for --threshold recall.")
-@click.option("--param", "params", multiple=True, metavar="CLF.NAME=VALUE",
-              help="Classifier parameter, e.g. --param svm.C=10 (repeatable).")
+@params_option
 @click.option("--inner-folds", type=int, default=3, show_default=True,
               help="Folds of the inner subject-disjoint CV that picks each training part's threshold.")
 @click.option("--leaky-folds", type=int, default=3, show_default=True,
@@ -247,16 +253,16 @@ def extract(dataset, features, store, jobs, weights_dir, random_weights, input_s
 @click.option("--jobs", "-j", type=int, default=None, show_default="all cores", help="Models fitted in parallel.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def compare(dataset, features, classifiers, out_dir, store, weights_dir, random_weights, input_size, folds, seed,
-            threshold_rule, target_recall, params, inner_folds, leaky_folds, n_boot, jobs, quiet):
+            threshold_rule, target_recall, params, params_file, inner_folds, leaky_folds, n_boot, jobs, quiet):
     """Compare feature sets x classifiers on DATASET with subject-disjoint evaluation.
 
     Writes a run folder with report.html / report.md, metrics.csv/json, out-of-fold predictions,
     per-subject accuracy, the manifest used and run.json. Every headline number comes from splits that
     keep each subject on one side; a per-image split is shown only as a labelled (leaky) warning.
     """
-    from blastscan.pipelines.compare import compare as run_compare, parse_params
+    from blastscan.pipelines.compare import compare as run_compare, load_params
 
-    parsed = parse_params(params)  # bad --param fails before the manifest is built
+    parsed = load_params(params, params_file)  # bad --param fails before the manifest is built
     manifest = dataset_manifest(dataset, store, jobs, quiet)
     opts = _deep_options(weights_dir, random_weights, input_size=input_size)
     result = run_compare(manifest.df, features, classifiers, store, out_dir, extractor_options=opts, n_splits=folds,
@@ -286,8 +292,7 @@ def _bundle_weights_option(f):
 @click.option("--features", "-f", default="handcrafted", show_default=True,
               help="One feature set, e.g. handcrafted, inception_v3 or handcrafted+inception_v3.")
 @click.option("--classifier", "-c", default="svm", show_default=True, help="One classifier, e.g. logreg, svm, xgboost.")
-@click.option("--param", "params", multiple=True, metavar="CLF.NAME=VALUE",
-              help="Classifier parameter, e.g. --param svm.C=10 (repeatable).")
+@params_option
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
               help="Write the bundle here (e.g. model.joblib; a .json sidecar is written beside it).")
 @store_option
@@ -302,7 +307,7 @@ def _bundle_weights_option(f):
               help="Subject-disjoint folds of the out-of-fold predictions that set the threshold.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of folds and model.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def train(dataset, features, classifier, params, out, store, jobs, weights_dir, random_weights, input_size,
+def train(dataset, features, classifier, params, params_file, out, store, jobs, weights_dir, random_weights, input_size,
           threshold_rule, target_recall, inner_folds, seed, quiet):
     """Fit one model on every labelled image of DATASET; with --out, save it as a scoring bundle.
 
@@ -310,10 +315,15 @@ def train(dataset, features, classifier, params, out, store, jobs, weights_dir, 
     out-of-fold predictions on the training data (no test set is involved: use `blastscan compare` for an
     evaluation).
     """
+    from blastscan.pipelines.compare import load_params
     from blastscan.pipelines.train import train as run_train
 
+    # a params file may be shared with `compare` and name other classifiers: only this one's entry counts
+    from_file = load_params(None, params_file).get(classifier, {})
+    given = load_params(params)
+    merged = {**given, classifier: {**from_file, **given.get(classifier, {})}}
     opts = _deep_options(weights_dir, random_weights, input_size=input_size)
-    run_train(dataset, features, classifier, store, params=list(params), out=out, extractor_options=opts,
+    run_train(dataset, features, classifier, store, params=merged, out=out, extractor_options=opts,
               threshold_rule=threshold_rule, target_recall=target_recall, seed=seed, inner_splits=inner_folds,
               jobs=jobs, progress=not quiet, echo=click.echo)
 

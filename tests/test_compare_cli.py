@@ -117,3 +117,20 @@ def test_bad_param_is_one_line_error(tmp_path):
     res = _blastscan("compare", tmp_path, "--param", "C=10")
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == ["error: --param C=10: expected CLASSIFIER.NAME=VALUE, e.g. svm.C=10"]
+
+
+def test_params_file_is_overridden_by_param_and_bad_files_are_one_line_errors(tmp_path):
+    from blastscan.errors import BlastscanError
+    from blastscan.pipelines.compare import load_params
+
+    f = tmp_path / "params.json"
+    f.write_text('{"svm": {"C": 10, "gamma": 0.01}, "xgboost": {"max_depth": 2}}')
+    got = load_params(["svm.C=3", "logreg.C=0.5"], f)
+    assert got == {"svm": {"C": 3, "gamma": 0.01}, "xgboost": {"max_depth": 2}, "logreg": {"C": 0.5}}
+    f.write_text('{"svm": 3}')
+    with pytest.raises(BlastscanError, match="expected"):
+        load_params(None, f)
+    f.write_text("{not json")
+    res = _blastscan("compare", tmp_path, "--params-file", f)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()] and "not valid JSON" in res.stderr

@@ -97,6 +97,24 @@ def parse_params(items: Sequence[str] | Mapping | None) -> dict[str, dict[str, A
     return out
 
 
+def load_params(items: Sequence[str] | None = None, path: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
+    """Classifier parameters from a JSON file (``{"svm": {"C": 10}}``) overridden by ``--param`` items."""
+    out: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        try:
+            data = json.loads(Path(path).read_text())
+        except OSError as exc:
+            raise BlastscanError(str(path), f"cannot read ({exc.strerror or exc})") from None
+        except ValueError as exc:
+            raise BlastscanError(str(path), f"not valid JSON ({exc})") from None
+        if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+            raise BlastscanError(str(path), 'expected {"classifier": {"parameter": value, ...}, ...}')
+        out = parse_params(data)
+    for clf, values in parse_params(items).items():
+        out.setdefault(clf, {}).update(values)
+    return out
+
+
 def default_run_dir(base: str | os.PathLike = "blastscan-runs") -> Path:
     """``blastscan-runs/<local time stamp>`` (a suffix is added if that folder exists)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
