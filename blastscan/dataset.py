@@ -365,8 +365,9 @@ def _skip_name(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
-def _walk_images(root: Path) -> list[Path]:
-    """Image files under ``root`` (recursively, following links once), sorted; non-images are ignored."""
+def _walk_images(root: Path, others: list[Path] | None = None) -> list[Path]:
+    """Image files under ``root`` (recursively, following links once), sorted; other files are ignored,
+    or appended to ``others`` when it is given."""
     found, seen = [], set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
@@ -376,6 +377,8 @@ def _walk_images(root: Path) -> list[Path]:
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not _skip_name(d))
         found += [Path(dirpath) / f for f in filenames if not _skip_name(f) and _is_image(f)]
+        if others is not None:
+            others += [Path(dirpath) / f for f in filenames if not _skip_name(f) and not _is_image(f)]
     return sorted(found)
 
 
@@ -631,13 +634,21 @@ def _collect_csv(csv_path: Path, col: _Collector, *, in_list: bool = False) -> N
         col.add(path, label, subject or name_subject, split or "csv", where=f" (again in {where})")
 
 
+def _not_an_image(path: Path, col: _Collector) -> None:
+    col.problem(os.path.abspath(path), f"not an image file (expected {', '.join(IMAGE_EXTENSIONS)})", "not_an_image")
+
+
 def _collect_list(items: Sequence, col: _Collector) -> Path:
     tops = []
     for item in items:
         p = Path(item)
         if p.is_dir():
+            # inputs named one by one (scoring): a stray file in a given folder is reported, not ignored
             tops.append(Path(os.path.abspath(p)))
-            _collect_files(_walk_images(p), col)
+            others: list[Path] = []
+            _collect_files(_walk_images(p, others), col)
+            for other in sorted(others):
+                _not_an_image(other, col)
         elif p.is_file():
             tops.append(Path(os.path.abspath(p)).parent)
             if p.suffix.lower() == ".csv":
@@ -645,8 +656,7 @@ def _collect_list(items: Sequence, col: _Collector) -> Path:
             elif _is_image(p):
                 _collect_files([p], col)
             else:
-                col.problem(os.path.abspath(p), f"not an image file (expected {', '.join(IMAGE_EXTENSIONS)})",
-                            "not_an_image")
+                _not_an_image(p, col)
         else:
             col.problem(os.path.abspath(p), "no such file or folder", "missing_image")
     return Path(os.path.commonpath([str(t) for t in tops])) if tops else Path.cwd()

@@ -449,7 +449,7 @@ def test_list_of_files_and_folders(tmp_path):
     folder = tmp_path / "new"
     _save(folder / "UID_12_1_1_all.bmp")
     _save(folder / "deep" / "7.png")
-    (folder / "README.md").write_text("ignored inside folders")
+    (folder / "README.md").write_text("a stray file in a folder to score is reported too")
     single = _save(tmp_path / "UID_H3_2_2_hem.png")
     notes = tmp_path / "notes.txt"
     notes.write_text("not an image")
@@ -458,8 +458,8 @@ def test_list_of_files_and_folders(tmp_path):
     assert _rows(m.df) == {"UID_12_1_1_all.bmp": ("all", "12", "files"), "7.png": (None, None, "files"),
                            "UID_H3_2_2_hem.png": ("hem", "H3", "files")}
     kinds = sorted((Path(p.path).name, p.kind) for p in m.problems)
-    assert kinds == [("UID_H3_2_2_hem.png", "listed_twice"), ("gone.png", "missing_image"),
-                     ("notes.txt", "not_an_image")]
+    assert kinds == [("README.md", "not_an_image"), ("UID_H3_2_2_hem.png", "listed_twice"),
+                     ("gone.png", "missing_image"), ("notes.txt", "not_an_image")]
 
 
 def test_plain_folder_is_files_layout(tmp_path):
@@ -645,3 +645,13 @@ def test_inspect_cache_reuses_unchanged_files_and_rereads_changed_ones(tmp_path,
     new_sha = third.df.set_index("path").loc[str(changed), "sha256"]
     assert new_sha != first.df.set_index("path").loc[str(changed), "sha256"]
     pd.testing.assert_frame_equal(third.df, build_manifest(root).df)
+
+
+def test_a_stray_file_in_a_folder_given_for_scoring_is_reported(tmp_path):
+    folder = tmp_path / "new"
+    _save(folder / "UID_5_1_1_all.png", _pixels(seed=1))
+    (folder / "notes.txt").write_text("not a cell")
+    (folder / ".DS_Store").write_bytes(b"\0")
+    m = build_manifest([str(folder)])
+    assert len(m.df) == 1
+    assert [(Path(p.path).name, p.kind) for p in m.problems] == [("notes.txt", "not_an_image")]
