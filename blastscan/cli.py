@@ -75,11 +75,9 @@ def jobs_option(f):
 
 def dataset_manifest(dataset, store, jobs, quiet):
     """Build DATASET's manifest (file checks cached in the store) and list its problems briefly on stderr."""
-    from pathlib import Path
+    from blastscan.dataset import build_manifest, format_problems, inspect_cache
 
-    from blastscan.dataset import build_manifest, format_problems
-
-    manifest = build_manifest(dataset, jobs=jobs, progress=not quiet, cache=Path(store) / "inspected.json")
+    manifest = build_manifest(dataset, jobs=jobs, progress=not quiet, cache=inspect_cache(store))
     if manifest.problems:
         counts = format_problems(manifest.problems, 0)[1:-1]  # "  <n>  <kind>" lines, no file list
         kinds = "; ".join(" ".join(line.split()) for line in counts)

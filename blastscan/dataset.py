@@ -280,6 +280,14 @@ def _inspect(path: str) -> tuple:
     return sha, int(im.width), int(im.height), src, None
 
 
+INSPECT_CACHE = "inspected.json"  # file-check cache kept in a feature store folder
+
+
+def inspect_cache(store: str | os.PathLike | None) -> Path | None:
+    """Where a feature store keeps the file-check cache for :func:`build_manifest` (None without a store)."""
+    return Path(store) / INSPECT_CACHE if store is not None else None
+
+
 def _stat_key(path: str) -> str | None:
     try:
         st = os.stat(path)

@@ -64,10 +64,10 @@ def _p_all(est, X: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------
-def input_manifest(inputs, progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+def input_manifest(inputs, progress: bool = False, store=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The manifest of ``inputs`` (files, folders, CSVs, or a manifest DataFrame) and the rows of files
-    that could not be used (``path, sha256, subject, status``)."""
-    from blastscan.dataset import build_manifest, parse_cnmc_name
+    that could not be used (``path, sha256, subject, status``); file checks are cached in ``store``."""
+    from blastscan.dataset import build_manifest, inspect_cache, parse_cnmc_name
 
     if isinstance(inputs, pd.DataFrame):
         missing = {"path", "sha256"} - set(inputs.columns)
@@ -76,7 +76,7 @@ def input_manifest(inputs, progress: bool = False) -> tuple[pd.DataFrame, pd.Dat
         return inputs.reset_index(drop=True), _failed_frame([])
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    manifest = build_manifest([str(p) for p in inputs], progress=progress)
+    manifest = build_manifest([str(p) for p in inputs], progress=progress, cache=inspect_cache(store))
     bad = [p for p in manifest.problems if p.kind in _FAILED_KINDS]
     rows = [{"path": p.path, "sha256": "", "subject": parse_cnmc_name(os.path.basename(p.path))[0] or "",
              "status": p.reason.removesuffix(" (left out)")} for p in bad]

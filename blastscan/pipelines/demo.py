@@ -39,7 +39,7 @@ def run_demo(
     echo: Callable[[str], None] = print,
 ) -> dict:
     """Run data check, extraction, comparison, export and scoring on the sample; return the paths."""
-    from blastscan.dataset import build_manifest, summarize
+    from blastscan.dataset import build_manifest, inspect_cache, summarize
     from blastscan.features.base import get_extractor
     from blastscan.pipelines.extract import extract
 
@@ -51,7 +51,7 @@ def run_demo(
     options = {"weights_dir": weights_dir}
 
     echo(f"== 1/5 dataset: {data}")
-    manifest = build_manifest(data, jobs=jobs, progress=progress)
+    manifest = build_manifest(data, jobs=jobs, progress=progress, cache=inspect_cache(store))
     echo(summarize(manifest))
 
     extractors = ["handcrafted"]

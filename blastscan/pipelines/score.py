@@ -191,7 +191,7 @@ def score(
         raise BlastscanError("subject_fraction", f"must be in (0, 1] (got {subject_fraction})")
     bundle = bundle_or_path if isinstance(bundle_or_path, Bundle) else load_bundle(bundle_or_path, trust=trust)
     built = bundle.extractors(extractor_options)  # a wrong weights file stops here, before any image is read
-    manifest_df, failed = input_manifest(inputs, progress=progress)
+    manifest_df, failed = input_manifest(inputs, progress=progress, store=store)
     if "subject" not in manifest_df:
         manifest_df = manifest_df.assign(subject="")
     chunk = chunk_images or max(CHUNK_IMAGES, 2 * _resolve_jobs(jobs) * TASK_IMAGES)

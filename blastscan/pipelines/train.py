@@ -54,12 +54,12 @@ def train(
     echo : callable
         Where progress lines go.
     """
-    from blastscan.dataset import build_manifest, labelled
+    from blastscan.dataset import build_manifest, inspect_cache, labelled
     from blastscan.pipelines.compare import parse_params
     from blastscan.pipelines.extract import extract
 
     clf_params = _params_for(classifier, params, parse_params)
-    manifest = build_manifest(dataset, jobs=jobs, progress=progress)
+    manifest = build_manifest(dataset, jobs=jobs, progress=progress, cache=inspect_cache(store))
     if len(manifest.problems):
         echo(f"{len(manifest.problems)} problems in {dataset} (see `blastscan data`); e.g. {manifest.problems[0]}")
     data = labelled(manifest.df)
