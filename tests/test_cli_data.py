@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from blastscan.dataset import read_manifest
-from test_dataset import _save, make_cnmc  # tests/ is on sys.path (pytest rootdir conftest)
+from test_dataset import make_cnmc, save_image  # tests/ is on sys.path (pytest rootdir conftest)
 
 _EXE = Path(sys.executable).parent / "blastscan"
 BLASTSCAN = [str(_EXE)] if _EXE.exists() else [sys.executable, "-m", "blastscan.cli"]
@@ -47,7 +47,7 @@ def test_data_summary_manifest_and_problems_file(tmp_path):
 def test_data_plain_class_folders(tmp_path):
     for label in ("all", "hem"):
         for i in range(3):
-            _save(tmp_path / "d" / label / f"{label}{i}.png")
+            save_image(tmp_path / "d" / label / f"{label}{i}.png")
     res = _blastscan("data", tmp_path / "d")
     assert res.returncode == 0, res.stderr
     assert "6 images: 3 all, 3 hem, 0 unlabelled" in res.stdout
@@ -71,7 +71,7 @@ def test_data_bad_input_is_one_line_and_exit_2(tmp_path, case):
 
 
 def test_data_does_not_import_tensorflow(tmp_path):
-    _save(tmp_path / "all" / "a.png")
+    save_image(tmp_path / "all" / "a.png")
     code = ("import sys; from blastscan.cli import main\n"
             f"main(['data', {str(tmp_path)!r}, '-q'], standalone_mode=False)\n"
             "print('TF' if 'tensorflow' in sys.modules else 'NO_TF')")

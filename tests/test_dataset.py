@@ -43,7 +43,7 @@ def _pixels(h=12, w=14, seed=None) -> np.ndarray:
     return rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
 
 
-def _save(path: Path, arr: np.ndarray | None = None, mode: str | None = None) -> Path:
+def save_image(path: Path, arr: np.ndarray | None = None, mode: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     im = Image.fromarray(_pixels() if arr is None else arr)
     if mode:
@@ -79,7 +79,7 @@ def make_cnmc(base: Path, *, ext_cycle=(".bmp", ".png"), prelim=True) -> dict[st
     for fold, label, subject, n in train:
         for i in range(n):
             name = f"UID_{subject}_{i + 1}_1_{label}{next(exts)}"
-            _save(root / "training_data" / f"fold_{fold}" / label / name)
+            save_image(root / "training_data" / f"fold_{fold}" / label / name)
             expected[name] = (label, subject, f"fold_{fold}")
     # non-image files in the tree are ignored silently
     (root / "training_data" / "README.md").write_text("notes")
@@ -95,11 +95,11 @@ def make_cnmc(base: Path, *, ext_cycle=(".bmp", ".png"), prelim=True) -> dict[st
             w.writerows(rows)
         # 1-3 present (stored as .png while the CSV says .bmp, as in our sample); 4-5 missing
         for pid, new, lab in rows[:3]:
-            _save(pdir / f"{Path(new).stem}.png")
+            save_image(pdir / f"{Path(new).stem}.png")
             expected[f"{Path(new).stem}.png"] = ("all" if lab == 1 else "hem", parse_cnmc_name(pid)[0], "prelim")
         fdir = root / "testing_data" / "C-NMC_test_final_phase_data"
         for k in (1, 2):
-            _save(fdir / f"{k}.bmp")
+            save_image(fdir / f"{k}.bmp")
             expected[f"final:{k}.bmp"] = (None, None, "final")
     return expected
 
@@ -197,9 +197,9 @@ def test_prelim_label_disagreeing_with_original_name_is_reported(tmp_path):
     root = tmp_path / "C-NMC_Leukemia"
     make_cnmc(tmp_path, prelim=False)
     pdir = root / "validation_data" / "C-NMC_test_prelim_phase_data"
-    _save(pdir / "1.bmp")
-    _save(pdir / "2.bmp")
-    _save(pdir / "3.bmp")  # not in the CSV
+    save_image(pdir / "1.bmp")
+    save_image(pdir / "2.bmp")
+    save_image(pdir / "3.bmp")  # not in the CSV
     (root / "validation_data" / "C-NMC_test_prelim_phase_data_labels.csv").write_text(
         "Patient_ID,new_names,labels\nUID_H49_35_1_hem.bmp,1.bmp,1\nUID_57_29_1_all.bmp,2.bmp,1\n")
     m = build_manifest(root)
@@ -217,7 +217,7 @@ def test_prelim_without_csv_is_one_problem(tmp_path):
     root = tmp_path / "C-NMC_Leukemia"
     make_cnmc(tmp_path, prelim=False)
     for k in (1, 2):
-        _save(root / "validation_data" / "C-NMC_test_prelim_phase_data" / f"{k}.bmp")
+        save_image(root / "validation_data" / "C-NMC_test_prelim_phase_data" / f"{k}.bmp")
     m = build_manifest(root)
     assert len(m.df[m.df["source_split"] == "prelim"]) == 2
     assert [p.kind for p in m.problems] == ["no_label"]
@@ -225,8 +225,8 @@ def test_prelim_without_csv_is_one_problem(tmp_path):
 
 def test_folder_label_disagreeing_with_name(tmp_path):
     root = tmp_path / "C-NMC_Leukemia" / "training_data" / "fold_0"
-    _save(root / "all" / "UID_3_1_1_all.png")
-    bad = _save(root / "hem" / "UID_3_1_2_all.png")
+    save_image(root / "all" / "UID_3_1_1_all.png")
+    bad = save_image(root / "hem" / "UID_3_1_2_all.png")
     m = build_manifest(tmp_path)
     assert _rows(m.df)["UID_3_1_2_all.png"] == (None, "3", "fold_0")
     assert [(p.path, p.kind) for p in m.problems] == [(str(bad), "label_conflict")]
@@ -237,17 +237,17 @@ def test_duplicates_merge_subjects_into_one_group(tmp_path):
     train = tmp_path / "C-NMC_Leukemia" / "training_data"
     shared = _pixels()
     shared2 = _pixels()
-    _save(train / "fold_0" / "all" / "UID_20_1_1_all.bmp", shared)
-    _save(train / "fold_0" / "all" / "UID_20_2_1_all.bmp")
-    _save(train / "fold_1" / "all" / "UID_21_5_2_all.bmp", shared)
-    _save(train / "fold_1" / "all" / "UID_21_6_2_all.bmp", shared2)
-    _save(train / "fold_2" / "all" / "UID_25_1_1_all.bmp", shared2)   # 25 is linked to 20 through 21
-    _save(train / "fold_2" / "all" / "UID_30_1_1_all.bmp")           # unrelated
-    _save(train / "fold_0" / "hem" / "UID_H2_1_1_hem.bmp", shared := _pixels())
-    _save(train / "fold_1" / "hem" / "UID_H10_1_1_hem.bmp", shared)
+    save_image(train / "fold_0" / "all" / "UID_20_1_1_all.bmp", shared)
+    save_image(train / "fold_0" / "all" / "UID_20_2_1_all.bmp")
+    save_image(train / "fold_1" / "all" / "UID_21_5_2_all.bmp", shared)
+    save_image(train / "fold_1" / "all" / "UID_21_6_2_all.bmp", shared2)
+    save_image(train / "fold_2" / "all" / "UID_25_1_1_all.bmp", shared2)   # 25 is linked to 20 through 21
+    save_image(train / "fold_2" / "all" / "UID_30_1_1_all.bmp")           # unrelated
+    save_image(train / "fold_0" / "hem" / "UID_H2_1_1_hem.bmp", shared := _pixels())
+    save_image(train / "fold_1" / "hem" / "UID_H10_1_1_hem.bmp", shared)
     same_subject = _pixels()
-    _save(train / "fold_0" / "hem" / "UID_H3_1_1_hem.bmp", same_subject)
-    _save(train / "fold_0" / "hem" / "UID_H3_1_2_hem.bmp", same_subject)
+    save_image(train / "fold_0" / "hem" / "UID_H3_1_1_hem.bmp", same_subject)
+    save_image(train / "fold_0" / "hem" / "UID_H3_1_2_hem.bmp", same_subject)
     m = build_manifest(tmp_path)
     df = m.df.set_index(m.df["path"].map(lambda p: Path(p).stem))
     for s in ("UID_20_1_1_all", "UID_20_2_1_all", "UID_21_5_2_all", "UID_21_6_2_all", "UID_25_1_1_all"):
@@ -274,11 +274,11 @@ def test_duplicates_merge_subjects_into_one_group(tmp_path):
 def test_duplicate_without_subject_joins_the_subject_group_and_label_clash(tmp_path):
     root = tmp_path / "C-NMC_Leukemia"
     same = _pixels()
-    _save(root / "training_data" / "fold_0" / "all" / "UID_20_1_1_all.png", same)
-    _save(root / "training_data" / "fold_0" / "hem" / "UID_H5_1_1_hem.png", same)  # same content, other label
-    _save(root / "testing_data" / "C-NMC_test_final_phase_data" / "1.png", same)  # same bytes: same format
-    _save(root / "testing_data" / "C-NMC_test_final_phase_data" / "2.bmp", twin := _pixels())
-    _save(root / "testing_data" / "C-NMC_test_final_phase_data" / "3.bmp", twin)
+    save_image(root / "training_data" / "fold_0" / "all" / "UID_20_1_1_all.png", same)
+    save_image(root / "training_data" / "fold_0" / "hem" / "UID_H5_1_1_hem.png", same)  # same content, other label
+    save_image(root / "testing_data" / "C-NMC_test_final_phase_data" / "1.png", same)  # same bytes: same format
+    save_image(root / "testing_data" / "C-NMC_test_final_phase_data" / "2.bmp", twin := _pixels())
+    save_image(root / "testing_data" / "C-NMC_test_final_phase_data" / "3.bmp", twin)
     m = build_manifest(tmp_path)
     g = dict(zip(m.df["path"].map(lambda p: Path(p).name), m.df["group"]))
     assert g["UID_20_1_1_all.png"] == g["UID_H5_1_1_hem.png"] == g["1.png"] == "20+H5"
@@ -294,7 +294,7 @@ def odd_images(tmp_path) -> tuple[Path, dict]:
     """Class folders holding one image of each awkward kind; returns ``{name: accepted?}``."""
     root = tmp_path / "cells"
     a, h = root / "all", root / "hem"
-    _save(a / "good.png")
+    save_image(a / "good.png")
     (a / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(200)))
     (a / "random.bmp").write_bytes(np.random.default_rng(0).bytes(500))
     buf = io.BytesIO()
@@ -314,10 +314,10 @@ def odd_images(tmp_path) -> tuple[Path, dict]:
     rgba_t = rgba.copy()
     rgba_t[0, 0, 3] = 0
     Image.fromarray(rgba_t, "RGBA").save(h / "rgba_transparent.png")
-    _save(h / "gray.png", mode="L")
+    save_image(h / "gray.png", mode="L")
     Image.fromarray(np.arange(120, dtype=np.uint16).reshape(10, 12) * 500).save(h / "gray16.png")
-    _save(h / "bw.png", mode="1")
-    _save(h / "cmyk.tif", mode="CMYK")
+    save_image(h / "bw.png", mode="1")
+    save_image(h / "cmyk.tif", mode="CMYK")
     frames = [Image.fromarray(_pixels()) for _ in range(2)]
     frames[0].save(h / "frames.tif", save_all=True, append_images=frames[1:])
     accepted = {"good.png": True, "corrupt.png": False, "random.bmp": False, "truncated.png": False,
@@ -375,11 +375,11 @@ def test_load_image_missing_file():
 # -- class folders, CSV, lists -------------------------------------------------------------------------
 def test_class_folders(tmp_path):
     root = tmp_path / "cells"
-    _save(root / "all" / "a1.png")
-    _save(root / "batch2" / "hem" / "h1.jpg")
-    _save(root / "batch2" / "hem" / "UID_H7_1_1_hem.tif")
-    _save(root / "hem" / "UID_4_1_1_all.png")  # folder says hem, name says all
-    stray = _save(root / "unsorted" / "x.png")
+    save_image(root / "all" / "a1.png")
+    save_image(root / "batch2" / "hem" / "h1.jpg")
+    save_image(root / "batch2" / "hem" / "UID_H7_1_1_hem.tif")
+    save_image(root / "hem" / "UID_4_1_1_all.png")  # folder says hem, name says all
+    stray = save_image(root / "unsorted" / "x.png")
     (root / "README.md").write_text("hello")
     (root / "all" / "labels.csv").write_text("path,label\n")
     (root / "all" / "._a1.png").write_bytes(b"\x00\x05\x16\x07")  # macOS resource fork: skipped
@@ -396,12 +396,12 @@ def test_class_folders(tmp_path):
 
 def test_csv_layout(tmp_path):
     imgs = tmp_path / "imgs"
-    a = _save(imgs / "a.png")
-    b = _save(imgs / "sub" / "b.bmp")
-    c = _save(tmp_path / "elsewhere" / "UID_H8_2_3_hem.png")
-    d = _save(imgs / "d.png")
-    e = _save(imgs / "e.png")
-    f = _save(imgs / "f.png")
+    a = save_image(imgs / "a.png")
+    b = save_image(imgs / "sub" / "b.bmp")
+    c = save_image(tmp_path / "elsewhere" / "UID_H8_2_3_hem.png")
+    d = save_image(imgs / "d.png")
+    e = save_image(imgs / "e.png")
+    f = save_image(imgs / "f.png")
     (imgs / "notes.txt").write_text("x")
     text = ("path,label,subject\n"
             "a.png,1,p1\n"
@@ -431,7 +431,7 @@ def test_csv_without_path_column(tmp_path):
     with pytest.raises(BlastscanError, match="'path' column"):
         build_manifest(tmp_path / "x.csv")
     # among several inputs it is one problem, not the end of the run
-    _save(tmp_path / "a.png")
+    save_image(tmp_path / "a.png")
     m = build_manifest([str(tmp_path / "x.csv"), str(tmp_path / "a.png")])
     assert len(m.df) == 1 and [p.kind for p in m.problems] == ["csv"]
 
@@ -447,10 +447,10 @@ def test_written_manifest_reads_back_as_a_dataset(cnmc_tree, tmp_path):
 
 def test_list_of_files_and_folders(tmp_path):
     folder = tmp_path / "new"
-    _save(folder / "UID_12_1_1_all.bmp")
-    _save(folder / "deep" / "7.png")
+    save_image(folder / "UID_12_1_1_all.bmp")
+    save_image(folder / "deep" / "7.png")
     (folder / "README.md").write_text("a stray file in a folder to score is reported too")
-    single = _save(tmp_path / "UID_H3_2_2_hem.png")
+    single = save_image(tmp_path / "UID_H3_2_2_hem.png")
     notes = tmp_path / "notes.txt"
     notes.write_text("not an image")
     m = build_manifest([str(folder), str(single), str(notes), str(tmp_path / "gone.png"), str(single)])
@@ -463,8 +463,8 @@ def test_list_of_files_and_folders(tmp_path):
 
 
 def test_plain_folder_is_files_layout(tmp_path):
-    _save(tmp_path / "x" / "1.png")
-    _save(tmp_path / "x" / "UID_9_1_1_all.png")
+    save_image(tmp_path / "x" / "1.png")
+    save_image(tmp_path / "x" / "UID_9_1_1_all.png")
     m = build_manifest(tmp_path / "x")
     assert m.layout == "files" and not m.problems
     assert _rows(m.df) == {"1.png": (None, None, "files"), "UID_9_1_1_all.png": ("all", "9", "files")}
@@ -492,7 +492,7 @@ def test_nothing_usable_raises(tmp_path, case):
 # -- parallel reading, manifest I/O, summary -------------------------------------------------------------
 def test_threads_give_the_same_manifest(tmp_path):
     for i in range(40):
-        _save(tmp_path / ("all" if i % 2 else "hem") / f"UID_{'' if i % 2 else 'H'}{i % 5}_{i}_1_"
+        save_image(tmp_path / ("all" if i % 2 else "hem") / f"UID_{'' if i % 2 else 'H'}{i % 5}_{i}_1_"
                                                         f"{'all' if i % 2 else 'hem'}.png")
     one = build_manifest(tmp_path, jobs=1)
     two = build_manifest(tmp_path, jobs=2, progress=True)
@@ -524,8 +524,8 @@ def test_manifest_io_errors(tmp_path):
 
 def test_summary_truncates_problems(tmp_path):
     root = tmp_path / "C-NMC_Leukemia"
-    _save(root / "training_data" / "fold_0" / "all" / "UID_1_1_1_all.png")
-    _save(root / "validation_data" / "C-NMC_test_prelim_phase_data" / "1.bmp")
+    save_image(root / "training_data" / "fold_0" / "all" / "UID_1_1_1_all.png")
+    save_image(root / "validation_data" / "C-NMC_test_prelim_phase_data" / "1.bmp")
     lines = ["Patient_ID,new_names,labels", "UID_2_1_1_all.bmp,1.bmp,1"]
     lines += [f"UID_2_{k}_1_all.bmp,{k}.bmp,1" for k in range(2, 27)]  # 25 rows without an image
     (root / "validation_data" / "C-NMC_test_prelim_phase_data_labels.csv").write_text("\n".join(lines) + "\n")
@@ -620,25 +620,25 @@ def test_sample_is_what_make_sample_selects(sample_root, cnmc_root):
 def test_inspect_cache_reuses_unchanged_files_and_rereads_changed_ones(tmp_path, monkeypatch):
     import os
 
-    import blastscan.dataset as ds
+    from blastscan.dataset import images
 
     root = tmp_path / "cells"
     for label in ("all", "hem"):
         for i in range(3):
-            _save(root / label / f"UID_{label}{i}_1_1_{label}.png", _pixels(seed=hash((label, i)) % 1000))
+            save_image(root / label / f"UID_{label}{i}_1_1_{label}.png", _pixels(seed=hash((label, i)) % 1000))
     cache = tmp_path / "store" / "inspected.json"
     first = build_manifest(root, cache=cache)
     assert cache.is_file()
 
     read = []
-    real = ds._inspect
-    monkeypatch.setattr(ds, "_inspect", lambda p: read.append(p) or real(p))
+    real = images.inspect_file
+    monkeypatch.setattr(images, "inspect_file", lambda p: read.append(p) or real(p))
     again = build_manifest(root, cache=cache)
     assert read == []  # nothing re-read or re-hashed
     pd.testing.assert_frame_equal(first.df, again.df)
 
     changed = root / "all" / "UID_all0_1_1_all.png"
-    _save(changed, _pixels(seed=999))
+    save_image(changed, _pixels(seed=999))
     os.utime(changed, ns=(1, 1))  # a new mtime even on coarse clocks
     third = build_manifest(root, cache=cache)
     assert read == [str(changed)]
@@ -649,7 +649,7 @@ def test_inspect_cache_reuses_unchanged_files_and_rereads_changed_ones(tmp_path,
 
 def test_a_stray_file_in_a_folder_given_for_scoring_is_reported(tmp_path):
     folder = tmp_path / "new"
-    _save(folder / "UID_5_1_1_all.png", _pixels(seed=1))
+    save_image(folder / "UID_5_1_1_all.png", _pixels(seed=1))
     (folder / "notes.txt").write_text("not a cell")
     (folder / ".DS_Store").write_bytes(b"\0")
     m = build_manifest([str(folder)])

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from blastscan.errors import BlastscanError
-from blastscan.features.store import FeatureStore, atomic_path
+from blastscan.features.store import FeatureStore
 
 NAMES = ["f_a", "f_b", "f_c"]
 DESC = {"identity": "fake@1", "name": "fake", "version": "1", "config": {}}
@@ -58,18 +57,6 @@ def test_failed_write_leaves_no_file(store, monkeypatch):
         store.write_chunk("fake@1", _shas("a", 2), np.ones((2, 3)))
     leftovers = [p.name for p in (store.root / "fake@1").iterdir() if p.name not in ("meta.json",)]
     assert leftovers == []
-
-
-def test_atomic_path_publishes_only_on_success(tmp_path):
-    target = tmp_path / "out.bin"
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(b"half")
-            raise RuntimeError("crash")
-    assert not target.exists() and list(tmp_path.iterdir()) == []
-    with atomic_path(target) as tmp:
-        tmp.write_bytes(b"whole")
-    assert target.read_bytes() == b"whole"
 
 
 def test_failures_are_recorded_and_superseded_by_later_success(store):
@@ -123,15 +110,3 @@ def test_unreadable_part_is_named_in_the_error(store):
     part.write_bytes(b"not parquet")
     with pytest.raises(BlastscanError, match=part.name):
         store.read("fake@1")
-
-
-def test_published_files_get_the_usual_mode_not_mkstemp_0600(tmp_path):
-    from blastscan.features.store import atomic_write_bytes
-
-    old = os.umask(0o022)
-    try:
-        atomic_write_bytes(tmp_path / "x.bin", b"data")
-    finally:
-        os.umask(old)
-    # mkstemp creates 0600; other users of a shared store must be able to read what was published
-    assert (tmp_path / "x.bin").stat().st_mode & 0o777 in (0o644, 0o666 & ~old)

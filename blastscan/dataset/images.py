@@ -1,0 +1,258 @@
+"""Reading and checking one image: the decoding policy (which modes are used, converted or refused),
+:func:`load_image`, and the hash-and-check of each file with its cache.
+
+Image modes (the same rules in the manifest check and in :func:`load_image`):
+
+- accepted as is: 8-bit RGB;
+- converted to RGB: palette images (``P``, e.g. 8-bit BMPs: the palette maps each pixel to an exact
+  colour), RGBA/palette images whose alpha is fully opaque (the alpha is dropped), and 16-bit-per-channel
+  RGB PNGs (Pillow reads them as 8-bit, keeping the high byte of each sample);
+- refused (reported, left out of the manifest): grayscale of any depth (``L``, ``LA``, ``1``, ``I;16``,
+  ``I``, ``F``) because colour and stain features need the three channels; images with transparent pixels
+  (we do not guess a background); other colour spaces (CMYK, YCbCr, LAB, HSV); multi-frame files;
+  unreadable, unidentified or truncated files (Pillow's ``LOAD_TRUNCATED_IMAGES`` stays ``False``, so a
+  cut-off file fails its full decode).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from blastscan._io import atomic_write_bytes
+from blastscan.dataset.problems import Problem
+from blastscan.errors import BlastscanError
+
+__all__ = ["IMAGE_EXTENSIONS", "INSPECT_CACHE", "Inspection", "inspect_cache", "inspect_file", "inspect_files",
+           "load_image"]
+
+IMAGE_EXTENSIONS = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
+INSPECT_CACHE = "inspected.json"  # file-check cache kept in a feature store folder
+
+
+# -- decoding -------------------------------------------------------------------------------------------
+class _Refused(Exception):
+    """An image we will not use; the message is the one-line reason."""
+
+    def __init__(self, reason: str, kind: str):
+        super().__init__(reason)
+        self.kind = kind
+
+
+_GRAY = {"L": "8-bit grayscale", "LA": "grayscale with alpha", "1": "black-and-white (1-bit)",
+         "I;16": "16-bit grayscale", "I;16B": "16-bit grayscale", "I;16L": "16-bit grayscale",
+         "I;16N": "16-bit grayscale", "I": "32-bit integer grayscale", "F": "32-bit float grayscale"}
+
+
+def _decode(data: bytes):
+    """Fully decode ``data``; return ``(RGB PIL image, source mode)`` or raise :class:`_Refused`."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        im = Image.open(io.BytesIO(data))
+        frames = getattr(im, "n_frames", 1)
+        im.load()  # full decode: a truncated file fails here (LOAD_TRUNCATED_IMAGES stays False)
+    except UnidentifiedImageError:
+        raise _Refused("not a recognised image format (left out)", "unreadable") from None
+    except Exception as exc:  # Pillow raises many types on damaged files; all mean "cannot use it"
+        msg = str(exc) or type(exc).__name__
+        raise _Refused(f"unreadable or truncated image ({msg}) (left out)", "unreadable") from None
+    if frames > 1:
+        raise _Refused(f"holds {frames} frames; one cell image per file is expected (left out)", "mode")
+    src = im.mode
+    rawmode = getattr(getattr(im, "png", None), "im_rawmode", "") or ""
+    if rawmode.endswith(";16B") and src in ("RGB", "RGBA"):
+        src = f"{src} (16-bit)"
+    if im.mode in ("P", "PA"):
+        im = im.convert("RGBA" if (im.mode == "PA" or "transparency" in im.info) else "RGB")
+    if im.mode == "RGBA":
+        lo, _hi = im.getchannel("A").getextrema()
+        if lo < 255:
+            raise _Refused(f"has transparent pixels (mode {src}); flatten it onto a background and save as RGB "
+                           "(left out)", "mode")
+        im = im.convert("RGB")
+    if im.mode in _GRAY:
+        raise _Refused(f"{_GRAY[im.mode]} image (mode {im.mode}); colour features need RGB (left out)", "mode")
+    if im.mode != "RGB":
+        raise _Refused(f"unsupported colour mode {im.mode}; save it as 8-bit RGB (left out)", "mode")
+    return im, src
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read one image as an ``(H, W, 3)`` uint8 RGB array, with the mode rules of the module docstring.
+
+    Parameters
+    ----------
+    path : path
+        The image file.
+
+    Returns
+    -------
+    ndarray
+        ``(H, W, 3)`` uint8 RGB pixels.
+
+    Raises
+    ------
+    BlastscanError
+        ``(path, reason)`` when the file cannot be read or its mode is refused.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise BlastscanError(str(path), f"cannot read ({exc.strerror or exc})") from None
+    try:
+        im, _ = _decode(data)
+    except _Refused as exc:
+        raise BlastscanError(str(path), str(exc).removesuffix(" (left out)")) from None
+    return np.asarray(im, dtype=np.uint8)
+
+
+# -- checking files -------------------------------------------------------------------------------------
+class Inspection(NamedTuple):
+    """What reading one file found: its hash and size, or the problem that keeps it out."""
+
+    sha256: str | None
+    width: int
+    height: int
+    mode: str
+    problem: Problem | None
+
+
+def inspect_file(path: str) -> Inspection:
+    """Hash and validate one file.
+
+    Parameters
+    ----------
+    path : str
+        The file to read (whole) and decode.
+
+    Returns
+    -------
+    Inspection
+        ``(sha256, width, height, source mode, None)`` for a usable image, ``(..., Problem)`` otherwise
+        (``sha256`` is None when the file could not be read at all).
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return Inspection(None, 0, 0, "", Problem(path, f"cannot read ({exc.strerror or exc}) (left out)",
+                                                  "unreadable"))
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        im, src = _decode(data)
+    except _Refused as exc:
+        return Inspection(sha, 0, 0, "", Problem(path, str(exc), exc.kind))
+    return Inspection(sha, int(im.width), int(im.height), src, None)
+
+
+def inspect_cache(store: str | os.PathLike | None) -> Path | None:
+    """Where a feature store keeps the file-check cache for ``build_manifest``.
+
+    Parameters
+    ----------
+    store : path, optional
+        The feature store folder.
+
+    Returns
+    -------
+    Path or None
+        ``STORE/inspected.json``; None without a store.
+    """
+    return Path(store) / INSPECT_CACHE if store is not None else None
+
+
+def _stat_key(path: str) -> str | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _load_inspect_cache(cache: Path | None) -> dict:
+    if cache is None or not cache.is_file():
+        return {}
+    try:
+        data = json.loads(cache.read_text())
+        return data["entries"] if data.get("version") == 1 else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}  # a damaged cache only costs a re-read
+
+
+def inspect_files(paths: Sequence[str], jobs: int | None, progress: bool,
+                  cache: Path | None) -> list[Inspection]:
+    """:func:`inspect_file` for every path, reusing cached results for unchanged files.
+
+    Parameters
+    ----------
+    paths : sequence of str
+        Files to check, in the order the results are returned.
+    jobs : int, optional
+        Threads (None or <= 0: all cores).
+    progress : bool
+        Show a progress bar on stderr.
+    cache : Path, optional
+        JSON file of earlier results keyed by path, size and mtime. It lives in the feature store, so
+        a second ``extract`` does not re-hash; files that could not be read are not cached.
+
+    Returns
+    -------
+    list of Inspection
+    """
+    if cache is None:
+        return _inspect_all(paths, jobs, progress)
+    entries = _load_inspect_cache(cache)
+    keys = [_stat_key(p) for p in paths]
+    out: list = [None] * len(paths)
+    todo = []
+    for i, (p, k) in enumerate(zip(paths, keys)):
+        e = entries.get(p)
+        if k is not None and e is not None and e[0] == k:
+            sha, w, h, mode, problem = e[1]
+            out[i] = Inspection(sha, w, h, mode, Problem(p, *problem) if problem else None)
+        else:
+            todo.append(i)
+    if todo:
+        for i, res in zip(todo, _inspect_all([paths[i] for i in todo], jobs, progress)):
+            out[i] = res
+            sha, w, h, mode, problem = res
+            if keys[i] is not None and (problem is None or problem.kind != "unreadable"):
+                entries[paths[i]] = [keys[i], [sha, w, h, mode, [problem.reason, problem.kind] if problem else None]]
+        try:
+            atomic_write_bytes(cache, json.dumps({"version": 1, "entries": entries}).encode())
+        except OSError:
+            pass  # read-only store: the manifest is still right, only slower next time
+    return out
+
+
+def _inspect_all(paths: Sequence[str], jobs: int | None, progress: bool) -> list[Inspection]:
+    from tqdm.auto import tqdm
+
+    n_jobs = max(1, os.cpu_count() or 1) if jobs is None or jobs <= 0 else int(jobs)
+    bar = tqdm(total=len(paths), desc="checking images", unit="img", file=sys.stderr, disable=not progress,
+               delay=1.0, dynamic_ncols=True)
+    out = []
+    try:
+        if n_jobs == 1 or len(paths) < 32:
+            for p in paths:
+                out.append(inspect_file(p))
+                bar.update()
+        else:
+            from joblib import Parallel, delayed
+
+            # threads: hashing and decoding release the GIL for most of their time, and no images are
+            # pickled between processes
+            parallel = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator", batch_size=8)
+            for res in parallel(delayed(inspect_file)(p) for p in paths):
+                out.append(res)
+                bar.update()
+    finally:
+        bar.close()
+    return out

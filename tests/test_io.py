@@ -1,0 +1,39 @@
+"""blastscan._io: atomic writes publish whole files only, with the usual mode; file hashing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from blastscan._io import atomic_path, atomic_write_bytes, file_sha256
+
+
+def test_atomic_path_publishes_only_on_success(tmp_path):
+    target = tmp_path / "out.bin"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("crash")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"whole")
+    assert target.read_bytes() == b"whole"
+
+
+def test_published_files_get_the_usual_mode_not_mkstemp_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "x.bin", b"data")
+    finally:
+        os.umask(old)
+    # mkstemp creates 0600; other users of a shared store must be able to read what was published
+    assert (tmp_path / "x.bin").stat().st_mode & 0o777 in (0o644, 0o666 & ~old)
+
+
+def test_file_sha256_is_the_hash_of_the_bytes(tmp_path):
+    f = tmp_path / "blob.bin"
+    data = os.urandom(3 << 20)  # several read blocks
+    f.write_bytes(data)
+    assert file_sha256(f) == hashlib.sha256(data).hexdigest()
