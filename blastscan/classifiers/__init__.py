@@ -1,6 +1,8 @@
-"""Classifier families by name: each builds a fresh scikit-learn estimator (usually a ``Pipeline`` whose
-last step is named ``model``) whose ``predict_proba(X)[:, 1]`` is P(ALL) for labels 1 = ALL, 0 = HEM.
+"""Classifier families by name: each builds a fresh scikit-learn estimator (a ``Pipeline`` whose last step
+is named ``model``) whose ``predict_proba(X)[:, 1]`` is P(ALL) for labels 1 = ALL, 0 = HEM.
 
+Families are discovered: every module of this package that declares one with
+:func:`blastscan.classifiers.base.register_classifier` is found, so a new family is one new module.
 Fit through :func:`fit_classifier`: it hands the subject groups to models that split their training data
 (SVM calibration, FCN early stopping), so even those inner splits are subject-disjoint.
 
@@ -12,22 +14,32 @@ from __future__ import annotations
 import importlib
 import inspect
 import numbers
+import pkgutil
 from typing import Any
 
 from blastscan.errors import BlastscanError
 
-__all__ = ["available_classifiers", "get_classifier", "fit_classifier", "describe_classifier",
-           "classifier_defaults"]
-
-_FAMILIES = ("logreg", "svm", "xgb", "fcn", "fcn_svm")  # modules; each registers itself on import
+__all__ = ["available_classifiers", "default_classifiers", "get_classifier", "fit_classifier",
+           "describe_classifier", "classifier_defaults", "classifier_libraries"]
 
 
-def _registry():
-    from blastscan.classifiers.base import REGISTRY
+def _registry() -> dict:
+    """Name -> ClassifierSpec of every family declared in a module of this package (``_private`` modules
+    skipped). Read afresh on each call: a few directory entries, and modules already imported are cached by
+    Python, so a module added to ``__path__`` (a plug-in folder, a test) is seen at once."""
+    from blastscan.classifiers.base import specs_in
 
-    for module in _FAMILIES:
-        importlib.import_module(f"blastscan.classifiers.{module}")
-    return REGISTRY
+    found = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_") or info.ispkg:
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for spec in specs_in(module):
+            if spec.name in found:
+                first = found[spec.name].factory.__module__
+                raise BlastscanError(f"classifier '{spec.name}'", f"declared twice ({first} and {module.__name__})")
+            found[spec.name] = spec
+    return found
 
 
 def _spec(name: str):
@@ -38,13 +50,37 @@ def _spec(name: str):
 
 
 def available_classifiers() -> list[str]:
-    """Names of all registered classifier families."""
+    """Names of all registered classifier families, sorted."""
     return sorted(_registry())
 
 
+def default_classifiers() -> list[str]:
+    """The families ``compare`` runs when none are named: those declared ``default=True``, in their
+    declared ``order`` (ties by name)."""
+    specs = [s for s in _registry().values() if s.default]
+    return [s.name for s in sorted(specs, key=lambda s: (s.order, s.name))]
+
+
 def classifier_defaults(name: str) -> dict[str, Any]:
-    """The default hyper-parameters of ``name`` (those :func:`get_classifier` accepts)."""
-    return {k: p.default for k, p in _spec(name).params.items()}
+    """The default hyper-parameters of ``name`` (those :func:`get_classifier` accepts), read from the
+    signature of its estimator (or builder), in that order."""
+    return dict(_spec(name).defaults)
+
+
+def classifier_libraries(name: str | None = None) -> list[tuple[str, int]]:
+    """Libraries whose versions a bundle of classifier ``name`` must match to predict the same, each with
+    how many leading version parts must agree: scikit-learn and numpy, then the family's own.
+
+    ``name=None`` gives the union over every family (for a bundle whose classifier is not known here).
+    Raises ``BlastscanError`` for an unknown name.
+    """
+    from blastscan.classifiers.base import BASE_LIBRARIES
+
+    specs = list(_registry().values()) if name is None else [_spec(name)]
+    out = list(BASE_LIBRARIES)
+    for spec in sorted(specs, key=lambda s: (s.order, s.name)):
+        out += [lib for lib in spec.libraries if lib not in out]
+    return out
 
 
 def get_classifier(name: str, random_state: int = 0, **params: Any):
@@ -78,7 +114,7 @@ def get_classifier(name: str, random_state: int = 0, **params: Any):
             params[key] = int(value)  # "300.0" from a command line is 300 trees
     if isinstance(random_state, bool) or not isinstance(random_state, numbers.Integral):
         raise BlastscanError(what, f"random_state must be an integer (got {random_state!r})")
-    return spec.build(random_state=int(random_state), **{**classifier_defaults(name), **params})
+    return spec.build(random_state=int(random_state), **params)
 
 
 def _final_step(est):
@@ -100,5 +136,5 @@ def fit_classifier(est, X, y, groups=None):
 def describe_classifier(name: str) -> str:
     """One line: ``name: what it is (defaults: k=v, ...)``."""
     spec = _spec(name)
-    defaults = ", ".join(f"{k}={p.default!r}" for k, p in spec.params.items())
+    defaults = ", ".join(f"{k}={v!r}" for k, v in spec.defaults.items())
     return f"{name}: {spec.summary} (defaults: {defaults})"

@@ -12,12 +12,13 @@ import random
 
 import numpy as np
 
-from blastscan.classifiers.base import (BinaryClassifier, Param, balanced_weights, inner_folds,
-                                        register_classifier, scaled)
+from blastscan.classifiers.base import BinaryClassifier, Param, balanced_weights, inner_folds, register_classifier
 
 __all__ = ["FCNClassifier"]
 
 
+@register_classifier("fcn", "StandardScaler + Keras dense head (ReLU, dropout, sigmoid), early stopping on "
+                            "held-out subjects", libraries=[("tensorflow", 2), ("keras", 2)], order=40)
 class FCNClassifier(BinaryClassifier):
     """One hidden layer, trained with Adam on balanced class weights.
 
@@ -63,13 +64,13 @@ class FCNClassifier(BinaryClassifier):
     """
 
     param_specs = {
-        "hidden": Param(256, "hidden units", int, low=1),
-        "dropout": Param(0.3, "dropout rate", float, low=0, high=0.95),
-        "epochs": Param(60, "maximum epochs", int, low=1),
-        "patience": Param(8, "early-stopping patience (epochs)", int, low=1),
-        "batch_size": Param(64, "mini-batch size", int, low=1),
-        "lr": Param(1e-3, "Adam learning rate", float, low=0, open_low=True),
-        "val_fraction": Param(0.2, "share of groups held out for early stopping", float, low=0.05, high=0.5),
+        "hidden": Param("hidden units", int, low=1),
+        "dropout": Param("dropout rate", float, low=0, high=0.95),
+        "epochs": Param("maximum epochs", int, low=1),
+        "patience": Param("early-stopping patience (epochs)", int, low=1),
+        "batch_size": Param("mini-batch size", int, low=1),
+        "lr": Param("Adam learning rate", float, low=0, open_low=True),
+        "val_fraction": Param("share of groups held out for early stopping", float, low=0.05, high=0.5),
     }
 
     def __init__(self, hidden=256, dropout=0.3, epochs=60, patience=8, batch_size=64, lr=1e-3, val_fraction=0.2,
@@ -143,8 +144,3 @@ def _train_keras(X, y, w, validation, *, hidden, dropout, epochs, patience, batc
     finally:
         np.random.set_state(saved[0])
         random.setstate(saved[1])
-
-
-register_classifier("fcn", "StandardScaler + Keras dense head (ReLU, dropout, sigmoid), early stopping on "
-                           "held-out subjects", FCNClassifier.param_specs)(
-    lambda random_state=0, **params: scaled(FCNClassifier(random_state=random_state, **params)))

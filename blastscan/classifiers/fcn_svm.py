@@ -7,24 +7,24 @@ measures what this costs.
 
 from __future__ import annotations
 
-from blastscan.classifiers.base import BinaryClassifier, register_classifier, scaled
+from blastscan.classifiers.base import BinaryClassifier, init_from_parts, register_classifier
 from blastscan.classifiers.fcn import FCNClassifier
 from blastscan.classifiers.svm import GroupCalibratedSVC
 
 __all__ = ["FCNSVMClassifier"]
 
 
+@register_classifier("fcn_svm", "StandardScaler + FCN; its hidden layer feeds the grouped-calibrated RBF SVM",
+                     libraries=[("tensorflow", 2), ("keras", 2)], order=50)
 class FCNSVMClassifier(BinaryClassifier):
     """An :class:`FCNClassifier`, then a :class:`GroupCalibratedSVC` on its standardised hidden activations.
 
     Parameters
     ----------
-    hidden, dropout, epochs, patience, batch_size, lr, val_fraction :
-        The FCN's (see :class:`FCNClassifier`).
-    C, gamma, class_weight, calibration, inner_splits :
-        The SVM's (see :class:`GroupCalibratedSVC`).
-    random_state : int
-        Seeds both.
+    **params :
+        Every parameter of :class:`FCNClassifier` (``hidden``, ``dropout``, ...) and of
+        :class:`GroupCalibratedSVC` (``C``, ``gamma``, ...), under the same names and with the same
+        defaults; ``random_state`` seeds both.
 
     Attributes
     ----------
@@ -35,26 +35,13 @@ class FCNSVMClassifier(BinaryClassifier):
     """
 
     param_specs = {**FCNClassifier.param_specs, **GroupCalibratedSVC.param_specs}
-
-    def __init__(self, hidden=256, dropout=0.3, epochs=60, patience=8, batch_size=64, lr=1e-3, val_fraction=0.2,
-                 C=1.0, gamma="scale", class_weight="balanced", calibration="sigmoid", inner_splits=3,
-                 random_state=0):
-        self.hidden = hidden
-        self.dropout = dropout
-        self.epochs = epochs
-        self.patience = patience
-        self.batch_size = batch_size
-        self.lr = lr
-        self.val_fraction = val_fraction
-        self.C = C
-        self.gamma = gamma
-        self.class_weight = class_weight
-        self.calibration = calibration
-        self.inner_splits = inner_splits
-        self.random_state = random_state
+    # the parts' parameters, flat (bundles written before store them so), read from their signatures
+    __init__ = init_from_parts(FCNClassifier, GroupCalibratedSVC)
 
     def _part(self, cls):
-        return cls(random_state=self.random_state, **{k: getattr(self, k) for k in cls.param_specs})
+        part = cls()
+        mine = self.get_params(deep=False)
+        return part.set_params(**{k: mine[k] for k in part.get_params(deep=False)})
 
     def _fit(self, X, y01, groups):
         from sklearn.preprocessing import StandardScaler
@@ -66,8 +53,3 @@ class FCNSVMClassifier(BinaryClassifier):
 
     def _proba1(self, X):
         return self.svm_.predict_proba(self.scaler_.transform(self.fcn_._hidden(X)))[:, 1]
-
-
-register_classifier("fcn_svm", "StandardScaler + FCN; its hidden layer feeds the grouped-calibrated RBF SVM",
-                    FCNSVMClassifier.param_specs)(
-    lambda random_state=0, **params: scaled(FCNSVMClassifier(random_state=random_state, **params)))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from blastscan.classifiers.base import BinaryClassifier, Param, inner_folds, register_classifier, scaled
+from blastscan.classifiers.base import BinaryClassifier, Param, inner_folds, register_classifier
 
 __all__ = ["GroupCalibratedSVC", "platt_fit"]
 
@@ -39,6 +39,8 @@ def platt_fit(scores: np.ndarray, y01: np.ndarray) -> tuple[float, float]:
     return float(res.x[0]), float(res.x[1])
 
 
+@register_classifier("svm", "StandardScaler + RBF SVC (balanced), Platt-calibrated on subject-grouped inner folds",
+                     order=20)
 class GroupCalibratedSVC(BinaryClassifier):
     """RBF SVC with probabilities calibrated on group-disjoint inner folds.
 
@@ -81,11 +83,11 @@ class GroupCalibratedSVC(BinaryClassifier):
     """
 
     param_specs = {
-        "C": Param(1.0, "SVC regularisation", float, low=0, open_low=True),
-        "gamma": Param("scale", "RBF kernel width", float, low=0, open_low=True, choices=("scale", "auto")),
-        "class_weight": Param("balanced", "class weights", choices=("balanced", None)),
-        "calibration": Param("sigmoid", "score-to-probability map", choices=("sigmoid", "isotonic")),
-        "inner_splits": Param(3, "grouped folds of the calibration CV", int, low=2),
+        "C": Param("SVC regularisation", float, low=0, open_low=True),
+        "gamma": Param("RBF kernel width", float, low=0, open_low=True, choices=("scale", "auto")),
+        "class_weight": Param("class weights", choices=("balanced", None)),
+        "calibration": Param("score-to-probability map", choices=("sigmoid", "isotonic")),
+        "inner_splits": Param("grouped folds of the calibration CV", int, low=2),
     }
 
     def __init__(self, C=1.0, gamma="scale", class_weight="balanced", calibration="sigmoid", inner_splits=3,
@@ -153,9 +155,3 @@ class GroupCalibratedSVC(BinaryClassifier):
             a, b = self.calibrator_
             return expit(-(a * s + b))
         return self.calibrator_.predict(s)
-
-
-register_classifier(
-    "svm", "StandardScaler + RBF SVC (balanced), Platt-calibrated on subject-grouped inner folds",
-    GroupCalibratedSVC.param_specs,
-)(lambda random_state=0, **params: scaled(GroupCalibratedSVC(random_state=random_state, **params)))

@@ -13,6 +13,8 @@ from blastscan.classifiers.base import BinaryClassifier, Param, register_classif
 __all__ = ["BalancedXGBClassifier"]
 
 
+@register_classifier("xgboost", "XGBoost hist trees, scale_pos_weight = n_neg/n_pos (no scaling needed)",
+                     scale=False, libraries=[("xgboost", 2)], order=30)
 class BalancedXGBClassifier(BinaryClassifier):
     """``xgboost.XGBClassifier`` (tree_method="hist") with ``scale_pos_weight = n_neg / n_pos`` of the
     training data.
@@ -34,15 +36,15 @@ class BalancedXGBClassifier(BinaryClassifier):
     """
 
     param_specs = {
-        "n_estimators": Param(200, "boosting rounds", int, low=1),
-        "max_depth": Param(3, "tree depth", int, low=1),
-        "learning_rate": Param(0.1, "shrinkage", float, low=0, high=1, open_low=True),
-        "subsample": Param(0.8, "row fraction per tree", float, low=0, high=1, open_low=True),
-        "colsample_bytree": Param(0.3, "column fraction per tree", float, low=0, high=1, open_low=True),
-        "max_bin": Param(64, "histogram bins per feature", int, low=2),
-        "min_child_weight": Param(1.0, "minimum hessian in a leaf", float, low=0),
-        "reg_lambda": Param(1.0, "L2 penalty on leaf weights", float, low=0),
-        "n_jobs": Param(1, "threads", int, low=1),
+        "n_estimators": Param("boosting rounds", int, low=1),
+        "max_depth": Param("tree depth", int, low=1),
+        "learning_rate": Param("shrinkage", float, low=0, high=1, open_low=True),
+        "subsample": Param("row fraction per tree", float, low=0, high=1, open_low=True),
+        "colsample_bytree": Param("column fraction per tree", float, low=0, high=1, open_low=True),
+        "max_bin": Param("histogram bins per feature", int, low=2),
+        "min_child_weight": Param("minimum hessian in a leaf", float, low=0),
+        "reg_lambda": Param("L2 penalty on leaf weights", float, low=0),
+        "n_jobs": Param("threads", int, low=1),
     }
 
     def __init__(self, n_estimators=200, max_depth=3, learning_rate=0.1, subsample=0.8, colsample_bytree=0.3,
@@ -63,7 +65,8 @@ class BalancedXGBClassifier(BinaryClassifier):
 
         n_pos = int(y01.sum())
         self.scale_pos_weight_ = (len(y01) - n_pos) / n_pos
-        params = {k: getattr(self, k) for k in self.param_specs}
+        params = self.get_params()
+        params.pop("random_state")  # passed on its own below
         self.model_ = XGBClassifier(tree_method="hist", objective="binary:logistic", eval_metric="logloss",
                                     scale_pos_weight=self.scale_pos_weight_, random_state=self.random_state,
                                     **params).fit(X, y01)
@@ -75,14 +78,3 @@ class BalancedXGBClassifier(BinaryClassifier):
     def feature_importances_(self) -> np.ndarray:
         """XGBoost's gain-based importances, one per input column."""
         return self.model_.feature_importances_
-
-
-register_classifier("xgboost", "XGBoost hist trees, scale_pos_weight = n_neg/n_pos (no scaling needed)",
-                    BalancedXGBClassifier.param_specs)(
-    lambda random_state=0, **params: _pipeline(BalancedXGBClassifier(random_state=random_state, **params)))
-
-
-def _pipeline(model):
-    from sklearn.pipeline import Pipeline
-
-    return Pipeline([("model", model)])
