@@ -13,7 +13,8 @@ from sklearn.metrics import (average_precision_score, balanced_accuracy_score, c
                              recall_score, roc_auc_score)
 
 from blastscan.errors import BlastscanError
-from blastscan.pipelines import evaluate as ev
+from blastscan import evaluation as ev
+from blastscan.evaluation import metrics as ev_metrics
 
 
 def _layout(sizes, labels):
@@ -129,7 +130,7 @@ def test_weighted_metrics_equal_metrics_of_repeated_cells():
     p = np.round(rng.random(80), 1)
     w = rng.integers(0, 4, size=(3, 80)).astype(float)
     pred = (p >= 0.5).astype(int)
-    batch = ev._batch_metrics(y, pred, w, ev._Scores(p))
+    batch = ev_metrics._batch_metrics(y, pred, w, ev_metrics._Scores(p))
     for b in range(3):
         yy, pp = np.repeat(y, w[b].astype(int)), np.repeat(p, w[b].astype(int))
         assert batch["roc_auc"][b] == pytest.approx(roc_auc_score(yy, pp))
@@ -254,7 +255,7 @@ def test_official_phase_threshold_ignores_the_test_labels():
         assert all(set(groups[t.train]).isdisjoint(groups[t.predict]) for t in tasks)
         assert all(not set(t.train) & set(test) for t in tasks)
         preds = {t.key: ev.run_fit(Spy, None, X, labels, groups, t) for t in tasks}
-        results.append(ev.assemble_holdout(train, info, preds, labels))
+        results.append(ev.assemble_holdout(info, preds, labels))
     np.testing.assert_allclose(results[0][0], results[1][0])
     assert results[0][1] == results[1][1]
 

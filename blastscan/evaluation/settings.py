@@ -1,0 +1,89 @@
+"""Evaluation settings as one validated object, shared by compare, train and export."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Mapping
+
+from blastscan.errors import BlastscanError
+from blastscan.evaluation.thresholds import RULES, rule_text
+
+__all__ = ["EvalSettings"]
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How a model is evaluated and how its decision threshold is chosen.
+
+    Parameters
+    ----------
+    folds : int
+        Outer subject-disjoint folds (fewer when a class has fewer subject groups; reported).
+    seed : int
+        Seeds folds, models and the bootstrap.
+    threshold_rule : {"recall", "f1"}
+        ``"recall"``: the highest threshold reaching ``target_recall`` for ALL on training out-of-fold
+        predictions; ``"f1"``: the best weighted F1 there.
+    target_recall : float
+        ALL recall targeted by the ``"recall"`` rule, in (0, 1].
+    inner_folds : int
+        Folds of the inner subject-disjoint CV that chooses thresholds (0: none, threshold 0.5).
+    leaky_folds : int
+        Folds of the per-image (leaky) split shown for comparison; 0 skips it.
+    n_boot : int
+        Subject-bootstrap resamples for the 95% intervals; 0 skips them.
+
+    Raises
+    ------
+    BlastscanError
+        On construction, naming the command-line option of the bad value.
+    """
+
+    folds: int = 5
+    seed: int = 0
+    threshold_rule: str = "recall"
+    target_recall: float = 0.90
+    inner_folds: int = 3
+    leaky_folds: int = 3
+    n_boot: int = 1000
+
+    def __post_init__(self):
+        if self.threshold_rule not in RULES:
+            raise BlastscanError("--threshold", f"unknown rule '{self.threshold_rule}'; choose recall or f1")
+        if not 0 < float(self.target_recall) <= 1:
+            raise BlastscanError("--target-recall", f"must be in (0, 1] (got {self.target_recall})")
+        for opt, value in (("--inner-folds", self.inner_folds), ("--leaky-folds", self.leaky_folds)):
+            if value != 0 and value < 2:
+                raise BlastscanError(opt, f"must be 0 (off) or at least 2 (got {value})")
+        if self.n_boot < 0:
+            raise BlastscanError("--bootstrap", f"must be >= 0 (got {self.n_boot})")
+        if self.folds < 2:
+            raise BlastscanError("--folds", f"must be at least 2 (got {self.folds})")
+
+    @property
+    def other_rule(self) -> str:
+        """The rule not chosen (reported beside the headline)."""
+        return "f1" if self.threshold_rule == "recall" else "recall"
+
+    def rule_text(self, on: str = "") -> str:
+        """The threshold rule in words."""
+        return rule_text(self.threshold_rule, self.target_recall, on=on)
+
+    def threshold_record(self) -> dict[str, Any]:
+        """``{"rule", "target_recall"}`` as run records and bundles store it."""
+        return {"rule": self.threshold_rule, "target_recall": float(self.target_recall)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_(self, **changes: Any) -> "EvalSettings":
+        """A copy with ``changes`` (validated again)."""
+        return replace(self, **changes)
+
+    @classmethod
+    def from_run(cls, run: Mapping[str, Any], **overrides: Any) -> "EvalSettings":
+        """The settings recorded in a compare run's ``run.json`` (missing entries take the defaults)."""
+        thr = run.get("threshold") or {}
+        base = {"seed": int(run.get("seed", 0)), "threshold_rule": thr.get("rule", "recall"),
+                "target_recall": float(thr.get("target_recall", 0.90))}
+        return cls(**{**base, **overrides})
