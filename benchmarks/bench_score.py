@@ -48,7 +48,8 @@ def _cells(data: Path, n: int) -> list[str]:
 def bench(feature_set: str, paths: list[str], warm: list[str], jobs: int, options: dict, tmp: Path,
           repeats: int = 3) -> dict:
     from blastscan.dataset import build_manifest
-    from blastscan.pipelines.bundle import save_bundle, train_bundle
+    from blastscan.bundle import save_bundle
+    from blastscan.pipelines.train import train_bundle
     from blastscan.pipelines.extract import extract
     from blastscan.pipelines.score import score
 

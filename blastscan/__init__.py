@@ -10,7 +10,7 @@ __all__ = ["BlastscanError", "__version__", "load_bundle"]
 
 
 def load_bundle(path, trust: bool = False):
-    """Load a scoring bundle written by ``blastscan train/export`` (see :mod:`blastscan.pipelines.bundle`)."""
-    from blastscan.pipelines.bundle import load_bundle as _load
+    """Load a scoring bundle written by ``blastscan train/export`` (see :mod:`blastscan.bundle`)."""
+    from blastscan.bundle import load_bundle as _load
 
     return _load(path, trust=trust)

@@ -51,19 +51,21 @@ def store_option(f):
     )(f)
 
 
+def weights_dir_option(show_default: str = "$BLASTSCAN_WEIGHTS_DIR, else the Keras download",
+                       help: str = "Folder with ImageNet weight files for the deep backbones."):
+    """``--weights-dir`` (default ``$BLASTSCAN_WEIGHTS_DIR``), with the wording of each command."""
+    return click.option("--weights-dir", type=click.Path(file_okay=False),
+                        default=lambda: os.environ.get("BLASTSCAN_WEIGHTS_DIR"), show_default=show_default,
+                        help=help)
+
+
 def weights_option(f):
     f = click.option(
         "--random-weights",
         is_flag=True,
         help="Use untrained deep backbones (for tests only: their embeddings are meaningless).",
     )(f)
-    return click.option(
-        "--weights-dir",
-        type=click.Path(file_okay=False),
-        default=lambda: os.environ.get("BLASTSCAN_WEIGHTS_DIR"),
-        show_default="$BLASTSCAN_WEIGHTS_DIR, else the Keras download",
-        help="Folder with ImageNet weight files for the deep backbones.",
-    )(f)
+    return weights_dir_option()(f)
 
 
 def jobs_option(f):
@@ -94,9 +96,9 @@ def params_option(f):
 
 
 def _deep_options(weights_dir, random_weights, **extra):
-    opts = {"weights_dir": weights_dir, "random_weights": random_weights}
-    opts.update({k: v for k, v in extra.items() if v is not None})
-    return opts
+    from blastscan.options import clean_options
+
+    return {"weights_dir": weights_dir, "random_weights": random_weights, **clean_options(extra)}
 
 
 # ---- data (dataset layer) -------------------------------------------------------------------
@@ -118,7 +120,7 @@ def data(dataset, out, problems_file, jobs, quiet):
     usable image is found.
     """
     from blastscan.dataset import build_manifest, summarize, write_manifest
-    from blastscan.features.store import atomic_write_bytes
+    from blastscan._io import atomic_write_bytes
 
     manifest = build_manifest(dataset, jobs=jobs, progress=not quiet)
     click.echo(summarize(manifest))
@@ -171,23 +173,14 @@ def weights(weights_dir, random_weights, download):
     Keras cache. For a missing file it says what was looked for and how to provide it. Exits with 1 when
     a backbone has no weights.
     """
-    from blastscan.features.deep import BACKBONES, download_weights, file_sha256, find_weights
+    from blastscan.pipelines.weights import weights_status
 
     if random_weights:
         raise BlastscanError("--random-weights", "does not apply to `blastscan weights`")
-    missing = 0
-    for name, backbone in BACKBONES.items():
-        found = find_weights(backbone, weights_dir)
-        if found.path is None and download:
-            download_weights(backbone, weights_dir)
-            found = find_weights(backbone, weights_dir)
-        if found.path is None:
-            missing += 1
-            click.echo(f"{name:<13} missing: {found.missing_error().why}")
-        else:
-            size = found.path.stat().st_size
-            click.echo(f"{name:<13} found: {found.path} ({size:,} bytes) sha256 {file_sha256(found.path)}")
-    if missing:
+    status = weights_status(weights_dir, download=download)
+    for st in status:
+        click.echo(st.line())
+    if any(st.path is None for st in status):
         sys.exit(1)
 
 
@@ -225,9 +218,9 @@ def extract(dataset, features, store, jobs, weights_dir, random_weights, input_s
 @main.command()
 @click.argument("dataset", type=click.Path(exists=True))
 @click.option("--features", "-f", default="handcrafted", show_default=True,
-              help="Comma-separated feature sets to compare (computed beforehand by `blastscan extract`), e.g. "
-                   "handcrafted,inception_v3,vgg16,handcrafted+inception_v3.")
-@click.option("--classifiers", "-c", default="logreg,svm,xgboost,fcn,fcn_svm", show_default=True,
+              help="Comma-separated feature sets to compare, e.g. handcrafted,inception_v3,vgg16,"
+                   "handcrafted+inception_v3; features the store lacks are computed first.")
+@click.option("--classifiers", "-c", default=None, show_default="every registered classifier",
               help="Comma-separated classifiers.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               show_default="blastscan-runs/<timestamp>", help="Run folder for the report, metrics and predictions.")
@@ -258,19 +251,24 @@ def compare(dataset, features, classifiers, out_dir, store, weights_dir, random_
     per-subject accuracy, the manifest used and run.json. Every headline number comes from splits that
     keep each subject on one side; a per-image split is shown only as a labelled (leaky) warning.
     """
-    from blastscan.pipelines.compare import compare as run_compare, load_params
+    from blastscan.evaluation import EvalSettings
+    from blastscan.options import load_params
+    from blastscan.pipelines.compare import compare as run_compare, default_classifiers
 
     parsed = load_params(params, params_file)  # bad --param fails before the manifest is built
+    settings = EvalSettings(folds=folds, seed=seed, threshold_rule=threshold_rule, target_recall=target_recall,
+                            inner_folds=inner_folds, leaky_folds=leaky_folds, n_boot=n_boot)
     manifest = dataset_manifest(dataset, store, jobs, quiet)
     opts = _deep_options(weights_dir, random_weights, input_size=input_size)
-    result = run_compare(manifest.df, features, classifiers, store, out_dir, extractor_options=opts, n_splits=folds,
-                         seed=seed, threshold_rule=threshold_rule, target_recall=target_recall, params=parsed,
-                         progress=not quiet, dataset=dataset, jobs=jobs, inner_splits=inner_folds,
-                         leaky_splits=leaky_folds, n_boot=n_boot)
+    result = run_compare(manifest.df, features, classifiers or default_classifiers(), store, out_dir,
+                         settings=settings, params=parsed, extractor_options=opts, jobs=jobs, progress=not quiet,
+                         dataset=dataset)
+    for summary in result.extracted:
+        if any(r.computed for r in summary.runs):
+            click.echo(summary.format(max_failures=5), err=True)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     click.echo(result.summary())
-
 
 
 # ---- export / score (bundle) -----------------------------------------------------------------
@@ -278,11 +276,9 @@ _TRUST_HELP = ("Load the bundle even when its .json sidecar is missing or its ha
                "pickle: loading one can run any code; only load bundles you trust.")
 
 
-def _bundle_weights_option(f):
-    return click.option(
-        "--weights-dir", type=click.Path(file_okay=False), default=lambda: os.environ.get("BLASTSCAN_WEIGHTS_DIR"),
-        show_default="$BLASTSCAN_WEIGHTS_DIR, else where training found them",
-        help="Folder with the ImageNet weight files; they must be the ones the model was trained with.")(f)
+_bundle_weights_option = weights_dir_option(
+    "$BLASTSCAN_WEIGHTS_DIR, else where training found them",
+    "Folder with the ImageNet weight files; they must be the ones the model was trained with.")
 
 
 @main.command()
@@ -313,17 +309,14 @@ def train(dataset, features, classifier, params, params_file, out, store, jobs, 
     out-of-fold predictions on the training data (no test set is involved: use `blastscan compare` for an
     evaluation).
     """
-    from blastscan.pipelines.compare import load_params
+    from blastscan.evaluation import EvalSettings
     from blastscan.pipelines.train import train as run_train
 
-    # a params file may be shared with `compare` and name other classifiers: only this one's entry counts
-    from_file = load_params(None, params_file).get(classifier, {})
-    given = load_params(params)
-    merged = {**given, classifier: {**from_file, **given.get(classifier, {})}}
+    settings = EvalSettings(seed=seed, threshold_rule=threshold_rule, target_recall=target_recall,
+                            inner_folds=inner_folds)
     opts = _deep_options(weights_dir, random_weights, input_size=input_size)
-    run_train(dataset, features, classifier, store, params=merged, out=out, extractor_options=opts,
-              threshold_rule=threshold_rule, target_recall=target_recall, seed=seed, inner_splits=inner_folds,
-              jobs=jobs, progress=not quiet, echo=click.echo)
+    run_train(dataset, features, classifier, store, params=params, params_file=params_file, out=out,
+              extractor_options=opts, settings=settings, jobs=jobs, progress=not quiet, echo=click.echo)
 
 
 @main.command()
@@ -341,7 +334,7 @@ def export(run_dir, config_name, out, store, weights_dir, quiet):
 
     Uses the run's parameters, feature store, extractor options, seed and threshold rule.
     """
-    from blastscan.pipelines.bundle import export_run
+    from blastscan.pipelines.export import export_run
 
     opts = {"weights_dir": weights_dir} if weights_dir else None
     bundle = export_run(run_dir, config_name, out, store=store, extractor_options=opts, progress=not quiet)
@@ -382,21 +375,20 @@ def score(bundle, inputs, output, store, weights_dir, jobs, trust, quiet):
               help="Folder for the store, the comparison report, the bundle and the predictions.")
 @click.option("--data", type=click.Path(exists=True, file_okay=False), default=None,
               help="Dataset to use instead of the bundled sample (data/sample).")
-@click.option("--classifiers", default="logreg,svm,xgboost,fcn,fcn_svm", show_default=True,
+@click.option("--classifiers", default=None, show_default="every registered classifier",
               help="Comma-separated classifiers to compare.")
-@click.option("--weights-dir", type=click.Path(file_okay=False),
-              default=lambda: os.environ.get("BLASTSCAN_WEIGHTS_DIR"),
-              show_default="$BLASTSCAN_WEIGHTS_DIR, else the Keras cache/download",
-              help="Folder with ImageNet weights; without weights the deep features are skipped.")
+@weights_dir_option("$BLASTSCAN_WEIGHTS_DIR, else the Keras cache/download",
+                    "Folder with ImageNet weights; without weights the deep features are skipped.")
 @jobs_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def demo(out_dir, data, classifiers, weights_dir, jobs, seed, quiet):
     """Run the whole loop on the bundled real sample: data, extract, compare, export, score."""
+    from blastscan.options import split_list
     from blastscan.pipelines.demo import run_demo
 
     run_demo(out_dir, data=data, weights_dir=weights_dir, jobs=jobs, seed=seed, progress=not quiet,
-             classifiers=tuple(c for c in classifiers.split(",") if c), echo=click.echo)
+             classifiers=split_list(classifiers) if classifiers else None, echo=click.echo)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,9 +19,11 @@ from blastscan.dataset import build_manifest, labelled, load_image
 from blastscan.errors import BlastscanError
 from blastscan.features import base
 from blastscan.features.base import BatchExtractor, BatchResult
-from blastscan.pipelines import extract as ex
-from blastscan.pipelines.bundle import (BundleWarning, load_bundle, save_bundle, sidecar_path, train_bundle,
-                                        export_run)
+from blastscan.bundle import BundleWarning, load_bundle, save_bundle, sidecar_path
+from blastscan.evaluation import EvalSettings
+from blastscan.features.featureset import clear_extractor_cache
+from blastscan.pipelines.export import export_run
+from blastscan.pipelines.train import train_bundle
 from blastscan.pipelines.extract import extract, load_features
 from blastscan.provenance import manifest_hash
 
@@ -178,14 +180,14 @@ class FakeDeep(BatchExtractor):
 @pytest.fixture
 def fake_deep(monkeypatch, tmp_path):
     monkeypatch.setitem(base._REGISTRY, "fake_deep", FakeDeep)
-    ex._EXTRACTOR_CACHE.clear()
+    clear_extractor_cache()
     dirs = {}
     for name, content in (("train", b"\x02weights"), ("copy", b"\x02weights"), ("other", b"\x03weights")):
         dirs[name] = tmp_path / f"weights_{name}"
         dirs[name].mkdir()
         (dirs[name] / "fake.weights.h5").write_bytes(content)
     yield dirs
-    ex._EXTRACTOR_CACHE.clear()
+    clear_extractor_cache()
 
 
 def test_deep_bundle_refuses_other_weights(cells, fake_deep, tmp_path):
@@ -211,8 +213,8 @@ def run_dir(cells, trained) -> Path:
     manifest = cells["manifest"].copy()
     manifest.loc[manifest.index[:2], "label"] = None  # unlabelled rows: not used by the run, not trained on
     out = cells["tmp"] / "run"
-    compare(manifest, ["handcrafted"], ["logreg"], cells["store"], out, n_splits=3, leaky_splits=0, n_boot=0,
-            jobs=1, progress=False, threshold_rule="f1")
+    compare(manifest, ["handcrafted"], ["logreg"], cells["store"], out, jobs=1, progress=False,
+            settings=EvalSettings(folds=3, leaky_folds=0, n_boot=0, threshold_rule="f1"))
     return out
 
 

@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from blastscan.errors import BlastscanError
-from blastscan.features import base
+from blastscan.features import base, compute
 from blastscan.features.base import BatchExtractor, BatchResult, PerImageExtractor
+from blastscan.features.featureset import clear_extractor_cache
 from blastscan.features.store import FeatureStore
 from blastscan.pipelines import extract as ex
 
@@ -65,7 +66,7 @@ def _make_fake_extractors(log_dir: Path, fail_on_mean: float | None = None, inte
 
     base._REGISTRY["fake_px"] = FakePixel
     base._REGISTRY["fake_batch"] = FakeBatch
-    ex._EXTRACTOR_CACHE.clear()
+    clear_extractor_cache()
     return FakePixel, FakeBatch
 
 
@@ -92,7 +93,7 @@ def _clean_registry():
     yield
     base._REGISTRY.pop("fake_px", None)
     base._REGISTRY.pop("fake_batch", None)
-    ex._EXTRACTOR_CACHE.clear()
+    clear_extractor_cache()
 
 
 def test_second_run_computes_nothing_and_duplicates_are_computed_once(tmp_path):
@@ -142,7 +143,7 @@ def test_unreadable_image_is_a_failure(tmp_path):
 
 
 def test_interrupted_run_keeps_finished_rows_and_resumes(tmp_path, monkeypatch):
-    monkeypatch.setattr(ex, "TASK_IMAGES", 2)
+    monkeypatch.setattr(compute, "TASK_IMAGES", 2)
     _make_fake_extractors(tmp_path, interrupt_after=5)
     man = _manifest(tmp_path, list(range(10, 110, 10)))
     with pytest.raises(KeyboardInterrupt):
@@ -189,7 +190,7 @@ def test_unknown_feature_set_is_a_clear_error(tmp_path):
 
 
 def test_equivalent_options_share_one_extractor_instance():
-    from blastscan.pipelines.extract import _extractor
+    from blastscan.features.featureset import build_extractor as _extractor
 
     # Scoring a bundle passes the recorded input size explicitly; the instance (and its built network)
     # from extraction with the default size must be reused, not built a second time.

@@ -13,10 +13,12 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.naive_bayes import GaussianNB
 
+from blastscan import options
 from blastscan import provenance as prov
 from blastscan.errors import BlastscanError
+from blastscan.evaluation import EvalSettings
 from blastscan.pipelines import compare as cmp
-from blastscan.pipelines.evaluate import LEAKY_NOTE
+from blastscan.pipelines.results import LEAKY_NOTE
 from blastscan.pipelines.report import fmt
 
 
@@ -68,20 +70,21 @@ def install_fakes(mp, df):
 
     feats = _features(df)
 
-    def load_features(manifest_df, feature_set, store, *, extractor_options=None, dataset_hint="DATASET"):
+    def features_for(manifest_df, feature_set, store, *, extractor_options=None, jobs=None, progress=True,
+                     dataset_hint="DATASET"):
         if feature_set == "missing":
             raise BlastscanError(str(store), f"no 'missing' features for {len(manifest_df)} images; "
                                              f"run: blastscan extract {dataset_hint} --features missing")
         X = np.stack([feats[s] for s in manifest_df["sha256"]])
         if feature_set == "half":
             X = X[:, :2]
-        return extract.FeatureMatrix(X=X, feature_names=[f"f{i}" for i in range(X.shape[1])],
+        return None, extract.FeatureMatrix(X=X, feature_names=[f"f{i}" for i in range(X.shape[1])],
                                      rows=manifest_df.reset_index(drop=True),
                                      dropped=manifest_df.iloc[:0].assign(reason=pd.Series(dtype=str)),
                                      extractors=[{"name": feature_set, "identity": f"{feature_set}@1"}],
                                      feature_set=feature_set)
 
-    mp.setattr(extract, "load_features", load_features)
+    mp.setattr(extract, "features_for", features_for)
     mp.setattr(classifiers, "get_classifier", lambda name, random_state=0, **p: FACTORIES[name](random_state, **p),
                raising=False)
     mp.setattr(classifiers, "available_classifiers", lambda: sorted(FACTORIES), raising=False)
@@ -95,7 +98,8 @@ def run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         install_fakes(mp, df)
         result = cmp.compare(df, "full,half", "logreg,nb,broken", tmp_path_factory.mktemp("store"), out,
-                             n_splits=5, seed=0, n_boot=200, jobs=1, progress=False, dataset="synthetic",
+                             settings=EvalSettings(folds=5, seed=0, n_boot=200), jobs=1, progress=False,
+                             dataset="synthetic",
                              params=["logreg.C=0.5"])
     return df, result
 
@@ -212,7 +216,7 @@ def test_missing_features_error_propagates(tmp_path):
         install_fakes(mp, df)
         with pytest.raises(BlastscanError, match=r"run: blastscan extract DATA --features missing"):
             cmp.compare(df, "full,missing", "logreg", tmp_path / "store", tmp_path / "run", progress=False,
-                        dataset="DATA", n_boot=0, jobs=1)
+                        dataset="DATA", settings=EvalSettings(n_boot=0), jobs=1)
 
 
 def test_bad_options_fail_early(tmp_path):
@@ -222,18 +226,19 @@ def test_bad_options_fail_early(tmp_path):
         with pytest.raises(BlastscanError, match="unknown"):
             cmp.compare(df, "full", "nosuch", tmp_path, tmp_path / "r", progress=False)
         with pytest.raises(BlastscanError, match="--threshold"):
-            cmp.compare(df, "full", "logreg", tmp_path, tmp_path / "r", threshold_rule="auc", progress=False)
+            cmp.compare(df, "full", "logreg", tmp_path, tmp_path / "r", settings=EvalSettings(threshold_rule="auc"),
+                        progress=False)
         with pytest.raises(BlastscanError, match="not among"):
             cmp.compare(df, "full", "logreg", tmp_path, tmp_path / "r", params=["svm.C=1"], progress=False)
 
 
 def test_parse_params():
-    assert cmp.parse_params(["svm.C=10", "svm.kernel=rbf", "xgboost.max_depth=3", "fcn.hidden=[64,32]",
+    assert options.parse_params(["svm.C=10", "svm.kernel=rbf", "xgboost.max_depth=3", "fcn.hidden=[64,32]",
                              "logreg.fit_intercept=false", "svm.gamma=0.5"]) == {
         "svm": {"C": 10, "kernel": "rbf", "gamma": 0.5}, "xgboost": {"max_depth": 3},
         "fcn": {"hidden": [64, 32]}, "logreg": {"fit_intercept": False}}
     with pytest.raises(BlastscanError, match="CLASSIFIER.NAME=VALUE"):
-        cmp.parse_params(["C=10"])
+        options.parse_params(["C=10"])
 
 
 def test_manifest_hash_covers_content_not_paths_or_order():

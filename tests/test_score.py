@@ -13,7 +13,7 @@ from PIL import Image
 
 from blastscan.cli import main
 from blastscan.errors import BlastscanError
-from blastscan.pipelines.bundle import load_bundle, sidecar_path
+from blastscan.bundle import load_bundle, sidecar_path
 from blastscan.pipelines.score import score, subject_summary, subjects_path
 from test_bundle import cells, run_dir, trained  # noqa: F401  (shared module fixtures)
 

@@ -84,6 +84,11 @@ class Extractor:
         digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:10]
         return f"{base}-{digest}"
 
+    def build_options(self) -> dict[str, Any]:
+        """Constructor options (JSON-serialisable) that rebuild this extractor with the same output;
+        options that only say where things are now (weights folder, batch size) are not among them."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
         """Everything needed to rebuild this extractor exactly (stored in bundles and run records)."""
         return {
@@ -133,11 +138,25 @@ def register_extractor(name: str):
     return deco
 
 
+_DISCOVERED = False
+
+
 def _load_builtin_extractors() -> None:
-    # Importing the modules runs their @register_extractor decorators. Deep backbones register without
-    # importing TensorFlow (it is imported lazily when an embedding is first computed).
-    import blastscan.features.handcrafted  # noqa: F401
-    import blastscan.features.deep  # noqa: F401
+    """Import every module of ``blastscan.features`` once: their ``@register_extractor`` decorators fill
+    the registry (as pyradiomics discovers its feature classes), so adding an extractor is one new module.
+    Deep backbones register without importing TensorFlow (it loads when an embedding is first computed)."""
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    import importlib
+    import pkgutil
+
+    import blastscan.features as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{package.__name__}.{info.name}")
+    _DISCOVERED = True
 
 
 def available_extractors() -> list[str]:

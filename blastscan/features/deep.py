@@ -214,7 +214,7 @@ def file_sha256(path: str | os.PathLike) -> str:
             cache = cache if isinstance(cache, dict) else {}
             cache[real] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
             try:
-                from blastscan.features.store import atomic_write_bytes
+                from blastscan._io import atomic_write_bytes
 
                 cache_file.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_bytes(cache_file, json.dumps(cache, indent=1, sort_keys=True).encode())
@@ -318,6 +318,9 @@ class DeepExtractor(BatchExtractor):
     @property
     def feature_names(self) -> list[str]:
         return [f"{self.name}_avgpool_{i:04d}" for i in range(self.backbone.dim)]
+
+    def build_options(self) -> dict[str, Any]:
+        return {"input_size": self.input_size, "random_weights": self.random_weights}
 
     def config(self) -> dict[str, Any]:
         weights = f"random:seed={RANDOM_SEED}" if self.random_weights else f"sha256:{self.weights_sha256}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from blastscan.errors import BlastscanError
 
@@ -32,17 +32,22 @@ def run_demo(
     *,
     data: str | os.PathLike | None = None,
     weights_dir: str | None = None,
-    classifiers: tuple[str, ...] = ("logreg", "svm", "xgboost", "fcn", "fcn_svm"),
+    classifiers: Sequence[str] | None = None,
     jobs: int | None = None,
     seed: int = 0,
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> dict:
-    """Run data check, extraction, comparison, export and scoring on the sample; return the paths."""
-    from blastscan.dataset import build_manifest, inspect_cache, summarize
-    from blastscan.features.base import get_extractor
-    from blastscan.pipelines.extract import extract
+    """Run data check, extraction, comparison, export and scoring on the sample; return the paths.
 
+    ``classifiers`` defaults to every registered classifier.
+    """
+    from blastscan.dataset import build_manifest, inspect_cache, summarize
+    from blastscan.evaluation import EvalSettings
+    from blastscan.features.featureset import FeatureSet
+    from blastscan.pipelines.compare import compare, default_classifiers
+    from blastscan.pipelines.export import export_run
+    from blastscan.pipelines.score import score
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -58,37 +63,32 @@ def run_demo(
     skipped: dict[str, str] = {}
     for name in DEEP:
         try:
-            get_extractor(name, **{k: v for k, v in options.items() if v})
+            FeatureSet(name, options)  # builds the extractor: finds (and hashes) its weights
             extractors.append(name)
         except BlastscanError as exc:
             skipped[name] = exc.why or str(exc)
     echo(f"\n== 2/5 extract: {', '.join(extractors)}")
     for name, why in skipped.items():
         echo(f"skipped {name}: {why}")
-    summary = extract(manifest.df, extractors, store, jobs=jobs, extractor_options=options, progress=progress)
+    summary = FeatureSet.union(extractors, options).ensure(manifest.df, store, jobs=jobs, progress=progress)
     echo(summary.format())
 
     feature_sets = ["handcrafted"] + [n for n in DEEP if n in extractors]
     if "inception_v3" in extractors:
         feature_sets.append("handcrafted+inception_v3")
+    classifiers = list(classifiers or default_classifiers())
     echo(f"\n== 3/5 compare: {', '.join(feature_sets)} x {', '.join(classifiers)} (subject-disjoint CV)")
-    from blastscan.pipelines.compare import compare
-
     run_dir = out / "run"
-    result = compare(manifest.df, feature_sets, list(classifiers), store, run_dir, extractor_options=options,
-                     seed=seed, progress=progress, dataset=str(data), jobs=jobs)
+    result = compare(manifest.df, feature_sets, classifiers, store, run_dir, settings=EvalSettings(seed=seed),
+                     extractor_options=options, progress=progress, dataset=str(data), jobs=jobs)
     echo(result.summary())
 
     echo(f"\n== 4/5 export the best configuration ({result.best}) as a bundle")
-    from blastscan.pipelines.bundle import export_run
-
     bundle_path = out / "model.joblib"
     export_run(run_dir, result.best, bundle_path, progress=progress)
     echo(f"bundle: {bundle_path} (+ {bundle_path.with_suffix('.json').name})")
 
     echo("\n== 5/5 score the sample's unlabelled-style inputs with the bundle")
-    from blastscan.pipelines.score import score
-
     targets = _score_inputs(data)
     predictions = out / "predictions.csv"
     scored = score(bundle_path, targets, predictions, store=store, extractor_options=options, progress=progress)

@@ -19,7 +19,11 @@ import numpy as np
 import pandas as pd
 
 from blastscan.errors import BlastscanError
-from blastscan.pipelines.bundle import Bundle, input_manifest, load_bundle
+from blastscan._io import atomic_path
+from blastscan.bundle import Bundle, load_bundle
+from blastscan.dataset.inputs import input_manifest
+from blastscan.features.compute import TASK_IMAGES
+from blastscan.options import resolve_jobs
 
 __all__ = ["COLUMNS", "SUBJECT_COLUMNS", "ScoreResult", "score", "subject_summary", "subjects_path"]
 
@@ -67,7 +71,7 @@ class _Tally:
         return self
 
     def frame(self, threshold: float, fraction: float) -> pd.DataFrame:
-        from blastscan.dataset import _natural_key
+        from blastscan.dataset import natural_key as _natural_key
 
         rows = []
         for s in sorted(self.sums, key=_natural_key):
@@ -151,7 +155,7 @@ def score(
     Parameters
     ----------
     bundle_or_path : Bundle or path
-        A bundle, or a bundle file (loaded with :func:`blastscan.pipelines.bundle.load_bundle`; only
+        A bundle, or a bundle file (loaded with :func:`blastscan.bundle.load_bundle`; only
         load bundles you trust).
     inputs : path or list of paths
         Image files, folders (searched recursively) and CSVs with a ``path`` column.
@@ -180,8 +184,6 @@ def score(
     """
     from tqdm.auto import tqdm
 
-    from blastscan.features.store import atomic_path
-    from blastscan.pipelines.extract import TASK_IMAGES, _resolve_jobs
 
     t0 = time.perf_counter()
     out = Path(output_csv)
@@ -190,11 +192,11 @@ def score(
     if not 0 < subject_fraction <= 1:
         raise BlastscanError("subject_fraction", f"must be in (0, 1] (got {subject_fraction})")
     bundle = bundle_or_path if isinstance(bundle_or_path, Bundle) else load_bundle(bundle_or_path, trust=trust)
-    built = bundle.extractors(extractor_options)  # a wrong weights file stops here, before any image is read
+    built = bundle.features(extractor_options)  # a wrong weights file stops here, before any image is read
     manifest_df, failed = input_manifest(inputs, progress=progress, store=store)
     if "subject" not in manifest_df:
         manifest_df = manifest_df.assign(subject="")
-    chunk = chunk_images or max(CHUNK_IMAGES, 2 * _resolve_jobs(jobs) * TASK_IMAGES)
+    chunk = chunk_images or max(CHUNK_IMAGES, 2 * resolve_jobs(jobs) * TASK_IMAGES)
     tally = _Tally()
     counts = {"scored": 0, "all": 0}
     failures: dict[str, int] = {}

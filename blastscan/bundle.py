@@ -1,0 +1,317 @@
+"""Scoring bundles: one joblib file holding a fitted model and everything needed to score new cells with it.
+
+A bundle holds the fitted pipeline, the feature set's extractor specs (name, version, identity, config
+incl. the weights hash, and the options that rebuild it), the column order, the decision threshold and
+how it was chosen, training metrics with their split, a hash of the training manifest, library versions
+and the creation time. A human-readable sidecar ``<name>.json`` repeats the metadata and records the
+sha256 of the bundle file.
+
+A joblib file is a pickle: loading one can run arbitrary code. :func:`load_bundle` refuses a file whose
+sidecar is missing or whose hash does not match it, unless ``trust=True``. The check catches damaged or
+swapped files; it is not a signature (anyone can write a new sidecar), so load only bundles you trust.
+Bundles of format 1 (blastscan before the code layout of issue 12) are refused with a one-line message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from blastscan._io import atomic_path, atomic_write_bytes, file_sha256
+from blastscan.errors import BlastscanError
+from blastscan.options import clean_options
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "TRUST_WARNING", "Bundle", "BundleWarning", "save_bundle", "load_bundle",
+           "sidecar_path", "version_warnings"]
+
+FORMAT = "blastscan-bundle"
+FORMAT_VERSION = 2
+TRUST_WARNING = ("A bundle is a pickle (joblib): loading one can run any code. Load only bundles you made or "
+                 "got from someone you trust.")
+
+
+class BundleWarning(UserWarning):
+    """A bundle loaded, but something (e.g. a library version) differs from when it was made."""
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """``model.joblib`` -> ``model.json``."""
+    return Path(path).with_suffix(".json")
+
+
+def _p_all(est, X: np.ndarray) -> np.ndarray:
+    # float64 in and out: float32 BLAS results can differ in the last bit with batch size and alignment
+    col = list(getattr(est, "classes_", [0, 1])).index(1)  # the P(ALL) column, whatever the class order
+    return np.asarray(est.predict_proba(np.asarray(X, dtype=np.float64)))[:, col].astype(float)
+
+
+@dataclass
+class Bundle:
+    """A fitted model plus what it needs to score new cells exactly as it was trained.
+
+    Attributes
+    ----------
+    model : estimator
+        The fitted pipeline (``predict_proba(X)[:, 1]`` is P(ALL)).
+    metadata : dict
+        JSON-able description (also in the sidecar): feature set, extractors, threshold, training
+        metrics, data hash, versions.
+    path : Path or None
+        Where it was loaded from / saved to.
+    warnings : list of str
+        Version mismatches found when loading.
+    """
+
+    model: Any
+    metadata: dict
+    path: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def threshold(self) -> float:
+        """A cell is called ALL when ``P(ALL) >= threshold``."""
+        return float(self.metadata["threshold"]["value"])
+
+    @property
+    def feature_set(self) -> str:
+        return self.metadata["feature_set"]
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.metadata["feature_names"])
+
+    # -- features -------------------------------------------------------------------------------
+    def features(self, extractor_options: Mapping[str, Any] | None = None):
+        """The bundle's :class:`~blastscan.features.featureset.FeatureSet`, rebuilt from its recorded
+        extractor specs; ``extractor_options`` say where things are now (e.g. ``weights_dir``).
+
+        Raises ``BlastscanError`` when an extractor built now has another identity than at training
+        (other weights, version or settings): its features would not be those the model learned from.
+        """
+        from blastscan.features.featureset import FeatureSet
+
+        runtime = {**clean_options(self.metadata.get("extractor_options")), **clean_options(extractor_options)}
+        return FeatureSet.from_specs(self.feature_set, self.metadata["extractors"], runtime, what=self._what())
+
+    def _what(self) -> str:
+        return f"bundle {self.path}" if self.path else "bundle"
+
+    def score_manifest(self, manifest_df: pd.DataFrame, store: str | os.PathLike | None = None, *,
+                       extractor_options: Mapping[str, Any] | None = None, jobs: int | None = None,
+                       built=None) -> pd.DataFrame:
+        """P(ALL), call and status of each manifest row (same order).
+
+        Features are computed into ``store`` (only what it lacks), or a temporary store deleted
+        afterwards. ``built`` is the result of :meth:`features`, when the caller has it already. Returns
+        ``manifest_df`` columns plus ``p_all`` (NaN where the image could not be featurised), ``pred``
+        ("all"/"hem"/"") and ``status`` ("ok" or the reason).
+        """
+        fs = built if built is not None else self.features(extractor_options)
+        out = manifest_df.reset_index(drop=True).copy()
+        if len(out) == 0:
+            out["p_all"], out["pred"], out["status"] = np.nan, "", ""
+            return out
+        unique = out.drop_duplicates("sha256")[["path", "sha256"]]
+        with tempfile.TemporaryDirectory(prefix="blastscan-score-") as tmp:
+            root = Path(store) if store is not None else Path(tmp)
+            fs.ensure(unique, root, jobs=jobs, progress=False)
+            fm = fs.read(unique, root)
+        if fm.feature_names != self.feature_names:
+            raise BlastscanError(self._what(), "the features computed now have other columns than the model was "
+                                               "trained on (the extractor changed without a version bump)")
+        failed = dict(zip(fm.dropped["sha256"], fm.dropped["reason"]))
+        row_of = {s: i for i, s in enumerate(fm.rows["sha256"])}
+        shas = out["sha256"].to_numpy()
+        ok = np.array([s in row_of for s in shas], dtype=bool)
+        p = np.full(len(out), np.nan)
+        if ok.any():
+            p[ok] = _p_all(self.model, fm.X[[row_of[s] for s in shas[ok]]])
+        out["p_all"] = p
+        out["pred"] = np.where(ok, np.where(p >= self.threshold, "all", "hem"), "")
+        out["status"] = [("ok" if k else failed.get(s, "no features computed")) for s, k in zip(shas, ok)]
+        return out
+
+    def score_frame(self, inputs, store: str | os.PathLike | None = None, *,
+                    extractor_options: Mapping[str, Any] | None = None, jobs: int | None = None) -> pd.DataFrame:
+        """One row per input image: ``path, sha256, subject, p_all, pred, status``; files that could not be
+        read are included with their reason (``p_all`` NaN). For large batches use
+        :func:`blastscan.pipelines.score.score`, which streams to a CSV."""
+        from blastscan.dataset.inputs import input_manifest
+
+        manifest_df, failed = input_manifest(inputs)
+        scored = self.score_manifest(manifest_df, store, extractor_options=extractor_options, jobs=jobs)
+        cols = ["path", "sha256", "subject", "p_all", "pred", "status"]
+        if "subject" not in scored:
+            scored["subject"] = ""
+        return pd.concat([scored[cols], failed[cols]], ignore_index=True) if len(failed) else scored[cols]
+
+    def predict_proba(self, paths_or_manifest, store: str | os.PathLike | None = None,
+                      extractor_options: Mapping[str, Any] | None = None, jobs: int | None = None) -> np.ndarray:
+        """P(ALL) per image; NaN where the image could not be featurised (:meth:`score_frame` says why).
+
+        A manifest gives one value per row; a list of image files one value per file, in the given order;
+        folders and CSVs are expanded (the order of :meth:`score_frame`).
+        """
+        frame = self.score_frame(paths_or_manifest, store, extractor_options=extractor_options, jobs=jobs)
+        if isinstance(paths_or_manifest, pd.DataFrame):
+            return frame["p_all"].to_numpy(dtype=float)[: len(paths_or_manifest)]
+        items = [paths_or_manifest] if isinstance(paths_or_manifest, (str, os.PathLike)) else list(paths_or_manifest)
+        if all(os.path.isfile(p) and not str(p).lower().endswith(".csv") for p in items):
+            by_path = dict(zip(frame["path"], frame["p_all"]))
+            return np.array([by_path.get(os.path.abspath(p), np.nan) for p in items], dtype=float)
+        return frame["p_all"].to_numpy(dtype=float)
+
+    def predict(self, paths_or_manifest, store=None, extractor_options=None, jobs=None) -> np.ndarray:
+        """``"all"``/``"hem"`` per image at the bundle's threshold (``""`` where it could not be scored)."""
+        p = self.predict_proba(paths_or_manifest, store, extractor_options, jobs)
+        return np.where(np.isnan(p), "", np.where(p >= self.threshold, "all", "hem")).astype(object)
+
+    def summary(self) -> str:
+        """The model, its threshold and its training metrics, with the split they come from."""
+        m = self.metadata
+        tm = m["training_metrics"]
+        d = m["training_data"]
+        lines = [f"model: {m['feature_set']} / {m['classifier']} ({m['n_features']} features)",
+                 f"trained on {d['n_images']} cells: {d['n_all']} ALL from {d['n_subjects_all']} subjects, "
+                 f"{d['n_hem']} HEM from {d['n_subjects_hem']} subjects"
+                 + (f" ({d['n_dropped']} cells without features left out)" if d.get("n_dropped") else ""),
+                 f"threshold: P(ALL) >= {self.threshold:.4f} ({m['threshold']['rule_text']})"]
+        met = tm.get("metrics")
+        if met:
+            def f(k):
+                v = met.get(k)
+                return "n/a" if v is None else f"{v:.3f}"
+
+            lines.append(f"{tm['split']}: weighted F1 {f('weighted_f1')}, ALL recall {f('recall_all')}, "
+                         f"specificity {f('specificity')}, ROC-AUC {f('roc_auc')}")
+        lines += [f"note: {n}" for n in tm.get("notes", [])]
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def save_bundle(bundle: Bundle, path: str | os.PathLike) -> Path:
+    """Write ``bundle`` to ``path`` (joblib) and its sidecar ``<name>.json``, both atomically.
+
+    The sidecar holds the metadata and the sha256 of the bundle file; :func:`load_bundle` checks it.
+    """
+    import joblib
+
+    from blastscan import provenance as prov
+
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        raise BlastscanError(str(path), "the bundle needs another suffix than .json (its sidecar is .json)")
+    metadata = prov.to_jsonable(bundle.metadata)
+    try:
+        with atomic_path(path) as tmp:
+            joblib.dump({"format": FORMAT, "format_version": FORMAT_VERSION, "model": bundle.model,
+                         "metadata": metadata}, tmp, compress=3)
+            digest, size = file_sha256(tmp), os.path.getsize(tmp)
+            sidecar = {"bundle_file": path.name, "bundle_sha256": digest, "bundle_bytes": size,
+                       "warning": TRUST_WARNING, "metadata": metadata}
+            # the sidecar goes first: a crash between the two renames leaves a sidecar that refuses the
+            # old bundle, never an unchecked new one
+            atomic_write_bytes(sidecar_path(path), json.dumps(sidecar, indent=2, allow_nan=False).encode())
+    except OSError as exc:
+        raise BlastscanError(str(path), f"cannot write ({exc.strerror or exc})") from None
+    bundle.path = path
+    return path
+
+
+def _check_sidecar(path: Path) -> dict:
+    side = sidecar_path(path)
+    refuse = "refusing to unpickle it (a joblib file can run code); pass trust=True (--trust) only if you trust it"
+    if not side.is_file():
+        raise BlastscanError(str(path), f"no sidecar {side.name} beside it to check its hash; {refuse}")
+    try:
+        sidecar = json.loads(side.read_text())
+        expected = sidecar["bundle_sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BlastscanError(str(side), f"unreadable bundle sidecar ({type(exc).__name__}: {exc}); {refuse}") from None
+    if file_sha256(path) != expected:
+        raise BlastscanError(str(path), f"its sha256 does not match {side.name}: the file was changed or damaged "
+                                        f"after it was written; {refuse}")
+    return sidecar
+
+
+# libraries whose version can change predictions, and how much of the version must agree
+def _version_key(version: str | None, parts: int) -> tuple:
+    if not version:
+        return ()
+    return tuple(version.split("+")[0].split(".")[:parts])
+
+
+def _version_checks(metadata: Mapping) -> list[tuple[str, int]]:
+    """(library, version parts that must agree) for what can change this bundle's predictions."""
+    from blastscan.classifiers import classifier_libraries
+
+    checks = [("scikit-learn", 2), ("numpy", 1)]
+    try:
+        checks += [c for c in classifier_libraries(str(metadata.get("classifier", ""))) if c not in checks]
+    except BlastscanError:  # a classifier this blastscan does not know: check every library that may matter
+        checks += [("xgboost", 2), ("tensorflow", 2), ("keras", 2)]
+    kinds = {e.get("kind") for e in metadata.get("extractors", [])}
+    if "batch" in kinds:
+        checks += [c for c in (("tensorflow", 2), ("keras", 2)) if c not in checks]
+    if "per_image" in kinds:
+        checks.append(("scikit-image", 2))
+    return checks
+
+
+def version_warnings(metadata: Mapping) -> list[str]:
+    """Mismatches between the library versions recorded in a bundle and the installed ones."""
+    from blastscan.provenance import library_versions
+
+    then = metadata.get("versions") or {}
+    now = library_versions()
+    out = []
+    for lib, parts in _version_checks(metadata):
+        a, b = then.get(lib), now.get(lib)
+        if a and _version_key(a, parts) != _version_key(b, parts):
+            out.append(f"{lib} {a} made this bundle, {b or 'none'} is installed: predictions may differ")
+    return out
+
+
+def load_bundle(path: str | os.PathLike, trust: bool = False) -> Bundle:
+    """Load a bundle written by :func:`save_bundle`.
+
+    Before unpickling, the file's sha256 is checked against its sidecar ``<name>.json``; a missing
+    sidecar or a mismatch is refused unless ``trust=True``. Library versions that differ from those
+    recorded in a way that could change predictions are reported (``BundleWarning`` and
+    ``Bundle.warnings``). Only load bundles you trust: a joblib file can run code when loaded.
+    """
+    import joblib
+
+    path = Path(path)
+    if not path.is_file():
+        raise BlastscanError(str(path), "no such bundle file")
+    sidecar = None if trust else _check_sidecar(path)
+    try:
+        content = joblib.load(path)
+    except Exception as exc:  # unpickling fails in many ways (damaged file, missing library)
+        raise BlastscanError(str(path), f"cannot load the bundle ({type(exc).__name__}: {exc})") from None
+    if not isinstance(content, dict) or content.get("format") != FORMAT:
+        raise BlastscanError(str(path), "not a blastscan bundle")
+    version = int(content.get("format_version", 0))
+    if version > FORMAT_VERSION:
+        raise BlastscanError(str(path), f"bundle format {version} is newer than this blastscan "
+                                        f"reads ({FORMAT_VERSION}); upgrade blastscan")
+    if version < FORMAT_VERSION:
+        raise BlastscanError(str(path), f"bundle format {version} was written by an older blastscan whose code "
+                                        f"layout changed; make it again with `blastscan train` or `blastscan export`")
+    bundle = Bundle(model=content["model"], metadata=content["metadata"], path=path)
+    bundle.warnings = version_warnings(bundle.metadata)
+    if sidecar is not None and sidecar.get("metadata") != bundle.metadata:
+        bundle.warnings.append(f"{sidecar_path(path).name} describes other metadata than the bundle holds; "
+                               "the bundle's own is used")
+    for w in bundle.warnings:
+        warnings.warn(f"{path}: {w}", BundleWarning, stacklevel=2)
+    return bundle

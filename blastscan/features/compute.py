@@ -1,0 +1,150 @@
+"""The extraction engine: compute the rows an extractor's store table lacks and publish them in chunks.
+
+Per-image extractors run over chunks of images in worker processes; batch extractors (deep networks)
+read and process their own batches. Finished rows are buffered and published together, so an
+interrupted run keeps what it finished and a second run recomputes nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from blastscan.errors import BlastscanError
+from blastscan.features.base import Extractor
+from blastscan.features.store import FeatureStore
+
+__all__ = ["ExtractorRun", "FLUSH_ROWS", "FLUSH_SECONDS", "TASK_IMAGES", "compute_missing"]
+
+# Rows are buffered and published together: fewer, larger Parquet parts, still a bounded loss on a crash.
+FLUSH_ROWS = 512
+FLUSH_SECONDS = 30.0
+# Images per task sent to a worker process: amortises process overhead, keeps memory bounded.
+TASK_IMAGES = 32
+
+
+@dataclass
+class ExtractorRun:
+    """What one extractor did over one manifest."""
+
+    name: str
+    identity: str
+    n_images: int  # distinct images (by content) in the manifest
+    computed: int = 0
+    reused: int = 0
+    failed: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 else float("nan")
+
+
+def progress_bar(total: int, desc: str, enabled: bool):
+    """A tqdm bar on stderr (hidden when ``enabled`` is false or there is nothing to do)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=not enabled or total == 0,
+                dynamic_ncols=True, smoothing=0.1)
+
+
+# -- per-image extractors: chunks of paths to worker processes -----------------------------------------
+def _featurise_chunk(extractor, paths: list[str], shas: list[str]):
+    """Run in a worker: load and featurise each image; a bad image becomes a failure, not a crash."""
+    from blastscan.dataset import load_image
+
+    rows, ok, failures = [], [], {}
+    for path, sha in zip(paths, shas):
+        try:
+            vec = extractor.compute(load_image(path))
+        except BlastscanError as exc:
+            failures[sha] = exc.why or str(exc)
+            continue
+        except Exception as exc:  # a bug on one odd cell must not lose a long run; the reason names it
+            failures[sha] = f"unexpected error ({type(exc).__name__}: {exc}); please report it"
+            continue
+        rows.append(np.asarray(vec, dtype=np.float32))
+        ok.append(sha)
+    n = len(extractor.feature_names)
+    mat = np.vstack(rows) if rows else np.zeros((0, n), np.float32)
+    return ok, mat, failures
+
+
+def _per_image_results(extractor, todo: pd.DataFrame, jobs: int) -> Iterator[tuple[list, np.ndarray, dict]]:
+    paths, shas = todo["path"].tolist(), todo["sha256"].tolist()
+    chunks = [(paths[i:i + TASK_IMAGES], shas[i:i + TASK_IMAGES]) for i in range(0, len(paths), TASK_IMAGES)]
+    if jobs <= 1 or len(chunks) <= 1:
+        for p, s in chunks:
+            yield _featurise_chunk(extractor, p, s)
+        return
+    from joblib import Parallel, delayed
+
+    parallel = Parallel(n_jobs=jobs, return_as="generator_unordered", pre_dispatch="2*n_jobs")
+    yield from parallel(delayed(_featurise_chunk)(extractor, p, s) for p, s in chunks)
+
+
+def _batch_results(extractor, todo: pd.DataFrame) -> Iterator[tuple[list, np.ndarray, dict]]:
+    shas = todo["sha256"].tolist()
+    for res in extractor.compute_paths(todo["path"].tolist()):
+        ok = [shas[i] for i in res.indices]
+        failures = {shas[i]: reason for i, reason in res.failures.items()}
+        yield ok, np.asarray(res.features, dtype=np.float32), failures
+
+
+def compute_missing(ext: Extractor, unique: pd.DataFrame, fstore: FeatureStore, *, jobs: int, progress: bool,
+                    retry_failed: bool = False) -> ExtractorRun:
+    """Compute ``ext``'s features for the images of ``unique`` (``path, sha256``, one row per content)
+    that its table in ``fstore`` lacks; return what was computed, reused and failed."""
+    identity = fstore.ensure_table(ext.describe(), ext.feature_names)
+    if retry_failed:
+        fstore.forget_failures(identity)
+    known = fstore.known_shas(identity)
+    todo = unique[~unique["sha256"].isin(known)]
+    run = ExtractorRun(name=ext.name, identity=identity, n_images=len(unique))
+    t0 = time.perf_counter()
+    if len(todo):
+        results = _per_image_results(ext, todo, jobs) if ext.kind == "per_image" else _batch_results(ext, todo)
+        _consume(results, fstore, identity, len(ext.feature_names), progress_bar(len(todo), ext.name, progress))
+        fstore.compact(identity)
+    run.seconds = time.perf_counter() - t0
+    failures = fstore.failures(identity)
+    run.computed = int((~todo["sha256"].isin(failures)).sum())
+    by_sha = dict(zip(unique["sha256"], unique["path"]))
+    run.failures = sorted((by_sha[s], r) for s, r in failures.items() if s in by_sha)
+    run.failed = len(run.failures)  # recorded failures count as failed, never as reused
+    run.reused = run.n_images - run.computed - run.failed
+    return run
+
+
+def _consume(results, fstore: FeatureStore, identity: str, n_features: int, bar) -> None:
+    buf_shas: list[str] = []
+    buf_mats: list[np.ndarray] = []
+    buf_fail: dict[str, str] = {}
+    last = time.monotonic()
+
+    def flush():
+        nonlocal buf_shas, buf_mats, buf_fail, last
+        if buf_shas or buf_fail:
+            mat = np.vstack(buf_mats) if buf_mats else np.zeros((0, n_features), np.float32)
+            fstore.write_chunk(identity, buf_shas, mat, buf_fail)
+        buf_shas, buf_mats, buf_fail, last = [], [], {}, time.monotonic()
+
+    try:
+        for ok, mat, failures in results:
+            buf_shas.extend(ok)
+            if len(ok):
+                buf_mats.append(mat)
+            buf_fail.update(failures)
+            bar.update(len(ok) + len(failures))
+            if len(buf_shas) + len(buf_fail) >= FLUSH_ROWS or time.monotonic() - last > FLUSH_SECONDS:
+                flush()
+    finally:
+        # Also on Ctrl-C or an error: what was finished is kept.
+        flush()
+        bar.close()

@@ -1,0 +1,255 @@
+"""Feature sets: a named union of extractors (``"handcrafted+inception_v3"``) that ensures its features are
+in the store (computing only what is missing) and reads them back as one matrix with a recorded column
+order. Every command that needs features goes through :meth:`FeatureSet.ensure` and :meth:`FeatureSet.read`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from blastscan.errors import BlastscanError
+from blastscan.features.base import Extractor, get_extractor, parse_feature_set
+from blastscan.features.compute import ExtractorRun, compute_missing
+from blastscan.features.store import FeatureStore
+from blastscan.options import clean_options, resolve_jobs
+
+__all__ = ["DEFAULT_FEATURE_SETS", "FeatureSet", "FeatureMatrix", "ExtractSummary", "build_extractor",
+           "clear_extractor_cache"]
+
+#: What ``compare`` and the demo evaluate when no feature set is named.
+DEFAULT_FEATURE_SETS = ("handcrafted", "inception_v3", "vgg16", "handcrafted+inception_v3")
+
+
+# -- extractor instances are reused across calls: a deep model is built once per process -------------
+_EXTRACTOR_CACHE: dict[tuple, Extractor] = {}
+
+
+def _options_key(name: str, options: Mapping[str, Any]) -> tuple:
+    return (name, tuple(sorted((k, repr(v)) for k, v in options.items())))
+
+
+def build_extractor(name: str, options: Mapping[str, Any] | None = None) -> Extractor:
+    """The extractor ``name`` built with ``options`` (unset options dropped), reused when built before."""
+    options = clean_options(options)
+    key = _options_key(name, options)
+    if key not in _EXTRACTOR_CACHE:
+        ext = get_extractor(name, **options)  # cheap: networks are built on first use
+        # Options spelled differently (e.g. a default input size given explicitly when scoring a bundle)
+        # can describe the same extractor: reuse the instance whose network may already be built.
+        same = (e for e in _EXTRACTOR_CACHE.values() if e.name == ext.name and e.identity == ext.identity
+                and getattr(e, "batch_size", None) == getattr(ext, "batch_size", None))
+        _EXTRACTOR_CACHE[key] = next(same, ext)
+    return _EXTRACTOR_CACHE[key]
+
+
+def clear_extractor_cache() -> None:
+    """Forget built extractors (tests that re-register an extractor name need this)."""
+    _EXTRACTOR_CACHE.clear()
+
+
+@dataclass
+class ExtractSummary:
+    """What :meth:`FeatureSet.ensure` did: one :class:`ExtractorRun` per extractor."""
+
+    runs: list[ExtractorRun]
+    store: Path
+
+    def format(self, max_failures: int = 20) -> str:
+        lines = [f"feature store: {self.store}"]
+        for r in self.runs:
+            rate = f", {r.rate:.1f} images/s" if r.computed else ""
+            lines.append(f"{r.name:<14} {r.identity}: {r.n_images} images: computed {r.computed}, "
+                         f"reused {r.reused}, failed {r.failed} ({r.seconds:.1f} s{rate})")
+            for path, reason in r.failures[:max_failures]:
+                lines.append(f"  failed: {path}: {reason}")
+            if len(r.failures) > max_failures:
+                lines.append(f"  ... and {len(r.failures) - max_failures} more failures")
+        return "\n".join(lines)
+
+    @property
+    def n_failed(self) -> int:
+        return sum(r.failed for r in self.runs)
+
+
+@dataclass
+class FeatureMatrix:
+    """Features for the manifest rows that have them, in manifest order.
+
+    Attributes
+    ----------
+    X : ndarray of shape (n, d), float32
+    feature_names : list of str
+        Column order of ``X`` (recorded in every model).
+    rows : DataFrame
+        The manifest rows behind ``X`` (same order).
+    dropped : DataFrame
+        Manifest rows without features, with a ``reason`` column.
+    extractors : list of dict
+        :meth:`FeatureSet.specs` of the feature set.
+    feature_set : str
+    """
+
+    X: np.ndarray
+    feature_names: list[str]
+    rows: pd.DataFrame
+    dropped: pd.DataFrame
+    extractors: list[dict]
+    feature_set: str = ""
+
+
+@dataclass
+class FeatureSet:
+    """A union of extractors, parsed once from ``"a+b"`` and built with ``options``.
+
+    Parameters
+    ----------
+    spec : str
+        E.g. ``"handcrafted"`` or ``"handcrafted+inception_v3"``.
+    options : dict, optional
+        Extractor options: ``weights_dir``, ``random_weights``, ``input_size``, ``batch_size``; each
+        extractor takes those it knows. Unset (``None``) options are dropped.
+
+    Examples
+    --------
+    >>> fs = FeatureSet("handcrafted")
+    >>> fs.ensure(manifest_df, "blastscan-store")  # doctest: +SKIP
+    >>> fm = fs.read(manifest_df, "blastscan-store")  # doctest: +SKIP
+    """
+
+    spec: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    names: list[str] = field(init=False)
+    extractors: list[Extractor] = field(init=False)
+
+    def __post_init__(self):
+        self.options = clean_options(self.options)
+        self.names = parse_feature_set(self.spec)
+        # built now: a missing weight file stops a command before any image is read
+        self.extractors = [build_extractor(n, self.options) for n in self.names]
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def union(cls, specs: Sequence[str] | str, options: Mapping[str, Any] | None = None) -> "FeatureSet":
+        """One feature set with every extractor named by ``specs`` (``["a", "a+b"]`` or ``"a,a+b"``) once."""
+        if isinstance(specs, str):
+            specs = [s for s in specs.split(",") if s.strip()]
+        names: list[str] = []
+        for spec in specs:
+            names += [n for n in parse_feature_set(spec) if n not in names]
+        if not names:
+            raise BlastscanError("--features", "no feature set given")
+        return cls("+".join(names), options or {})
+
+    @classmethod
+    def from_specs(cls, spec: str, records: Sequence[Mapping[str, Any]], options: Mapping[str, Any] | None = None,
+                   *, what: str = "bundle") -> "FeatureSet":
+        """Rebuild a recorded feature set (:meth:`specs`) exactly: each extractor gets its recorded build
+        options over ``options`` (where things are now, e.g. ``weights_dir``).
+
+        Raises ``BlastscanError`` when an extractor built now has another identity than recorded (other
+        weights, version or settings): its features would not be those a model learned from.
+        """
+        runtime = clean_options(options)
+        built = []
+        for rec in records:
+            ext = build_extractor(rec["name"], {**runtime, **dict(rec.get("options") or {})})
+            if ext.identity != rec["identity"]:
+                raise BlastscanError(what, _identity_mismatch(rec, ext.describe()))
+            built.append(ext)
+        fs = cls.__new__(cls)
+        fs.spec, fs.options, fs.names, fs.extractors = spec, runtime, [r["name"] for r in records], built
+        return fs
+
+    def specs(self) -> list[dict[str, Any]]:
+        """Serialisable descriptions that rebuild these extractors exactly (see :meth:`from_specs`)."""
+        return [{**ext.describe(), "kind": ext.kind, "options": ext.build_options()} for ext in self.extractors]
+
+    # -- the two operations -----------------------------------------------------------------------
+    def ensure(self, manifest_df: pd.DataFrame, store: str | os.PathLike, *, jobs: int | None = None,
+               progress: bool = True, retry_failed: bool = False) -> ExtractSummary:
+        """Compute the features of every image in ``manifest_df`` that the store lacks (see
+        :func:`blastscan.pipelines.extract.extract`)."""
+        if len(manifest_df) == 0:
+            raise BlastscanError("manifest", "no images to extract features from")
+        fstore = FeatureStore(store)
+        unique = manifest_df.drop_duplicates("sha256")[["path", "sha256"]]
+        runs = [compute_missing(ext, unique, fstore, jobs=resolve_jobs(jobs), progress=progress,
+                                retry_failed=retry_failed) for ext in self.extractors]
+        for name, run in zip(self.names, runs):
+            run.name = name
+        return ExtractSummary(runs=runs, store=Path(store))
+
+    def read(self, manifest_df: pd.DataFrame, store: str | os.PathLike, *,
+             dataset_hint: str = "DATASET") -> FeatureMatrix:
+        """Join manifest rows to the store's rows, in manifest order.
+
+        Rows whose image an extractor could not featurise are dropped (listed in ``dropped`` with the
+        reason); rows never computed are an error that names the command computing them.
+        """
+        fstore = FeatureStore(store)
+        shas = manifest_df["sha256"].tolist()
+        blocks, all_names = [], []
+        bad: dict[str, str] = {}
+        for name, ext in zip(self.names, self.extractors):
+            df, failures = self._read_one(fstore, name, ext, shas, store, dataset_hint)
+            for s in set(shas):
+                if s in failures and s not in bad:
+                    bad[s] = f"{name}: {failures[s]}"
+            blocks.append(df)
+            all_names.extend(fstore.meta(ext.identity)["feature_names"])
+        keep = ~manifest_df["sha256"].isin(bad)
+        rows = manifest_df[keep].reset_index(drop=True)
+        dropped = manifest_df[~keep].copy()
+        dropped["reason"] = dropped["sha256"].map(bad)
+        mats = [b.loc[rows["sha256"]].to_numpy(dtype=np.float32) for b in blocks]
+        X = np.hstack(mats) if mats else np.zeros((len(rows), 0), np.float32)
+        return FeatureMatrix(X=X, feature_names=all_names, rows=rows, dropped=dropped.reset_index(drop=True),
+                             extractors=self.specs(), feature_set=self.spec)
+
+    @staticmethod
+    def _read_one(fstore: FeatureStore, name: str, ext: Extractor, shas: list[str], store, hint: str):
+        identity = ext.identity
+        missing_hint = (f"run: blastscan extract {hint} --features {name} --store {store}"
+                        + (" (with the same --weights-dir / --input-size)" if ext.kind == "batch" else ""))
+        if fstore.meta(identity) is None:
+            raise BlastscanError(str(store), f"no '{name}' features ({identity}) for these images; {missing_hint}")
+        df = fstore.read(identity, shas)
+        failures = fstore.failures(identity)
+        have = set(df.index)
+        missing = [s for s in set(shas) if s not in have and s not in failures]
+        if missing:
+            raise BlastscanError(str(store),
+                                 f"no '{name}' features for {len(missing)} of {len(set(shas))} images; {missing_hint}")
+        return df, failures
+
+    def ensure_and_read(self, manifest_df: pd.DataFrame, store: str | os.PathLike, *, jobs: int | None = None,
+                        progress: bool = True, dataset_hint: str = "DATASET") -> tuple[ExtractSummary, FeatureMatrix]:
+        """:meth:`ensure`, then :meth:`read`."""
+        summary = self.ensure(manifest_df, store, jobs=jobs, progress=progress)
+        return summary, self.read(manifest_df, store, dataset_hint=dataset_hint)
+
+
+def feature_sets(specs: Iterable[str], options: Mapping[str, Any] | None = None) -> list[FeatureSet]:
+    """A :class:`FeatureSet` per spec (each parsed and built once)."""
+    return [FeatureSet(s, options or {}) for s in specs]
+
+
+def _identity_mismatch(recorded: Mapping, now: Mapping) -> str:
+    diffs = []
+    if str(recorded.get("version")) != str(now.get("version")):
+        diffs.append(f"version {recorded.get('version')} at training, {now.get('version')} now")
+    rc, nc = dict(recorded.get("config") or {}), dict(now.get("config") or {})
+    for key in sorted(set(rc) | set(nc)):
+        if rc.get(key) != nc.get(key):
+            diffs.append(f"{key}: {rc.get(key)!r} at training, {nc.get(key)!r} now")
+    detail = "; ".join(diffs) or "different configuration"
+    hint = ("give the weight files used in training (--weights-dir)" if any("weight" in d for d in diffs)
+            else "use the blastscan version and settings the bundle was made with")
+    return (f"its '{recorded['name']}' features cannot be recomputed as in training ({recorded['identity']} then, "
+            f"{now['identity']} now: {detail}); {hint}")

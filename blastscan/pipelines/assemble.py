@@ -1,0 +1,175 @@
+"""Turn the grid's predictions into result tables: metrics per configuration and split kind (with subject-
+bootstrap intervals), out-of-fold predictions and per-subject accuracy, and the ranking's best entry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from blastscan.evaluation import (CI_METRICS, METRIC_NAMES, EvalSettings, TaskKey, assemble_holdout,
+                                  assemble_subject_cv, bootstrap_ci, compute_metrics, per_subject_accuracy)
+from blastscan.pipelines.grid import CompareData, GridRun, SplitPlan
+from blastscan.pipelines.results import LEAKY, LEAKY_NOTE, OFFICIAL, SUBJECT_FOLD, SUBJECT_POOLED, rank_configs
+
+__all__ = ["Tables", "assemble_grid", "PREDICTION_COLUMNS"]
+
+PREDICTION_COLUMNS = ["path", "sha256", "subject", "group", "label", "split", "fold", "p_all", "threshold", "pred",
+                      "config"]
+
+
+@dataclass
+class Tables:
+    """Everything assembled from a grid run."""
+
+    metrics: pd.DataFrame
+    predictions: pd.DataFrame
+    per_subject: pd.DataFrame
+    best: str | None
+    config_records: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class _Rows:
+    metrics: list[dict] = field(default_factory=list)
+    predictions: list[pd.DataFrame] = field(default_factory=list)
+    subjects: list[pd.DataFrame] = field(default_factory=list)
+
+
+def _metrics_row(info: dict, split: str, fold: str, rule: str, y, p, thr, subjects, groups, *,
+                 headline: bool) -> dict:
+    m = compute_metrics(y, p, thr, subjects=subjects, groups=groups)
+    return {**info, "split": split, "fold": fold, "threshold_rule": rule, "headline": bool(headline), **m}
+
+
+def _add_ci(row: dict, y, p, thr, groups, n_boot: int, seed: int) -> None:
+    if n_boot <= 0:
+        return
+    ci = bootstrap_ci(y, p, thr, groups, n_boot=n_boot, seed=seed)
+    for name, (lo, hi) in ci.items():
+        row[f"{name}_ci_low"] = lo
+        row[f"{name}_ci_high"] = hi
+
+
+def _metric_columns(df: pd.DataFrame) -> list[str]:
+    first = ["config", "feature_set", "classifier", "split", "fold", "threshold_rule", "headline", "threshold",
+             "n", "n_all", "n_hem", "n_subjects", "n_groups", *METRIC_NAMES, "tn", "fp", "fn", "tp"]
+    ci = [f"{m}_ci_{s}" for m in CI_METRICS for s in ("low", "high")]
+    cols = [c for c in first + ci if c in df.columns]
+    if "note" in df.columns:
+        cols.append("note")
+    return cols + [c for c in df.columns if c not in cols]
+
+
+def _prediction_frame(base: pd.DataFrame, split: str, fold, p, thr, name: str) -> pd.DataFrame:
+    out = base.copy()
+    out["split"] = split
+    out["fold"] = fold
+    out["p_all"] = p
+    out["threshold"] = thr
+    out["pred"] = np.where(p >= thr, "all", "hem")
+    out["config"] = name
+    return out
+
+
+class _Config:
+    """Assembles one configuration's rows from its fits."""
+
+    def __init__(self, fs: str, clf: str, data: CompareData, splits: SplitPlan,
+                 got: Mapping[TaskKey, np.ndarray], settings: EvalSettings):
+        self.name, self.info = f"{fs}/{clf}", {"config": f"{fs}/{clf}", "feature_set": fs, "classifier": clf}
+        self.data, self.splits, self.got, self.s = data, splits, got, settings
+        self.base = data.rows[["path", "sha256", "subject", "group", "label"]].reset_index(drop=True)
+
+    def subject_cv(self, rows: _Rows):
+        d, s, plan = self.data, self.s, self.splits.plan
+        cv = assemble_subject_cv(plan, self.splits.inner, self.got, d.y, target_recall=s.target_recall)
+        for rule in (s.threshold_rule, s.other_rule):
+            thr = cv.thresholds[rule]
+            row = _metrics_row(self.info, SUBJECT_POOLED, "all", rule, d.y, cv.p_all, thr, d.subjects, d.groups,
+                               headline=rule == s.threshold_rule)
+            row["threshold"] = float(np.median(cv.fold_thresholds[rule]))
+            row["note"] = (f"pooled out-of-fold over {plan.n_splits} subject-disjoint folds; per-fold thresholds "
+                           f"{', '.join(f'{t:.3f}' for t in cv.fold_thresholds[rule])}")
+            if rule == s.threshold_rule:
+                _add_ci(row, d.y, cv.p_all, thr, d.groups, s.n_boot, s.seed)
+            rows.metrics.append(row)
+        for i, (_, te) in enumerate(plan.folds):
+            thr_i = cv.fold_thresholds[s.threshold_rule][i]
+            row = _metrics_row(self.info, SUBJECT_FOLD, str(i), s.threshold_rule, d.y[te], cv.p_all[te], thr_i,
+                               d.subjects[te], d.groups[te], headline=True)
+            row["threshold"] = thr_i
+            row["note"] = "one class in this test fold: ROC-AUC/PR-AUC undefined" if i in plan.one_class_folds else ""
+            rows.metrics.append(row)
+        thr = cv.thresholds[s.threshold_rule]
+        rows.predictions.append(_prediction_frame(self.base, "subject_cv", cv.fold.astype(str), cv.p_all, thr,
+                                                  self.name))
+        subj = per_subject_accuracy(d.subjects, d.groups, d.y, cv.p_all, thr)
+        subj.insert(0, "config", self.name)
+        rows.subjects.append(subj)
+        return cv
+
+    def official(self, rows: _Rows) -> dict | None:
+        h, d, s = self.splits.holdout, self.data, self.s
+        if h is None:
+            return None
+        te = h.test
+        p_off, thr_off = assemble_holdout(h, self.got, d.y, target_recall=s.target_recall)
+        thr_o = thr_off[s.threshold_rule]
+        row = _metrics_row(self.info, OFFICIAL, "prelim", s.threshold_rule, d.y[te], p_off, thr_o, d.subjects[te],
+                           d.groups[te], headline=True)
+        row["threshold"] = thr_o
+        row["note"] = ("official phase: trained on the training folds, tested on the preliminary-test cells"
+                       + (f"; {h.note}" if h.note else ""))
+        _add_ci(row, d.y[te], p_off, thr_o, d.groups[te], s.n_boot, s.seed)
+        rows.metrics.append(row)
+        rows.predictions.append(_prediction_frame(self.base.iloc[te], "official", "prelim", p_off, thr_o, self.name))
+        return {"thresholds": thr_off, "n_train": int(len(h.train)), "n_test": int(len(te))}
+
+    def leaky(self, rows: _Rows, cv) -> None:
+        leaky, d, s = self.splits.leaky, self.data, self.s
+        if not leaky:
+            return
+        p_leaky = np.full(len(d.y), np.nan)
+        for i, (_, te) in enumerate(leaky):
+            p_leaky[te] = self.got[TaskKey("leaky", i)]
+        thr_l = float(np.median(cv.fold_thresholds[s.threshold_rule]))
+        row = _metrics_row(self.info, LEAKY, "all", s.threshold_rule, d.y, p_leaky, thr_l, d.subjects, d.groups,
+                           headline=True)
+        row["threshold"] = thr_l
+        row["note"] = (f"{LEAKY_NOTE} ({len(leaky)}-fold per-image StratifiedKFold; threshold = median "
+                       "of the subject-disjoint folds' thresholds, so only the split differs)")
+        rows.metrics.append(row)
+
+
+def assemble_grid(data: CompareData, splits: SplitPlan, grid: GridRun, configs: list[tuple[str, str]],
+                  params: Mapping[str, Mapping[str, Any]], settings: EvalSettings) -> Tables:
+    """Metrics, predictions and per-subject tables of every configuration the grid could fit."""
+    rows, records, skipped = _Rows(), [], []
+    for fs, c in configs:
+        name = f"{fs}/{c}"
+        if name in grid.errors:
+            skipped.append({"name": name, "feature_set": fs, "classifier": c, "reason": grid.errors[name]})
+            continue
+        cfg = _Config(fs, c, data, splits, grid.preds[name], settings)
+        cv = cfg.subject_cv(rows)
+        official = cfg.official(rows)
+        cfg.leaky(rows, cv)
+        records.append({"name": name, "feature_set": fs, "classifier": c, "params": params.get(c, {}),
+                        "fold_thresholds": cv.fold_thresholds, "official": official,
+                        "fit_seconds": round(grid.seconds[name], 2)})
+    metrics = pd.DataFrame(rows.metrics)
+    if len(metrics):
+        metrics = metrics[_metric_columns(metrics)]
+    predictions = (pd.concat(rows.predictions, ignore_index=True) if rows.predictions
+                   else pd.DataFrame(columns=PREDICTION_COLUMNS))
+    per_subject = pd.concat(rows.subjects, ignore_index=True) if rows.subjects else pd.DataFrame()
+    best = None
+    if len(metrics):
+        ranked = rank_configs(metrics)
+        best = str(ranked.iloc[0]["config"]) if len(ranked) else None
+    return Tables(metrics=metrics, predictions=predictions, per_subject=per_subject, best=best,
+                  config_records=records, skipped=skipped)

@@ -1,0 +1,194 @@
+"""The shared work of a comparison grid: the labelled data and its feature matrices, the splits every
+configuration shares, and one pool that runs every model fit of the grid."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from blastscan.errors import BlastscanError
+from blastscan.evaluation import (EvalSettings, FitTask, FoldPlan, HoldoutPlan, InnerPlan, TaskKey, holdout_tasks,
+                                  leaky_folds, plan_subject_folds, run_fit, subject_cv_tasks)
+from blastscan.features.featureset import ExtractSummary, FeatureMatrix
+from blastscan.pipelines import extract as _extract
+from blastscan.pipelines.train import labelled_rows
+
+__all__ = ["CompareData", "SplitPlan", "GridRun", "prepare_data", "plan_splits", "run_grid"]
+
+
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class CompareData:
+    """The labelled cells every configuration is evaluated on, and one feature matrix per feature set."""
+
+    rows: pd.DataFrame
+    Xs: dict[str, np.ndarray]
+    matrices: dict[str, FeatureMatrix]
+    y: np.ndarray
+    groups: np.ndarray
+    subjects: np.ndarray
+    n_unlabelled: int
+    notes: list[str] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    extracted: list[ExtractSummary] = field(default_factory=list)
+
+
+def prepare_data(manifest_df, feature_sets, classifiers, store, extractor_options, jobs, progress,
+             dataset) -> CompareData:
+    """Labelled rows, the features of each set (computing what the store lacks), restricted to the
+    cells every set has."""
+    rows, n_unlabelled = labelled_rows(manifest_df)
+    notes: list[str] = []
+    if n_unlabelled:
+        notes.append(f"{n_unlabelled} unlabelled image{'s' if n_unlabelled != 1 else ''} ignored")
+    if len(rows) == 0:
+        raise BlastscanError(dataset or "manifest", "no labelled images (labels all/hem) to evaluate")
+    matrices, skipped, extracted = {}, [], []
+    for fs in feature_sets:
+        summary, fm = _extract.features_for(rows, fs, store, extractor_options=extractor_options, jobs=jobs,
+                                            progress=progress, dataset_hint=dataset or "DATASET")
+        if summary is not None:
+            extracted.append(summary)
+        if len(fm.dropped):
+            reasons = fm.dropped["reason"].astype(str).value_counts().head(3)
+            notes.append(f"{fs}: {len(fm.dropped)} images have no features and were left out "
+                         f"({'; '.join(f'{n}x {r}' for r, n in reasons.items())})")
+        if len(fm.rows) == 0:
+            skipped += [{"name": f"{fs}/{c}", "feature_set": fs, "classifier": c,
+                         "reason": f"no image has '{fs}' features"} for c in classifiers]
+            continue
+        matrices[fs] = fm
+    if not matrices:
+        raise BlastscanError("--features", "no feature set has features for any image")
+    common = sorted(set.intersection(*(set(fm.rows["_row"].tolist()) for fm in matrices.values())))
+    common_idx = np.array(common, dtype=int)
+    if len(common_idx) < len(rows):
+        notes.append(f"{len(rows) - len(common_idx)} labelled images lack features of at least one feature set; "
+                     f"every configuration is evaluated on the same {len(common_idx)} images")
+    rows = rows.iloc[common_idx].reset_index(drop=True)
+    Xs = {}
+    for fs, fm in matrices.items():
+        pos = pd.Series(np.arange(len(fm.rows)), index=fm.rows["_row"].to_numpy())
+        Xs[fs] = np.ascontiguousarray(fm.X[pos.loc[common_idx].to_numpy()])
+    return CompareData(rows=rows, Xs=Xs, matrices=matrices, y=(rows["label"] == "all").to_numpy().astype(int),
+                       groups=rows["group"].to_numpy().astype(str), subjects=rows["subject"].to_numpy().astype(str),
+                       n_unlabelled=n_unlabelled, notes=notes, skipped=skipped, extracted=extracted)
+
+
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class SplitPlan:
+    """The splits every configuration shares, and the fits each configuration needs for them."""
+
+    plan: FoldPlan
+    inner: InnerPlan
+    holdout: HoldoutPlan | None
+    leaky: list[tuple[np.ndarray, np.ndarray]]
+    tasks: list[FitTask]
+    notes: list[str]
+
+
+def _official_split(data: CompareData, notes: list[str]):
+    split = data.rows["source_split"].astype(str)
+    train = np.flatnonzero(split.str.startswith("fold_").to_numpy())
+    test = np.flatnonzero((split == "prelim").to_numpy())
+    if len(train) == 0 or len(test) == 0:
+        return None
+    test_groups = set(data.rows["group"].iloc[test])
+    overlap = data.rows["group"].iloc[train].isin(test_groups).to_numpy()
+    if overlap.any():
+        notes.append(f"official phase: {int(overlap.sum())} training-fold cells of subjects also in the "
+                     "preliminary test were left out of its training set (subject-disjoint)")
+        train = train[~overlap]
+    if len(np.unique(data.y[train])) < 2:
+        notes.append("official phase skipped: its training folds hold one class only")
+        return None
+    return train, test
+
+
+def plan_splits(data: CompareData, settings: EvalSettings) -> SplitPlan:
+    y, groups, seed = data.y, data.groups, settings.seed
+    plan = plan_subject_folds(groups, y, settings.folds, seed)
+    notes = list(plan.notes)
+    leaky = leaky_folds(y, settings.leaky_folds, seed) if settings.leaky_folds else []
+    official = _official_split(data, notes)
+    tasks, inner = subject_cv_tasks(plan, y, groups, inner_splits=settings.inner_folds, seed=seed)
+    holdout = None
+    if official is not None:
+        h_tasks, holdout = holdout_tasks(official[0], official[1], y, groups, inner_splits=settings.inner_folds,
+                                         seed=seed)
+        tasks += h_tasks
+    tasks += [FitTask(TaskKey("leaky", i), tr, te) for i, (tr, te) in enumerate(leaky)]
+    notes += inner.run_notes() + (holdout.run_notes() if holdout is not None else [])
+    return SplitPlan(plan=plan, inner=inner, holdout=holdout, leaky=leaky, tasks=tasks, notes=notes)
+
+
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class GridRun:
+    """Predictions of every fit, per configuration, with fit seconds and the first error of each."""
+
+    preds: dict[str, dict[TaskKey, np.ndarray]]
+    seconds: dict[str, float]
+    errors: dict[str, str]
+    wall_seconds: float
+
+
+def _task(name: str, spec, params, X, y, groups, task: FitTask, seed: int, one_thread: bool = False):
+    """One unit of work for the pool: one model fit and its predictions."""
+    t0 = time.perf_counter()
+    if one_thread:
+        # In a worker of a parallel grid: TensorFlow (FCN) reads these when it starts; joblib already limits
+        # OpenMP/BLAS (XGBoost, numpy) to one thread per worker.
+        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+        os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    try:
+        p = run_fit(spec, params, X, y, groups, task, seed)
+    except BlastscanError as exc:
+        return name, task.key, None, time.perf_counter() - t0, exc.why or str(exc)
+    return name, task.key, p, time.perf_counter() - t0, None
+
+
+def _run_tasks(tasks, jobs: int, seed: int):
+    if jobs <= 1 or len(tasks) <= 1:
+        for t in tasks:
+            yield _task(*t, seed)
+        return
+    from joblib import Parallel, delayed, parallel_config
+
+    # Models inside the pool use one thread each: jobs processes x many threads would oversubscribe.
+    with parallel_config(backend="loky", inner_max_num_threads=1):
+        par = Parallel(n_jobs=jobs, return_as="generator_unordered")
+        yield from par(delayed(_task)(*t, seed, one_thread=True) for t in tasks)
+
+
+def run_grid(data: CompareData, splits: SplitPlan, configs: list[tuple[str, str]],
+              params: Mapping[str, Mapping[str, Any]], jobs: int, seed: int, progress: bool) -> GridRun:
+    from tqdm.auto import tqdm
+
+    tasks = [(f"{fs}/{c}", c, params.get(c, {}), data.Xs[fs], data.y, data.groups, t)
+             for fs, c in configs for t in splits.tasks]
+    preds: dict[str, dict[TaskKey, np.ndarray]] = {f"{fs}/{c}": {} for fs, c in configs}
+    seconds = {name: 0.0 for name in preds}
+    errors: dict[str, str] = {}
+    bar = tqdm(total=len(tasks), desc="compare", unit="fit", file=sys.stderr, disable=not progress,
+               dynamic_ncols=True)
+    t0 = time.perf_counter()
+    try:
+        for name, key, p, secs, err in _run_tasks(tasks, jobs, seed):
+            bar.update(1)
+            bar.set_postfix_str(name, refresh=False)
+            seconds[name] += secs
+            if err is not None:
+                errors.setdefault(name, err)
+            else:
+                preds[name][key] = p
+    finally:
+        bar.close()
+    return GridRun(preds=preds, seconds=seconds, errors=errors, wall_seconds=time.perf_counter() - t0)

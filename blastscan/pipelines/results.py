@@ -1,0 +1,155 @@
+"""What a comparison produced, and how its configurations rank: the types the report reads.
+
+The report depends on this module, never on ``compare``; ``compare`` builds a :class:`CompareResult`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["SUBJECT_POOLED", "SUBJECT_FOLD", "LEAKY", "OFFICIAL", "LEAKY_NOTE", "SPLIT_KINDS", "CompareResult",
+           "rank_configs", "fmt", "ci_text", "with_ci", "rule_sentence", "split_sentence", "best_sentence"]
+
+# split kinds, as written in metrics.csv
+SUBJECT_POOLED = "subject_cv_pooled"
+SUBJECT_FOLD = "subject_cv_fold"
+LEAKY = "leaky_image_cv_pooled"
+OFFICIAL = "official_prelim"
+LEAKY_NOTE = "leaky: cells of one patient on both sides — do not trust"
+SPLIT_KINDS = {SUBJECT_POOLED: "subject-disjoint CV, pooled out-of-fold (headline)",
+               SUBJECT_FOLD: "subject-disjoint CV, one outer fold",
+               OFFICIAL: "official phase: training folds -> preliminary test",
+               LEAKY: LEAKY_NOTE}
+
+
+@dataclass
+class CompareResult:
+    """Everything a comparison produced (also written under ``run_dir``).
+
+    Attributes
+    ----------
+    run_dir : Path
+    best : str or None
+        Name (``feature_set/classifier``) of the configuration with the best pooled subject-disjoint
+        weighted F1 (ties: ROC-AUC); None when every configuration was skipped.
+    metrics : DataFrame
+        One row per configuration x split kind (``subject_cv_pooled``, ``subject_cv_fold``,
+        ``leaky_image_cv_pooled``, ``official_prelim``), with 95% CI columns for pooled rows.
+    predictions : DataFrame
+        Out-of-fold P(ALL) per image and configuration (subject CV and official phase).
+    per_subject : DataFrame
+        Per-subject accuracy per configuration (subject CV).
+    run : dict
+        The content of ``run.json``.
+    skipped : list of dict
+        ``{name, feature_set, classifier, reason}`` for what could not be evaluated.
+    notes : list of str
+        Adaptations to the data (fewer folds, one-class folds, dropped images, ...).
+    extracted : list of ExtractSummary
+        What was computed into the store before the comparison (features it lacked).
+    """
+
+    run_dir: Path
+    best: str | None
+    metrics: pd.DataFrame
+    predictions: pd.DataFrame
+    per_subject: pd.DataFrame
+    run: dict
+    skipped: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    extracted: list = field(default_factory=list)
+
+    def best_row(self) -> pd.Series | None:
+        """The pooled subject-disjoint metrics row of the best configuration."""
+        if self.best is None:
+            return None
+        m = self.metrics
+        sel = m[(m["config"] == self.best) & (m["split"] == SUBJECT_POOLED) & (m["headline"])]
+        return sel.iloc[0]
+
+    def summary(self) -> str:
+        """A few lines for the terminal: the best configuration, what its numbers rest on, where the report is."""
+        lines = []
+        row = self.best_row()
+        if row is None:
+            lines.append("no configuration could be evaluated")
+        else:
+            lines.append(best_sentence(self))
+            ranked = rank_configs(self.metrics)
+            if len(ranked) > 1:
+                lines.append("ranking (pooled subject-disjoint weighted F1 [95% CI], ROC-AUC):")
+                for _, r in ranked.iterrows():
+                    lines.append(f"  {r['config']:<34} {fmt(r['weighted_f1'])} "
+                                 f"[{fmt(r['weighted_f1_ci_low'])}, {fmt(r['weighted_f1_ci_high'])}]  "
+                                 f"ROC-AUC {fmt(r['roc_auc'])}")
+        for s in self.skipped:
+            lines.append(f"skipped {s['name']}: {s['reason']}")
+        lines.append(f"report: {self.run_dir / 'report.html'} (and report.md, metrics.csv)")
+        return "\n".join(lines)
+
+
+def rank_configs(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Pooled subject-disjoint headline rows, best first: weighted F1, then ROC-AUC, then name."""
+    rows = metrics[(metrics["split"] == SUBJECT_POOLED) & (metrics["headline"])].copy()
+    rows["_f1"] = rows["weighted_f1"].fillna(-np.inf)
+    rows["_auc"] = rows["roc_auc"].fillna(-np.inf)
+    rows = rows.sort_values(["_f1", "_auc", "config"], ascending=[False, False, True], kind="stable")
+    return rows.drop(columns=["_f1", "_auc"]).reset_index(drop=True)
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    """Numbers as the report prints them: fixed ``digits`` decimals, ``n/a`` for missing/NaN."""
+    if x is None:
+        return "n/a"
+    try:
+        xf = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if np.isnan(xf):
+        return "n/a"
+    return f"{xf:.{digits}f}"
+
+
+def ci_text(row, metric: str) -> str:
+    lo, hi = row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
+    if lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
+        return "n/a"
+    return f"{fmt(lo)}–{fmt(hi)}"
+
+
+def with_ci(row, metric: str) -> str:
+    ci = ci_text(row, metric)
+    return f"{fmt(row.get(metric))} [{ci}]" if ci != "n/a" else fmt(row.get(metric))
+
+
+def rule_sentence(run: dict) -> str:
+    t = run["threshold"]
+    if t["rule"] == "recall":
+        return f"the highest threshold reaching ALL recall ≥ {t['target_recall']:.2f}"
+    return "the threshold with the best weighted F1"
+
+
+def split_sentence(run: dict) -> str:
+    d = run["data"]
+    return (f"subject-disjoint {run['n_splits']}-fold cross-validation (StratifiedGroupKFold by subject group), "
+            f"pooled out-of-fold over {d['n_images']} cells from {d['n_subjects']} subjects "
+            f"({d['n_subjects_all']} ALL, {d['n_subjects_hem']} HEM)")
+
+
+def best_sentence(result: CompareResult, markdown: bool = False) -> str:
+    """One paragraph naming the best configuration, its split, subjects, cells and 95% interval."""
+    row = result.best_row()
+    if row is None:
+        return "No configuration could be evaluated."
+    b = "**" if markdown else ""
+    run = result.run
+    return (f"Best configuration: {b}{result.best}{b}: weighted F1 {b}{fmt(row['weighted_f1'])}{b} "
+            f"(95% CI {ci_text(row, 'weighted_f1')}), ROC-AUC {fmt(row['roc_auc'])} (95% CI {ci_text(row, 'roc_auc')}), "
+            f"ALL recall {fmt(row['recall_all'])}, specificity {fmt(row['specificity'])}; "
+            f"{split_sentence(run)}; decision threshold: {rule_sentence(run)}, chosen on the training folds only. "
+            f"Intervals: {run['n_boot']} bootstrap resamples of subjects.")

@@ -1,0 +1,143 @@
+"""The run folder of a comparison: its ``run.json`` record (config, versions, data hashes, folds) and the
+files written beside it (metrics, predictions, per-subject table, manifest, report), each atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from blastscan._io import atomic_path, atomic_write_bytes
+from blastscan.evaluation import EvalSettings
+from blastscan.options import clean_options
+from blastscan.pipelines.assemble import Tables
+from blastscan.pipelines.grid import CompareData, SplitPlan
+from blastscan.pipelines.results import LEAKY_NOTE, SPLIT_KINDS, CompareResult
+
+
+__all__ = ["MANIFEST_NAME", "default_run_dir", "run_record", "used_manifest", "write_outputs"]
+
+MANIFEST_NAME = "manifest.parquet"
+
+
+def default_run_dir(base: str | os.PathLike = "blastscan-runs") -> Path:
+    """``blastscan-runs/<local time stamp>`` (a suffix is added if that folder exists)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(base) / stamp
+    i = 1
+    while path.exists():
+        path = Path(base) / f"{stamp}-{i}"
+        i += 1
+    return path
+
+
+def used_manifest(manifest_df: pd.DataFrame, data: CompareData) -> pd.DataFrame:
+    """The input manifest with a ``used`` column: the labelled rows the comparison evaluated."""
+    out = manifest_df.copy()
+    out["used"] = out["sha256"].isin(set(data.rows["sha256"])) & \
+        out["label"].astype("string").str.lower().isin(["all", "hem"]).fillna(False)
+    return out
+
+
+def _data_record(manifest_df: pd.DataFrame, data: CompareData) -> dict[str, Any]:
+    from blastscan import provenance as prov
+
+    y, subjects, groups = data.y, data.subjects, data.groups
+    n_all = int(y.sum())
+    return {"n_images": int(len(data.rows)), "n_all": n_all, "n_hem": int(len(y) - n_all),
+            "n_subjects": int(len(set(subjects))), "n_groups": int(len(set(groups))),
+            "n_subjects_all": int(len(set(subjects[y == 1]))), "n_subjects_hem": int(len(set(subjects[y == 0]))),
+            "n_unlabelled_ignored": data.n_unlabelled,
+            "manifest_sha256": prov.manifest_hash(data.rows),
+            "input_manifest_sha256": prov.manifest_hash(manifest_df)}
+
+
+def _fold_records(data: CompareData, splits: SplitPlan) -> list[dict]:
+    y, groups, subjects, plan = data.y, data.groups, data.subjects, splits.plan
+    return [{"fold": i, "n_test": int(len(te)), "n_test_all": int(y[te].sum()),
+             "n_test_hem": int(len(te) - y[te].sum()), "test_groups": sorted(set(groups[te])),
+             "test_subjects": sorted(set(subjects[te])), "one_class": i in plan.one_class_folds}
+            for i, (_, te) in enumerate(plan.folds)]
+
+
+def run_record(manifest_df: pd.DataFrame, data: CompareData, splits: SplitPlan, tables: Tables,
+               settings: EvalSettings, *, store, dataset, extractor_options: Mapping[str, Any] | None,
+               classifiers: list[str], notes: list[str], skipped: list[dict], seconds: dict, started: str,
+               jobs: int, run_dir: Path) -> dict[str, Any]:
+    """The content of ``run.json``: what was run, on what, with which versions, and what came out."""
+    from blastscan import provenance as prov
+
+    plan, versions, records = splits.plan, prov.library_versions(), tables.config_records
+    h = splits.holdout
+    run = {
+        "dataset": str(dataset) if dataset is not None else None,
+        "manifest": MANIFEST_NAME,
+        "store": str(store),
+        "extractor_options": prov.to_jsonable(clean_options(extractor_options)),
+        "seed": int(settings.seed),
+        "n_splits": int(plan.n_splits),
+        "n_splits_requested": int(settings.folds),
+        "inner_splits": int(settings.inner_folds),
+        "threshold_inner_cv": (f"{plan.n_splits - 1}-fold, over the other outer folds" if splits.inner.mode == "pairs"
+                               else f"{settings.inner_folds}-fold, inside each training part"),
+        "fits_per_config": len(splits.tasks),
+        "leaky_splits": int(len(splits.leaky)),
+        "n_boot": int(settings.n_boot),
+        "threshold": settings.threshold_record(),
+        "configs": [{"name": r["name"], "feature_set": r["feature_set"], "classifier": r["classifier"],
+                     "params": prov.to_jsonable(r["params"])} for r in records],
+        "best": tables.best,
+        "feature_sets": {fs: {"extractors": prov.to_jsonable(fm.extractors), "n_features": int(fm.X.shape[1]),
+                              "n_dropped": int(len(fm.dropped))} for fs, fm in data.matrices.items()},
+        "classifiers": classifiers,
+        "data": _data_record(manifest_df, data),
+        "folds": _fold_records(data, splits),
+        "official_phase": None if h is None else {
+            "n_train": int(len(h.train)), "n_test": int(len(h.test)),
+            "test_subjects": sorted(set(data.subjects[h.test]))},
+        "results": prov.to_jsonable(records),
+        "skipped": skipped,
+        "notes": notes,
+        "versions": versions,
+        "blastscan_version": versions.get("blastscan"),
+        "git_revision": prov.git_revision(),
+        "started": started,
+        "finished": prov.timestamp(),
+        "seconds": seconds,
+        "jobs": jobs,
+    }
+    run["config_sha256"] = prov.config_hash({k: run[k] for k in ("extractor_options", "seed", "n_splits_requested",
+                                                                  "inner_splits", "leaky_splits", "threshold",
+                                                                  "configs")})
+    return run
+
+
+def _write_table(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        if path.suffix == ".parquet":
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_csv(tmp, index=False)
+
+
+def write_outputs(result: CompareResult, manifest: pd.DataFrame) -> None:
+    """Write the run folder: manifest, tables, metrics.json, the report, and run.json last."""
+    from blastscan import provenance as prov
+    from blastscan.pipelines.report import write_report
+
+    d = result.run_dir
+    d.mkdir(parents=True, exist_ok=True)
+    _write_table(manifest, d / MANIFEST_NAME)
+    _write_table(result.metrics, d / "metrics.csv")
+    _write_table(result.predictions, d / "predictions.csv")
+    _write_table(result.per_subject, d / "per_subject.csv")
+    records = prov.to_jsonable(result.metrics.to_dict(orient="records"))
+    meta = {"best": result.best, "threshold": result.run["threshold"], "leaky_note": LEAKY_NOTE,
+            "split_kinds": SPLIT_KINDS, "metrics": records}
+    atomic_write_bytes(d / "metrics.json", json.dumps(meta, indent=1, allow_nan=False).encode())
+    write_report(result)
+    atomic_write_bytes(d / "run.json", json.dumps(prov.to_jsonable(result.run), indent=2, allow_nan=False).encode())
