@@ -106,12 +106,16 @@ class Bundle:
         Where it was loaded from / saved to.
     warnings : list of str
         Version mismatches found when loading.
+    extras : dict
+        Optional data beside the model, by name; ``"view"`` holds the training reference that
+        ``blastscan view`` shows (see :func:`blastscan.pipelines.view.training_reference`).
     """
 
     model: Any
     metadata: dict
     path: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    extras: dict = field(default_factory=dict)
 
     @property
     def threshold(self) -> float:
@@ -418,7 +422,11 @@ def train_bundle(
         },
         "versions": versions,
     }
-    return Bundle(model=est, metadata=prov.to_jsonable(metadata))
+    bundle = Bundle(model=est, metadata=prov.to_jsonable(metadata))
+    # what `blastscan view` shows beside a cell: training distributions, importances, reference cells
+    from blastscan.pipelines.view import training_reference
+    bundle.extras["view"] = training_reference(est, X, rows, list(fm.feature_names), seed=seed)
+    return bundle
 
 
 # ------------------------------------------------------------------------------------------------
@@ -439,7 +447,7 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike) -> Path:
     try:
         with atomic_path(path) as tmp:
             joblib.dump({"format": FORMAT, "format_version": FORMAT_VERSION, "model": bundle.model,
-                         "metadata": metadata}, tmp, compress=3)
+                         "metadata": metadata, "extras": bundle.extras}, tmp, compress=3)
             digest, size = file_sha256(tmp), os.path.getsize(tmp)
             sidecar = {"bundle_file": path.name, "bundle_sha256": digest, "bundle_bytes": size,
                        "warning": TRUST_WARNING, "metadata": metadata}
@@ -526,7 +534,8 @@ def load_bundle(path: str | os.PathLike, trust: bool = False) -> Bundle:
     if int(content.get("format_version", 0)) > FORMAT_VERSION:
         raise BlastscanError(str(path), f"bundle format {content['format_version']} is newer than this blastscan "
                                         f"reads ({FORMAT_VERSION}); upgrade blastscan")
-    bundle = Bundle(model=content["model"], metadata=content["metadata"], path=path)
+    bundle = Bundle(model=content["model"], metadata=content["metadata"], path=path,
+                    extras=dict(content.get("extras") or {}))
     bundle.warnings = version_warnings(bundle.metadata)
     if sidecar is not None and sidecar.get("metadata") != bundle.metadata:
         bundle.warnings.append(f"{sidecar_path(path).name} describes other metadata than the bundle holds; "
