@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 # every import from other blastscan modules is here, so a restructuring can retarget them in one place
-from blastscan.dataset import load_image
+from blastscan.dataset import _collect_list, _Collector, _inspect, load_image, parse_cnmc_name
 from blastscan.errors import BlastscanError
 from blastscan.features.handcrafted import feature_dictionary
 from blastscan.features.segmentation import segment
@@ -80,12 +80,10 @@ def training_reference(model, X: np.ndarray, rows: pd.DataFrame, feature_names: 
     -------
     dict
         ``handcrafted``: names, per-class percentiles (``PERCENTILES``) and permutation importance
-        (drop in ROC-AUC on training cells when the feature is shuffled) of the model's handcrafted
+        (mean absolute change of P(ALL) on training cells when the feature is shuffled) of the model's handcrafted
         columns; ``reference``: z-scored feature vectors, labels, subjects and thumbnails of up to
         ``max_cells`` training cells, spread over subjects and classes, with the mean and scale used.
     """
-    from sklearn.metrics import roc_auc_score
-
     from blastscan.pipelines.bundle import _p_all
 
     X = np.asarray(X, dtype=np.float64)
@@ -101,21 +99,20 @@ def training_reference(model, X: np.ndarray, rows: pd.DataFrame, feature_names: 
         sample = rng.choice(len(y), size=min(max_rows, len(y)), replace=False)
         Xs, ys = X[sample], y[sample]
         importance = np.zeros(len(hand))
-        if len(np.unique(ys)) == 2:
-            base = roc_auc_score(ys, _p_all(model, Xs))
-            step = max(1, 20000 // len(Xs))  # columns shuffled per predict call: few, large calls
-            for start in range(0, len(hand), step):
-                cols = hand[start:start + step]
-                stacked = np.repeat(Xs[None], len(cols), axis=0)
-                for k, j in enumerate(cols):
-                    stacked[k, :, j] = rng.permutation(Xs[:, j])
-                p = _p_all(model, stacked.reshape(-1, X.shape[1])).reshape(len(cols), len(Xs))
-                importance[start:start + len(cols)] = [base - roc_auc_score(ys, pk) for pk in p]
+        step = max(1, 20000 // len(Xs))  # columns shuffled per predict call: few, large calls
+        base = _p_all(model, Xs)
+        for start in range(0, len(hand), step):
+            cols = hand[start:start + step]
+            stacked = np.repeat(Xs[None], len(cols), axis=0)
+            for k, j in enumerate(cols):
+                stacked[k, :, j] = rng.permutation(Xs[:, j])
+            p = _p_all(model, stacked.reshape(-1, X.shape[1])).reshape(len(cols), len(Xs))
+            importance[start:start + len(cols)] = np.abs(p - base).mean(axis=1)
         out["handcrafted"] = {"names": [feature_names[i] for i in hand], "columns": hand,
                               "percentiles": PERCENTILES.tolist(), "quantiles": quant,
                               "importance": importance.astype(np.float32),
-                              "importance_rule": (f"drop in ROC-AUC when the feature is shuffled, on {len(Xs)} "
-                                                  "training cells")}
+                              "importance_rule": (f"mean change of P(ALL) when the feature is shuffled across "
+                                                  f"{len(Xs)} training cells")}
 
     mean, scale = X.mean(axis=0), X.std(axis=0)
     scale[scale < 1e-12] = 1.0
@@ -174,7 +171,7 @@ def _data_url(data: bytes, mime: str) -> str:
 
 
 def outline_png(path: str | os.PathLike) -> tuple[bytes | None, str]:
-    """The image with the segmentation's cell (yellow) and nucleus (cyan) outlines drawn on it, as PNG;
+    """The cell with the segmentation's cell (yellow) and nucleus (cyan) outlines, cropped to it, as PNG;
     and a note (empty, or why no outline could be drawn). ``None`` when the image cannot be read."""
     from PIL import Image
     from scipy import ndimage as ndi
@@ -192,11 +189,21 @@ def outline_png(path: str | os.PathLike) -> tuple[bytes | None, str]:
             edge = ndi.binary_dilation(edge)
             region = img[crop]
             region[edge] = colour
+        img = img[_square_around(crop, img.shape[:2])]  # the cell fills the picture
     except BlastscanError as exc:
         note = f"no outline: {exc.why or exc}"
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="PNG", optimize=False, compress_level=1)
     return buf.getvalue(), note
+
+
+def _square_around(crop: tuple[slice, slice], shape: tuple[int, int], margin: int = 16) -> tuple[slice, slice]:
+    """A square window around ``crop`` plus ``margin``, kept inside the image."""
+    (r, c), (H, W) = crop, shape
+    side = min(max(r.stop - r.start, c.stop - c.start) + 2 * margin, H, W)
+    r0 = int(np.clip((r.start + r.stop - side) // 2, 0, H - side))
+    c0 = int(np.clip((c.start + c.stop - side) // 2, 0, W - side))
+    return slice(r0, r0 + side), slice(c0, c0 + side)
 
 
 def cell_detail(bundle: Bundle, vector: np.ndarray | None, *, top: int = TOP_FEATURES,
@@ -400,12 +407,14 @@ class ViewServer:
             if too_big:
                 import hashlib
 
-                from blastscan.dataset import parse_cnmc_name
                 return _jsonable({"name": path.name, "sha256": hashlib.sha256(data).hexdigest(),
                                   "subject": parse_cnmc_name(path.name)[0] or "", "p_all": None, "pred": "",
                                   "status": too_big, "threshold": self.bundle.threshold, "image": None,
                                   "features": [], "neighbours": [], "outline_note": ""})
-            manifest_df, failed = input_manifest([str(path)])
+            try:
+                manifest_df, failed = input_manifest([str(path)])
+            except BlastscanError:  # "no (usable) images": the file's own status, as score's CSV row gives it
+                manifest_df, failed = pd.DataFrame(columns=["path", "sha256", "subject"]), _refusal(path)
             rows = self._score_rows(manifest_df)
             if len(failed):
                 rows = pd.concat([rows, failed], ignore_index=True)
@@ -480,6 +489,19 @@ class ViewServer:
         df["subject"] = df["subject"].fillna("").astype(str)
         df["pred"] = df["pred"].fillna("").astype(str)
         return _jsonable(subject_summary(df, self.bundle.threshold).to_dict(orient="records"))
+
+
+def _refusal(path: Path) -> pd.DataFrame:
+    """The failed row ``input_manifest`` would give ``path`` in a batch (it raises when no file is usable)."""
+    col = _Collector()
+    _collect_list([str(path)], col)
+    problems, sha = list(col.problems), ""
+    if col.rows:
+        sha, _w, _h, _mode, problem = _inspect(str(path))
+        problems += [problem] if problem is not None else []
+    reason = problems[0].reason if problems else "no usable image"
+    return pd.DataFrame([{"path": str(path), "sha256": sha or "", "subject": parse_cnmc_name(path.name)[0] or "",
+                          "status": reason.removesuffix(" (left out)")}])
 
 
 def _too_many_pixels(data: bytes) -> str:

@@ -91,7 +91,7 @@ function featureTable(res) {
       "Bars: training cells, ALL (red) and HEM (blue), 5-95% line, 25-75% box, median; black: this cell." }));
   const t = el("table", { class: "ftable" });
   t.append(el("thead", {}, el("tr", {}, el("th", { text: "feature" }), el("th", { text: "this cell" }),
-    el("th", { text: "among training ALL / HEM" }), el("th", { text: "" }))));
+    el("th", { class: "nowrap", text: "percentile ALL / HEM" }), el("th", { text: "" }))));
   const tb = el("tbody");
   for (const f of res.features) {
     const name = el("td", { class: "fname", title: f.definition }, el("span", { text: f.name }));
@@ -99,7 +99,7 @@ function featureTable(res) {
     const h = f.classes.hem ? `p${Math.round(f.classes.hem.percentile)}` : "n/a";
     const plot = el("td");
     plot.append(featurePlot(f));
-    tb.append(el("tr", {}, name, el("td", { class: "num", text: `${Number(f.value).toPrecision(4)}${f.unit ? " " + f.unit : ""}` }),
+    tb.append(el("tr", {}, name, el("td", { class: "num", text: `${Number(f.value).toPrecision(4)}${f.unit && f.unit !== "1" ? " " + f.unit : ""}` }),
       el("td", { class: "num", text: `${a} / ${h}` }), plot));
   }
   t.append(tb);
