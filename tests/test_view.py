@@ -160,8 +160,9 @@ def test_cell_detail_shows_outline_features_and_neighbours(server, sample_cells)
     assert len(nb) == 5 and {n["label"] for n in nb} <= {"all", "hem"}
     d = [n["distance"] for n in nb]
     assert d == sorted(d)
-    # the cell itself was a training cell: when it is among the kept reference cells it is its own neighbour
-    assert d[0] >= 0 and all(n["image"].startswith("data:image/jpeg;base64,") for n in nb)
+    # a training cell (all ~40 are kept as reference cells) is its own nearest neighbour, and is said to be
+    assert nb[0]["same_image"] and d[0] < 1e-3 and not any(n["same_image"] for n in nb[1:])
+    assert all(n["image"].startswith("data:image/jpeg;base64,") for n in nb)
 
 
 def test_bundle_endpoint_describes_the_model(server, bundle_path):
@@ -214,6 +215,7 @@ def test_batch_of_a_server_side_folder_matches_score(server, bundle_path, sample
     i = next(i for i, r in enumerate(res["rows"]) if r["status"] == "ok")
     status, cell = _request(f"{server.url}api/batch/{job['id']}/cell/{i}")
     assert status == 200 and cell["image"] and cell["p_all"] == res["rows"][i]["p_all"]
+    assert cell["threshold"] == load_bundle(bundle_path).threshold and cell["features"]
 
 
 def test_batch_of_a_missing_path_is_one_clear_message(server, tmp_path):

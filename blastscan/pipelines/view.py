@@ -117,7 +117,7 @@ def training_reference(model, X: np.ndarray, rows: pd.DataFrame, feature_names: 
     mean, scale = X.mean(axis=0), X.std(axis=0)
     scale[scale < 1e-12] = 1.0
     picked = _spread(rows, y, max_cells, rng)
-    vectors, labels, subjects, thumbs = [], [], [], []
+    vectors, labels, subjects, thumbs, shas = [], [], [], [], []
     for i in picked:
         thumb = _thumbnail(rows["path"].iloc[i], thumb_px)
         if thumb is None:
@@ -126,9 +126,10 @@ def training_reference(model, X: np.ndarray, rows: pd.DataFrame, feature_names: 
         labels.append("all" if y[i] else "hem")
         subjects.append(str(rows["subject"].iloc[i]) if "subject" in rows else "")
         thumbs.append(thumb)
+        shas.append(str(rows["sha256"].iloc[i]) if "sha256" in rows else "")
     out["reference"] = {"mean": mean.astype(np.float32), "scale": scale.astype(np.float32),
                         "vectors": np.array(vectors, dtype=np.float32).reshape(len(vectors), X.shape[1]),
-                        "labels": labels, "subjects": subjects, "thumbnails": thumbs,
+                        "labels": labels, "subjects": subjects, "thumbnails": thumbs, "sha256": shas,
                         "distance": "Euclidean distance on z-scored model features (training mean and SD)"}
     return out
 
@@ -156,9 +157,14 @@ def _thumbnail(path: str, px: int) -> bytes | None:
     from PIL import Image
 
     try:
-        im = Image.fromarray(load_image(path))
+        img = load_image(path)
     except BlastscanError:
         return None
+    try:
+        img = img[_square_around(segment(img)[0], img.shape[:2])]  # the cell, not the black around it
+    except BlastscanError:
+        pass
+    im = Image.fromarray(img)
     im.thumbnail((px, px))
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=85)
@@ -207,7 +213,7 @@ def _square_around(crop: tuple[slice, slice], shape: tuple[int, int], margin: in
 
 
 def cell_detail(bundle: Bundle, vector: np.ndarray | None, *, top: int = TOP_FEATURES,
-                k: int = N_NEIGHBOURS) -> dict:
+                k: int = N_NEIGHBOURS, sha256: str = "") -> dict:
     """The most important handcrafted features of ``vector`` with the cell's place in the training
     distribution, and its nearest training cells, from ``bundle.extras["view"]`` (empty parts when the
     bundle does not carry them or the cell has no features)."""
@@ -240,6 +246,7 @@ def cell_detail(bundle: Bundle, vector: np.ndarray | None, *, top: int = TOP_FEA
         for i in np.argsort(d, kind="stable")[:k]:
             out["neighbours"].append({"label": cells["labels"][i], "subject": cells["subjects"][i],
                                       "distance": float(d[i]),
+                                      "same_image": bool(sha256) and cells.get("sha256", [""] * len(d))[i] == sha256,
                                       "image": _data_url(cells["thumbnails"][i], "image/jpeg")})
         out["neighbour_rule"] = f"{cells['distance']}; among {len(cells['labels'])} training cells kept in the bundle"
     return out
@@ -391,7 +398,7 @@ class ViewServer:
 
     def detail(self, path: str, sha: str, status: str) -> dict:
         png, note = outline_png(path) if sha else (None, "")
-        out = cell_detail(self.bundle, self._vector(sha) if status == "ok" else None)
+        out = cell_detail(self.bundle, self._vector(sha) if status == "ok" else None, sha256=sha)
         out["image"] = _data_url(png, "image/png") if png else None
         out["outline_note"] = note
         return out
@@ -481,6 +488,7 @@ class ViewServer:
         row = job["rows"].iloc[index]
         out = {k: row[k] for k in COLUMNS}
         out["name"] = os.path.basename(str(row["path"]))
+        out["threshold"] = self.bundle.threshold
         out.update(self.detail(str(row["path"]), str(row["sha256"] or ""), str(row["status"])))
         return _jsonable(out)
 

@@ -110,12 +110,15 @@ function featureTable(res) {
 function neighbourStrip(res) {
   const box = el("div");
   if (!res.neighbours || !res.neighbours.length) return box;
-  box.append(el("h4", { text: "Nearest training cells" }), el("p", { class: "muted small", text: res.neighbour_rule }));
+  box.append(el("h4", { text: "Nearest training cells" }), el("p", { class: "muted small",
+    text: `${res.neighbour_rule}. Caption: class \u00b7 subject \u00b7 distance.` }));
   const strip = el("div", { class: "strip" });
   for (const n of res.neighbours) {
     const fig = el("figure", { class: `nb ${n.label}` });
     fig.append(el("img", { src: n.image, alt: `training ${n.label.toUpperCase()} cell` }),
-      el("figcaption", { text: `${n.label.toUpperCase()} \u00b7 ${n.subject || "?"} \u00b7 d ${fmt(n.distance, 1)}` }));
+      el("figcaption", { text: n.same_image ? `${n.label.toUpperCase()} \u00b7 this very image` :
+        `${n.label.toUpperCase()} \u00b7 ${n.subject || "?"} \u00b7 d ${fmt(n.distance, 1)}` }));
+    if (n.same_image) fig.title = "The uploaded file is this training cell (same sha256): the model has seen it.";
     strip.append(fig);
   }
   box.append(strip);
@@ -178,8 +181,8 @@ async function handleFiles(files) {
 }
 
 async function refreshSummary(rows, what) {
-  const withSubject = rows.filter((r) => r.subject);
-  if (!withSubject.length) return;
+  // a summary once there is something to sum: two cells or more, with a subject in their names
+  if (rows.length < 2 || !rows.some((r) => r.subject)) return;
   const { subjects } = await api("/api/subjects", { method: "POST", body: JSON.stringify({ rows }),
     headers: { "Content-Type": "application/json" } });
   showSubjects(subjects, what);
