@@ -631,6 +631,12 @@ def _handler(app: ViewServer):
                     return self._json(HTTPStatus.OK, {"subjects": app.subjects(list(payload.get("rows", [])))})
             except BlastscanError as exc:
                 return self._error(HTTPStatus.BAD_REQUEST, str(exc))
+            except Exception as exc:  # a bug: the traceback goes to the terminal, a line to the page
+                import traceback
+
+                traceback.print_exc()
+                return self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error ({type(exc).__name__}: {exc}); "
+                                                                     "the server's terminal shows the traceback")
             return self._error(HTTPStatus.NOT_FOUND, f"no endpoint {url.path}")
 
     return Handler
