@@ -171,7 +171,8 @@ async function uploadOne(file) {
     await refreshSummary(state.uploads, "uploaded cells");
   } catch (err) {
     const card = el("article", { class: "cell-card error", "data-status": "error" },
-      el("p", { class: "status bad", text: err.message }));
+      el("p", { class: "status bad", text: err.message.startsWith(file.name) ? err.message
+        : `${file.name}: ${err instanceof TypeError ? "could not be sent to the server" : "refused"} (${err.message})` }));
     placeholder.replaceWith(card);
   }
 }
