@@ -30,7 +30,7 @@ from blastscan.errors import BlastscanError
 from blastscan.options import clean_options
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "TRUST_WARNING", "Bundle", "BundleWarning", "save_bundle", "load_bundle",
-           "sidecar_path", "version_warnings"]
+           "sidecar_path", "version_warnings", "p_all"]
 
 FORMAT = "blastscan-bundle"
 FORMAT_VERSION = 2
@@ -47,7 +47,8 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def _p_all(est, X: np.ndarray) -> np.ndarray:
+def p_all(est, X: np.ndarray) -> np.ndarray:
+    """P(ALL) of ``est`` for rows ``X`` (the column of class 1, whatever the class order)."""
     # float64 in and out: float32 BLAS results can differ in the last bit with batch size and alignment
     col = list(getattr(est, "classes_", [0, 1])).index(1)  # the P(ALL) column, whatever the class order
     return np.asarray(est.predict_proba(np.asarray(X, dtype=np.float64)))[:, col].astype(float)
@@ -68,12 +69,16 @@ class Bundle:
         Where it was loaded from / saved to.
     warnings : list of str
         Version mismatches found when loading.
+    extras : dict
+        Optional data beside the model, by name; ``"view"`` holds the training reference that
+        ``blastscan view`` shows (see :func:`blastscan.pipelines.view.training_reference`).
     """
 
     model: Any
     metadata: dict
     path: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    extras: dict = field(default_factory=dict)
 
     @property
     def threshold(self) -> float:
@@ -133,7 +138,7 @@ class Bundle:
         ok = np.array([s in row_of for s in shas], dtype=bool)
         p = np.full(len(out), np.nan)
         if ok.any():
-            p[ok] = _p_all(self.model, fm.X[[row_of[s] for s in shas[ok]]])
+            p[ok] = p_all(self.model, fm.X[[row_of[s] for s in shas[ok]]])
         out["p_all"] = p
         out["pred"] = np.where(ok, np.where(p >= self.threshold, "all", "hem"), "")
         out["status"] = [("ok" if k else failed.get(s, "no features computed")) for s, k in zip(shas, ok)]
@@ -213,7 +218,7 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike) -> Path:
     try:
         with atomic_path(path) as tmp:
             joblib.dump({"format": FORMAT, "format_version": FORMAT_VERSION, "model": bundle.model,
-                         "metadata": metadata}, tmp, compress=3)
+                         "metadata": metadata, "extras": bundle.extras}, tmp, compress=3)
             digest, size = file_sha256(tmp), os.path.getsize(tmp)
             sidecar = {"bundle_file": path.name, "bundle_sha256": digest, "bundle_bytes": size,
                        "warning": TRUST_WARNING, "metadata": metadata}
@@ -307,7 +312,8 @@ def load_bundle(path: str | os.PathLike, trust: bool = False) -> Bundle:
     if version < FORMAT_VERSION:
         raise BlastscanError(str(path), f"bundle format {version} was written by an older blastscan whose code "
                                         f"layout changed; make it again with `blastscan train` or `blastscan export`")
-    bundle = Bundle(model=content["model"], metadata=content["metadata"], path=path)
+    bundle = Bundle(model=content["model"], metadata=content["metadata"], path=path,
+                    extras=dict(content.get("extras") or {}))
     bundle.warnings = version_warnings(bundle.metadata)
     if sidecar is not None and sidecar.get("metadata") != bundle.metadata:
         bundle.warnings.append(f"{sidecar_path(path).name} describes other metadata than the bundle holds; "

@@ -369,6 +369,33 @@ def score(bundle, inputs, output, store, weights_dir, jobs, trust, quiet):
     click.echo(result.summary())
 
 
+# ---- view -------------------------------------------------------------------------------------
+@main.command()
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
+@click.option("--port", type=int, default=8765, show_default=True, help="Port to listen on (0: any free port).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but localhost lets other machines use the page and read "
+                   "the paths it is given.")
+@click.option("--store", type=click.Path(file_okay=False), default=None, show_default="a temporary store",
+              help="Feature store to reuse and fill (by default nothing is kept after the server stops).")
+@click.option("--max-upload-mb", type=float, default=16.0, show_default=True, help="Largest accepted upload.")
+@_bundle_weights_option
+@jobs_option
+@click.option("--trust", is_flag=True, help=_TRUST_HELP)
+def view(bundle, port, host, store, max_upload_mb, weights_dir, jobs, trust):
+    """Serve a local page over BUNDLE: drop cell images (or give a folder/CSV on this machine) and see
+    P(ALL), the call, the cell's outline, its key features against the training cells, and the bundle.
+
+    Research use only, not a medical device. Stop it with Ctrl+C; uploads and the default feature store
+    live in a temporary folder that is removed then.
+    """
+    from blastscan.pipelines.view import serve
+
+    opts = {"weights_dir": weights_dir} if weights_dir else None
+    serve(bundle, host, port, store=store, extractor_options=opts, max_upload_mb=max_upload_mb, jobs=jobs,
+          trust=trust, echo=lambda line: click.echo(line))
+
+
 # ---- demo ------------------------------------------------------------------------------------
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="demo-output", show_default=True,

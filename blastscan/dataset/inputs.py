@@ -16,10 +16,12 @@ __all__ = ["FAILED_KINDS", "input_manifest", "failed_frame"]
 FAILED_KINDS = ("unreadable", "mode", "not_an_image", "missing_image", "csv")
 
 
-def input_manifest(inputs, progress: bool = False, store=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def input_manifest(inputs, progress: bool = False, store=None,
+                   allow_empty: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The manifest of ``inputs`` (files, folders, CSVs, or a manifest DataFrame) and the rows of files
     that could not be used (``path, sha256, subject, status, p_all, pred``); file checks are cached in
-    ``store``."""
+    ``store``. With ``allow_empty``, inputs none of which is usable give an empty manifest and their
+    failed rows instead of an error."""
     from blastscan.dataset import build_manifest, inspect_cache, parse_cnmc_name
 
     if isinstance(inputs, pd.DataFrame):
@@ -29,7 +31,8 @@ def input_manifest(inputs, progress: bool = False, store=None) -> tuple[pd.DataF
         return inputs.reset_index(drop=True), failed_frame([])
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    manifest = build_manifest([str(p) for p in inputs], progress=progress, cache=inspect_cache(store))
+    manifest = build_manifest([str(p) for p in inputs], progress=progress, cache=inspect_cache(store),
+                              allow_empty=allow_empty)
     bad = [p for p in manifest.problems if p.kind in FAILED_KINDS]
     rows = [{"path": p.path, "sha256": "", "subject": parse_cnmc_name(os.path.basename(p.path))[0] or "",
              "status": p.reason.removesuffix(" (left out)")} for p in bad]

@@ -62,7 +62,7 @@ class Manifest:
 
 # -- building ------------------------------------------------------------------------------------------
 def build_manifest(source, *, jobs: int | None = None, progress: bool = False,
-                   cache: str | os.PathLike | None = None) -> Manifest:
+                   cache: str | os.PathLike | None = None, allow_empty: bool = False) -> Manifest:
     """Find, read and check the images of ``source``; describe them in a :class:`Manifest`.
 
     Parameters
@@ -77,6 +77,9 @@ def build_manifest(source, *, jobs: int | None = None, progress: bool = False,
     cache : path, optional
         JSON file remembering each file's hash and checks by path, size and modification time, so
         unchanged files are not read again (the CLI keeps it in the feature store).
+    allow_empty : bool
+        Return a manifest without rows (and with every problem) when no image is usable, instead of
+        raising (a scorer reports each refused file as a row).
 
     Returns
     -------
@@ -94,18 +97,27 @@ def build_manifest(source, *, jobs: int | None = None, progress: bool = False,
         When ``source`` does not exist, a CSV cannot be read, or no usable image is found.
     """
     col = collect(source)
+    if not col.rows and allow_empty:
+        return _empty(col)
     if not col.rows:
         hint = f" ({len(col.problems)} problems, e.g. {col.problems[0]})" if col.problems else ""
         raise BlastscanError(col.what, f"no images found (looked for {', '.join(IMAGE_EXTENSIONS)} files){hint}")
     results = inspect_files([r.path for r in col.rows], jobs, progress, Path(cache) if cache else None)
-    df = _usable_rows(col, results)
+    df = _usable_rows(col, results, allow_empty)
+    if not len(df):
+        return _empty(col)
     df = df.sort_values("path", kind="stable").reset_index(drop=True)
     df = assign_groups(df, col.problems)
     return Manifest(df=_coerce(df[COLUMNS]), problems=col.problems, layout=col.layout, root=col.root,
                     notes=col.notes)
 
 
-def _usable_rows(col: Collected, results: list[Inspection]) -> pd.DataFrame:
+def _empty(col: Collected) -> Manifest:
+    return Manifest(df=_coerce(pd.DataFrame(columns=COLUMNS)), problems=col.problems, layout=col.layout,
+                    root=col.root, notes=col.notes)
+
+
+def _usable_rows(col: Collected, results: list[Inspection], allow_empty: bool = False) -> pd.DataFrame:
     """The rows whose image passed its check; refused files go to ``col.problems``, conversions to its notes."""
     records, modes = [], Counter()
     for row, (sha, w, h, mode, problem) in zip(col.rows, results):
@@ -117,7 +129,7 @@ def _usable_rows(col: Collected, results: list[Inspection]) -> pd.DataFrame:
     converted = {m: n for m, n in modes.items() if m != "RGB"}
     if converted:
         col.notes.append("converted to RGB: " + ", ".join(f"{n} {m}" for m, n in sorted(converted.items())))
-    if not records:
+    if not records and not allow_empty:
         raise BlastscanError(col.what, f"no usable images: every image file found ({len(col.rows)}) was refused, "
                                        f"e.g. {col.problems[-1]}")
     return pd.DataFrame.from_records(records, columns=["path", "sha256", "label", "subject", "source_split",

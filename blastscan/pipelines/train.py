@@ -67,7 +67,7 @@ class TrainingData:
     @classmethod
     def from_features(cls, fm: FeatureMatrix) -> "TrainingData":
         rows = fm.rows
-        return cls(fm=fm, X=fm.X.astype(np.float64),  # fitted as scored (see bundle._p_all)
+        return cls(fm=fm, X=fm.X.astype(np.float64),  # fitted as scored (see bundle.p_all)
                    y=(rows["label"] == "all").to_numpy().astype(int),
                    groups=rows["group"].to_numpy().astype(str), subjects=rows["subject"].to_numpy().astype(str))
 
@@ -180,7 +180,13 @@ def train_bundle(
         raise BlastscanError(dataset or "manifest", "the training data holds one class only (need ALL and HEM)")
     fitted = _fit_with_threshold(data, classifier, params, settings, progress)
     metadata = _metadata(fs, fm, data, fitted, classifier, params, settings, extractor_options, dataset)
-    return Bundle(model=fitted.model, metadata=metadata)
+    bundle = Bundle(model=fitted.model, metadata=metadata)
+    # what `blastscan view` shows beside a cell: training distributions, importances, reference cells
+    from blastscan.pipelines.view_detail import training_reference
+
+    bundle.extras["view"] = training_reference(fitted.model, data.X, fm.rows, list(fm.feature_names),
+                                               seed=settings.seed)
+    return bundle
 
 
 def _metadata(fs: FeatureSet, fm: FeatureMatrix, data: TrainingData, fitted: _Fitted, classifier, params,
