@@ -167,6 +167,62 @@ def _featurise_chunk(extractor, paths: list[str], shas: list[str]):
     return ok, mat, failures
 
 
+def _featurise_shared_chunk(extractors, paths: list[str], shas: list[str], wanted: list[list[bool]]):
+    """Run in a worker: per image, decode once and build the extractors' shared context once
+    (:attr:`PerImageExtractor.context`: e.g. one segmentation for all handcrafted families), then compute
+    every extractor that still lacks the image (``wanted[k][i]``). Returns one ``(ok, mat, failures)``
+    per extractor."""
+    from blastscan.dataset import load_image
+
+    rows = [[] for _ in extractors]
+    oks = [[] for _ in extractors]
+    fails = [{} for _ in extractors]
+
+    def reason(exc):
+        if isinstance(exc, BlastscanError):
+            return exc.why or str(exc)
+        return f"unexpected error ({type(exc).__name__}: {exc}); please report it"
+
+    for i, (path, sha) in enumerate(zip(paths, shas)):
+        need = [k for k in range(len(extractors)) if wanted[k][i]]
+        try:
+            ctx = extractors[need[0]].make_context(load_image(path))
+        except Exception as exc:  # a bad image fails every extractor that wanted it, with the same reason
+            for k in need:
+                fails[k][sha] = reason(exc)
+            continue
+        for k in need:
+            try:
+                rows[k].append(np.asarray(extractors[k].compute_context(ctx), dtype=np.float32))
+                oks[k].append(sha)
+            except Exception as exc:
+                fails[k][sha] = reason(exc)
+    out = []
+    for k, ext in enumerate(extractors):
+        n = len(ext.feature_names)
+        out.append((oks[k], np.vstack(rows[k]) if rows[k] else np.zeros((0, n), np.float32), fails[k]))
+    return out
+
+
+def _shared_results(extractors, todos: list[pd.DataFrame], jobs: int):
+    """Like :func:`_per_image_results` for extractors sharing a context: yields one result list per chunk."""
+    union = pd.concat(todos).drop_duplicates("sha256")
+    paths, shas = union["path"].tolist(), union["sha256"].tolist()
+    need = [set(t["sha256"]) for t in todos]
+    chunks = []
+    for i in range(0, len(paths), TASK_IMAGES):
+        p, s = paths[i:i + TASK_IMAGES], shas[i:i + TASK_IMAGES]
+        chunks.append((p, s, [[x in n for x in s] for n in need]))
+    if jobs <= 1 or len(chunks) <= 1:
+        for c in chunks:
+            yield _featurise_shared_chunk(extractors, *c)
+        return
+    from joblib import Parallel, delayed
+
+    parallel = Parallel(n_jobs=jobs, return_as="generator_unordered", pre_dispatch="2*n_jobs")
+    yield from parallel(delayed(_featurise_shared_chunk)(extractors, *c) for c in chunks)
+
+
 def _per_image_results(extractor, todo: pd.DataFrame, jobs: int) -> Iterator[tuple[list, np.ndarray, dict]]:
     paths, shas = todo["path"].tolist(), todo["sha256"].tolist()
     chunks = [(paths[i:i + TASK_IMAGES], shas[i:i + TASK_IMAGES]) for i in range(0, len(paths), TASK_IMAGES)]
@@ -239,19 +295,46 @@ def extract(
     # the run at once, not after an hour of handcrafted features.
     extractors = [_extractor(n, options) for n in names]
     runs = []
+    todos, identities = {}, {}
     for name, ext in zip(names, extractors):
-        identity = fstore.ensure_table(ext.describe(), ext.feature_names)
+        identities[name] = identity = fstore.ensure_table(ext.describe(), ext.feature_names)
         if retry_failed:
             fstore.forget_failures(identity)
         known = fstore.known_shas(identity)
-        todo = unique[~unique["sha256"].isin(known)]
+        todos[name] = unique[~unique["sha256"].isin(known)]
+    # Per-image extractors with the same context key (the handcrafted families) run together: one
+    # decode and one context (segmentation) per image for all of them; their time is shared too.
+    groups: dict[str, list[str]] = {}
+    for name, ext in zip(names, extractors):
+        key = getattr(ext, "context", "") if ext.kind == "per_image" else ""
+        if key and len(todos[name]):
+            groups.setdefault(key, []).append(name)
+    shared_seconds: dict[str, float] = {}
+    for key, members in groups.items():
+        if len(members) < 2:
+            continue
+        exts = [extractors[names.index(n)] for n in members]
+        t0 = time.perf_counter()
+        _consume_shared(_shared_results(exts, [todos[n] for n in members], jobs), fstore,
+                        [identities[n] for n in members], [len(e.feature_names) for e in exts],
+                        _progress(len(pd.concat([todos[n] for n in members]).drop_duplicates("sha256")),
+                                  "+".join(members), progress))
+        for n in members:
+            fstore.compact(identities[n])
+            shared_seconds[n] = time.perf_counter() - t0
+    for name, ext in zip(names, extractors):
+        identity, todo = identities[name], todos[name]
         run = ExtractorRun(name=name, identity=identity, n_images=len(unique))
         t0 = time.perf_counter()
-        if len(todo):
-            results = (_per_image_results(ext, todo, jobs) if ext.kind == "per_image" else _batch_results(ext, todo))
-            _consume(results, fstore, identity, len(ext.feature_names), _progress(len(todo), name, progress))
-            fstore.compact(identity)
-        run.seconds = time.perf_counter() - t0
+        if name in shared_seconds:
+            run.seconds = shared_seconds[name]
+        else:
+            if len(todo):
+                results = (_per_image_results(ext, todo, jobs) if ext.kind == "per_image"
+                           else _batch_results(ext, todo))
+                _consume(results, fstore, identity, len(ext.feature_names), _progress(len(todo), name, progress))
+                fstore.compact(identity)
+            run.seconds = time.perf_counter() - t0
         failures = fstore.failures(identity)
         run.computed = int((~todo["sha256"].isin(failures)).sum())
         by_sha = dict(zip(unique["sha256"], unique["path"]))
@@ -286,6 +369,47 @@ def _consume(results, fstore: FeatureStore, identity: str, n_features: int, bar)
                 flush()
     finally:
         # Also on Ctrl-C or an error: what was finished is kept.
+        flush()
+        bar.close()
+
+
+def _consume_shared(results, fstore: FeatureStore, identities: list[str], n_features: list[int], bar) -> None:
+    """:func:`_consume` for chunks that carry one result per extractor (see :func:`_shared_results`)."""
+    import itertools
+
+    results = iter(results)
+    first = next(results, None)
+    if first is None:
+        bar.close()
+        return
+    # Buffer per extractor, flushed together by the same rule as _consume.
+    bufs = [([], [], {}) for _ in identities]
+    last = time.monotonic()
+
+    def flush():
+        nonlocal last
+        for k, (shas, mats, fails) in enumerate(bufs):
+            if shas or fails:
+                mat = np.vstack(mats) if mats else np.zeros((0, n_features[k]), np.float32)
+                fstore.write_chunk(identities[k], list(shas), mat, dict(fails))
+            shas.clear(), mats.clear(), fails.clear()
+        last = time.monotonic()
+
+    try:
+        for chunk in itertools.chain([first], results):
+            done = set()
+            for k, (ok, mat, failures) in enumerate(chunk):
+                shas, mats, fails = bufs[k]
+                shas.extend(ok)
+                if len(ok):
+                    mats.append(mat)
+                fails.update(failures)
+                done.update(ok)
+                done.update(failures)
+            bar.update(len(done))
+            if sum(len(b[0]) + len(b[2]) for b in bufs) >= FLUSH_ROWS or time.monotonic() - last > FLUSH_SECONDS:
+                flush()
+    finally:
         flush()
         bar.close()
 
