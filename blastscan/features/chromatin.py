@@ -86,7 +86,9 @@ def granularity(values: np.ndarray, mask: np.ndarray, sizes=GRANULARITY_SIZES) -
     """Share of the mass of ``values`` (above its minimum over ``mask``) removed by each opening size."""
     base = values - values[mask].min()
     img = np.where(mask, base, 0.0)  # outside: 0, so openings never import mass from outside
-    total = max(float(img[mask].sum()), _EPS)
+    total = float(img[mask].sum())
+    if total <= _EPS:  # a constant region has no granules
+        return np.zeros(len(sizes))
     prev, out = total, []
     for s in sizes:
         opened = ndi.grey_opening(img, size=(s, s))

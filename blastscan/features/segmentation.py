@@ -38,6 +38,10 @@ MAX_BORDER_FRACTION = 0.05
 MIN_NUCLEUS_FRACTION = 0.05
 #: Smoothing (px) of the saturation before the nucleus threshold, so chromatin does not split the nucleus.
 NUCLEUS_SMOOTH_SIGMA = 2.0
+#: Saturation (0-255 scale) must vary by at least this across the cell (5th-95th percentile) for a nucleus
+#: to be told from cytoplasm; real cells span 40-120. (Not in :func:`config`: it only turns a uniform,
+#: nucleus-less image into a failure and changes no value computed on a real cell.)
+MIN_SATURATION_SPREAD = 4.0
 #: Radius (px) of the disc used to clean the nucleus mask.
 NUCLEUS_CLEAN_RADIUS = 3
 #: Erosion (px) of the nucleus for chromatin texture: the outline's blur and mask errors stay out.
@@ -179,7 +183,12 @@ def _segment(image: np.ndarray):
     weight = ndi.gaussian_filter(cellf, NUCLEUS_SMOOTH_SIGMA)
     sat = ndi.gaussian_filter(saturation(image[crop]) * (255.0 * cellf), NUCLEUS_SMOOTH_SIGMA)
     sat /= np.maximum(weight, 1e-6)
-    candidate = (sat > _otsu(sat[cell])) & cell
+    inside = sat[cell]
+    lo, hi = np.percentile(inside, (5, 95))
+    if hi - lo < MIN_SATURATION_SPREAD:
+        raise BlastscanError("segmentation", f"no plausible nucleus (uniform saturation across the cell, "
+                                             f"5-95% range {hi - lo:.1f} / 255)")
+    candidate = (sat > _otsu(inside)) & cell
     r = NUCLEUS_CLEAN_RADIUS
     cleaned = erode_disc(dilate_disc(candidate, r), r)  # closing
     cleaned = dilate_disc(erode_disc(fill_holes(cleaned), r), r) & cell  # holes filled, then opening

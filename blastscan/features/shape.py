@@ -57,12 +57,13 @@ _PER_REGION = [
 ] + [(f"hu{k}", f"Hu invariant moment {k}, as sign(h)·log10(1 + |h|·1e12)", "1") for k in range(1, 8)]
 
 FEATURES: list[FeatureInfo] = [
-    FeatureInfo(f"{FAMILY}_{region}_{q}", FAMILY, f"{region}: {d}", unit)
+    FeatureInfo(f"{FAMILY}_{region}_{q}", FAMILY, f"{region}: {d}", unit, region)
     for region in REGIONS for q, d, unit in _PER_REGION
 ] + [
-    FeatureInfo(f"{FAMILY}_nc_ratio", FAMILY, "nucleus area / cell area", "1"),
+    FeatureInfo(f"{FAMILY}_nc_ratio", FAMILY, "nucleus area / cell area", "1", "nucleus/cell"),
     FeatureInfo(f"{FAMILY}_nucleus_offset", FAMILY,
-                "distance between nucleus and cell centroids / cell equivalent radius (0 = centred)", "1"),
+                "distance between nucleus and cell centroids / cell equivalent radius (0 = centred)", "1",
+                "nucleus/cell"),
 ]
 FEATURE_NAMES = [f.name for f in FEATURES]
 
