@@ -243,9 +243,10 @@ def extract(dataset, features, store, jobs, weights_dir, random_weights, input_s
 @click.option("--subjects", default=None, help="Comma-separated subjects to show only, e.g. 11,H10.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the choice of cells.")
 @click.option("--columns", type=int, default=8, show_default=True, help="Tiles per row.")
+@click.option("--tile", type=click.IntRange(48, 600), default=150, show_default=True, help="Tile size in pixels.")
 @store_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def masks(inputs, out, n, subjects, seed, columns, store, quiet):
+def masks(inputs, out, n, subjects, seed, columns, tile, store, quiet):
     """Draw a contact sheet of cells with their cell and nucleus outlines.
 
     INPUTS is a dataset (as for `blastscan data`), or images, folders and CSVs with a path column (e.g.
@@ -258,7 +259,7 @@ def masks(inputs, out, n, subjects, seed, columns, store, quiet):
     source = inputs[0] if len(inputs) == 1 else list(inputs)
     manifest = build_manifest(source, progress=not quiet, cache=inspect_cache(store))
     chosen = [s.strip() for s in subjects.split(",") if s.strip()] if subjects else None
-    result = masks_sheet(manifest.df, out, n=n, subjects=chosen, seed=seed, columns=columns)
+    result = masks_sheet(manifest.df, out, n=n, subjects=chosen, seed=seed, columns=columns, tile=tile)
     click.echo(result.summary())
 
 
