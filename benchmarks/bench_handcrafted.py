@@ -1,6 +1,11 @@
 """Throughput, speed-up over a plain scikit-image baseline, cache speed-up and memory of `handcrafted`.
 
-Usage: .venv/bin/python benchmarks/bench_handcrafted.py [--n 2301] [--jobs 2] [--data DIR]
+`handcrafted` is the union of the shape, color, texture and chromatin families, computed from one
+segmentation per image (as `blastscan extract` does). With --old-tree DIR (a checkout or `git archive` of
+an older blastscan), the old and the new code are timed side by side in alternating subprocesses on the
+same cells, so a machine loaded by others slows both alike and their ratio stays meaningful.
+
+Usage: .venv/bin/python benchmarks/bench_handcrafted.py [--n 2301] [--jobs 2] [--data DIR] [--old-tree DIR]
 Prints a table of figures against the targets (>= 20 images/s/core, >= 2x baseline, cached >= 50x).
 """
 
@@ -85,6 +90,27 @@ def rss_after(paths: list[str]) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+_CPU_PER_IMAGE = (
+    "import sys,time;from blastscan.dataset import load_image;"
+    "from blastscan.features.handcrafted import HandcraftedExtractor as H;e=H()\n"
+    "imgs=[load_image(p) for p in sys.argv[1:]]\nt=time.process_time()\n"
+    "for im in imgs:\n    try: e.compute(im)\n    except Exception: pass\n"
+    "print((time.process_time()-t)/len(imgs))")
+
+
+def old_vs_new(paths: list[str], old_tree: str, rounds: int = 3) -> tuple[float, float]:
+    """Median CPU seconds per image of the old and the new code, timed in alternating subprocesses."""
+    env_new = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env_old = {**os.environ, "PYTHONPATH": str(old_tree)}
+    old, new = [], []
+    for _ in range(rounds):
+        for env, out in ((env_old, old), (env_new, new)):
+            r = subprocess.run([sys.executable, "-c", _CPU_PER_IMAGE, *paths], capture_output=True, text=True,
+                               check=True, env=env)
+            out.append(float(r.stdout.strip().splitlines()[-1]))
+    return float(np.median(old)), float(np.median(new))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(DATA))
@@ -92,6 +118,8 @@ def main() -> None:
     ap.add_argument("--baseline-n", type=int, default=60, help="cells for the (slow) baseline")
     ap.add_argument("--jobs", type=int, default=os.cpu_count())
     ap.add_argument("--no-cli", action="store_true", help="skip timing the CLI twice")
+    ap.add_argument("--old-tree", default=None, help="folder holding an older blastscan package to time side by side")
+    ap.add_argument("--quick", action="store_true", help="only the per-core figures (and --old-tree)")
     args = ap.parse_args()
 
     from blastscan.dataset import build_manifest
@@ -109,6 +137,15 @@ def main() -> None:
     rows.append(("handcrafted, images/s per core (CPU time, decode incl.)", f"{1 / per_img:.1f}", ">= 20"))
     rows.append(("handcrafted, ms per image", f"{per_img * 1000:.1f}", "<= 50"))
     rows.append(("segmentation failures", f"{failed} / {n}", "few"))
+    if args.old_tree:
+        sub = paths[: min(n, 200)]
+        t_old, t_new = old_vs_new(sub, args.old_tree)
+        rows.append((f"old code ({args.old_tree}), ms per image, {len(sub)} cells", f"{t_old * 1000:.1f}", ""))
+        rows.append(("new code, ms per image, same cells, alternating", f"{t_new * 1000:.1f}", ""))
+        rows.append(("new / old throughput ratio", f"{t_old / t_new:.2f}", ">= 1 (same load)"))
+    if args.quick:
+        _print(rows, n, args.data, None)
+        return
     nb = min(args.baseline_n, n)
     base_img, _ = timed(baseline_features, paths[:nb])
     ours_b, _ = timed(ext.compute, paths[:nb])
@@ -147,7 +184,11 @@ def main() -> None:
     rows.append((f"peak RSS, {len(half)} vs {2 * len(half)} images, MiB",
                  f"{rss_after(half):.0f} vs {rss_after(paths[: 2 * len(half)]):.0f}", "flat"))
     rows.append(("features", str(len(ext.feature_names)), ">= 100"))
-    print(f"\nbench_handcrafted: {n} real cells from {args.data}; first run computed {s1.runs[0].computed}")
+    _print(rows, n, args.data, s1.runs[0].computed)
+
+
+def _print(rows, n, data, computed) -> None:
+    print(f"\nbench_handcrafted: {n} real cells from {data}" + (f"; first run computed {computed}" if computed else ""))
     w = max(len(r[0]) for r in rows)
     print(f"{'figure':<{w}}  {'value':>16}  target")
     for name, value, target in rows:

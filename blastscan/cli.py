@@ -140,10 +140,12 @@ def data(dataset, out, problems_file, jobs, quiet):
 
 # ---- features (feature dictionary) -----------------------------------------------------------
 @main.command("features")
-@click.option("--family", default=None, help="Only this family: shape, color or texture.")
+@click.option("--family", default=None,
+              help="Only this family: shape, color, texture, chromatin, color_absolute, quality, or handcrafted "
+                   "(the union of shape, color, texture and chromatin).")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv"]), default="table", show_default=True)
 def features_cmd(family, fmt):
-    """List the handcrafted features: name, family, unit and definition, in column order."""
+    """List the handcrafted features: name, family, region, unit and definition (formula), in column order."""
     import csv
 
     from blastscan.features.handcrafted import feature_dictionary
@@ -151,12 +153,15 @@ def features_cmd(family, fmt):
     infos = feature_dictionary(family)
     if fmt == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["name", "family", "unit", "definition"])
-        writer.writerows([i.name, i.family, i.unit, i.definition] for i in infos)
+        writer.writerow(["name", "family", "region", "unit", "definition"])
+        writer.writerows([i.name, i.family, i.region, i.unit, i.definition] for i in infos)
         return
     width = max(len(i.name) for i in infos)
+    fam_w = max(len(i.family) for i in infos)
+    reg_w = max(len(i.region) for i in infos)
     for i in infos:
-        click.echo(f"{i.name:<{width}}  {i.family:<7}  {i.unit or '-':<9}  {i.definition}")
+        click.echo(f"{i.name:<{width}}  {i.family:<{fam_w}}  {i.region or '-':<{reg_w}}  {i.unit or '-':<9}  "
+                   f"{i.definition}")
     click.echo(f"{len(infos)} features", err=True)
 
 
@@ -196,8 +201,12 @@ def weights(weights_dir, random_weights, download):
 @click.option("--input-size", type=int, default=None, help="Deep backbones' input size (default: each backbone's own).")
 @click.option("--batch-size", type=int, default=None, help="Images per forward pass for deep backbones.")
 @click.option("--retry-failed", is_flag=True, help="Try again the images that failed in an earlier run.")
+@click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the per-cell feature table here (.parquet or .csv): path, sha256, subject, label, "
+                   "split, status and every feature of the chosen sets.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def extract(dataset, features, store, jobs, weights_dir, random_weights, input_size, batch_size, retry_failed, quiet):
+def extract(dataset, features, store, jobs, weights_dir, random_weights, input_size, batch_size, retry_failed, out,
+            quiet):
     """Compute features for DATASET and cache them in the feature store.
 
     Only images missing from the store are computed; a second run over the same data reuses
@@ -212,6 +221,39 @@ def extract(dataset, features, store, jobs, weights_dir, random_weights, input_s
                           progress=not quiet, retry_failed=retry_failed)
     click.echo(f"{len(manifest.df)} images in {dataset} ({manifest.layout} layout)")
     click.echo(summary.format())
+    if out:
+        from blastscan.pipelines.table import write_feature_table
+
+        table = write_feature_table(manifest.df, features.split(","), store, out, extractor_options=opts)
+        click.echo(f"feature table: {out} ({len(table):,} cells x {table.shape[1]} columns)")
+
+
+# ---- masks (segmentation contact sheets) -------------------------------------------------------
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="PNG file to write.")
+@click.option("--n", "n", type=int, default=48, show_default=True, help="Cells on the sheet (both classes alike).")
+@click.option("--subjects", default=None, help="Comma-separated subjects to show only, e.g. 11,H10.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the choice of cells.")
+@click.option("--columns", type=int, default=8, show_default=True, help="Tiles per row.")
+@click.option("--tile", type=click.IntRange(48, 600), default=150, show_default=True, help="Tile size in pixels.")
+@store_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def masks(inputs, out, n, subjects, seed, columns, tile, store, quiet):
+    """Draw a contact sheet of cells with their cell and nucleus outlines.
+
+    INPUTS is a dataset (as for `blastscan data`), or images, folders and CSVs with a path column (e.g.
+    the predictions.csv of `blastscan score`). Cells are picked across classes and subjects; a cell whose
+    mask quality is flagged is shown in red. Look at the masks before trusting the features.
+    """
+    from blastscan.dataset import build_manifest, inspect_cache
+    from blastscan.pipelines.masks import masks_sheet
+
+    source = inputs[0] if len(inputs) == 1 else list(inputs)
+    manifest = build_manifest(source, progress=not quiet, cache=inspect_cache(store))
+    chosen = [s.strip() for s in subjects.split(",") if s.strip()] if subjects else None
+    result = masks_sheet(manifest.df, out, n=n, subjects=chosen, seed=seed, columns=columns, tile=tile)
+    click.echo(result.summary())
 
 
 # ---- compare / train (classifiers, evaluation, report) ----------------------------------------

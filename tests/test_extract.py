@@ -199,3 +199,63 @@ def test_equivalent_options_share_one_extractor_instance():
     c = _extractor("vgg16", {"random_weights": True, "input_size": 160})
     assert a is b
     assert c is not a and c.identity != a.identity
+
+
+def _shared_context_extractors(log_dir: Path, fail_second_on_mean: float | None = None):
+    """Two per-image extractors with one context key: the context (a 'segmentation') must be built once."""
+
+    class _Shared(PerImageExtractor):
+        version = "1"
+        context = "fake_ctx"
+
+        def __init__(self, **_):
+            self.log_dir = str(log_dir)
+
+        def make_context(self, image):
+            with open(Path(self.log_dir) / "calls.log", "a") as fh:
+                fh.write("ctx\n")
+            return float(image.mean())
+
+        def compute(self, image):
+            return self.compute_context(self.make_context(image))
+
+    class CtxA(_Shared):
+        name = "fake_ctx_a"
+        feature_names = ["a"]
+
+        def compute_context(self, ctx):
+            return np.array([ctx], np.float32)
+
+    class CtxB(_Shared):
+        name = "fake_ctx_b"
+        feature_names = ["b1", "b2"]
+
+        def compute_context(self, ctx):
+            if fail_second_on_mean is not None and abs(ctx - fail_second_on_mean) < 1e-6:
+                raise BlastscanError("features", "no nucleoli")
+            return np.array([2 * ctx, -ctx], np.float32)
+
+    base._REGISTRY["fake_ctx_a"] = CtxA
+    base._REGISTRY["fake_ctx_b"] = CtxB
+    clear_extractor_cache()
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_families_sharing_a_context_build_it_once_per_image(tmp_path, jobs):
+    _shared_context_extractors(tmp_path, fail_second_on_mean=20.0)
+    try:
+        man = _manifest(tmp_path, [10, 20, 30] + list(range(40, 40 + 3 * 40, 3)))  # several tasks with jobs=2
+        s = ex.extract(man, ["fake_ctx_a", "fake_ctx_b"], tmp_path / "store", jobs=jobs, progress=False)
+        assert _calls(tmp_path) == len(man)  # one context per image for both extractors
+        a, b = s.runs
+        assert (a.computed, a.failed) == (len(man), 0) and (b.computed, b.failed) == (len(man) - 1, 1)
+        assert b.failures == [(man.path[1], "no nucleoli")]  # one family's failure does not fail the other
+        fm = ex.load_features(man, "fake_ctx_a+fake_ctx_b", tmp_path / "store")
+        assert fm.feature_names == ["a", "b1", "b2"] and len(fm.rows) == len(man) - 1
+        np.testing.assert_allclose(fm.X[:, 1], 2 * fm.X[:, 0])
+        # Only the missing family is computed later; its context is built for the images it lacks only.
+        ex.extract(man, ["fake_ctx_a", "fake_ctx_b"], tmp_path / "store", jobs=jobs, progress=False)
+        assert _calls(tmp_path) == len(man)
+    finally:
+        base._REGISTRY.pop("fake_ctx_a", None)
+        base._REGISTRY.pop("fake_ctx_b", None)

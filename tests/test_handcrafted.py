@@ -1,16 +1,19 @@
-"""Handcrafted features: closed-form shapes, an independent GLCM implementation, real cells."""
+"""Handcrafted families: closed-form shapes, independent references (regionprops, mahotas, skimage), real cells."""
 
 from __future__ import annotations
 
 import pickle
+import warnings
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from blastscan.errors import BlastscanError
-from blastscan.features import morphology, texture
-from blastscan.features.handcrafted import HandcraftedExtractor, feature_dictionary
-from blastscan.features.segmentation import build_context, segment
+from blastscan.features import chromatin, color, color_absolute, segmentation, shape, texture
+from blastscan.features.base import get_extractor, parse_feature_set
+from blastscan.features.handcrafted import UNION, HandcraftedExtractor, feature_dictionary
+from blastscan.features.segmentation import build_context, mask_quality, segment
 
 
 def _canvas(mask: np.ndarray, inside=(200, 60, 150), nucleus=None, nucleus_rgb=(60, 20, 120)) -> np.ndarray:
@@ -21,8 +24,8 @@ def _canvas(mask: np.ndarray, inside=(200, 60, 150), nucleus=None, nucleus_rgb=(
     return img
 
 
-def _disc(shape, centre, r):
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
+def _disc(shape_, centre, r):
+    yy, xx = np.mgrid[: shape_[0], : shape_[1]]
     return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= r * r
 
 
@@ -30,75 +33,51 @@ def _shape(values: dict, region: str, q: str) -> float:
     return values[f"shape_{region}_{q}"]
 
 
-def test_disc_shape_matches_closed_form():
-    r = 80
-    cell = _disc((450, 450), (225, 225), r)
+@pytest.fixture(scope="module")
+def real_images(real_cell_paths):
+    from blastscan.dataset import load_image
+
+    return [load_image(p) for p in real_cell_paths]
+
+
+# -- segmentation --------------------------------------------------------------------------------------
+def test_saturated_nucleus_is_found_exactly():
+    """The nucleus is the saturated part (purple), not the dark part: a dark but grey rim stays cytoplasm."""
+    cell = _disc((450, 450), (225, 225), 80)
     nuc = _disc((450, 450), (225, 225), 50)
-    ctx = build_context(_canvas(cell, nucleus=nuc))
+    img = _canvas(cell, inside=(70, 65, 75), nucleus=nuc, nucleus_rgb=(120, 40, 160))  # cytoplasm darker than nucleus
+    ctx = build_context(img)
     assert ctx.nucleus.sum() == pytest.approx(nuc.sum(), rel=0.02)
-    v = morphology.compute(ctx)
-    assert _shape(v, "cell", "area") == pytest.approx(np.pi * r * r, rel=0.01)
-    assert _shape(v, "cell", "perimeter") == pytest.approx(2 * np.pi * r, rel=0.02)
-    assert _shape(v, "cell", "circularity") == pytest.approx(1.0, abs=0.03)
-    assert _shape(v, "cell", "eccentricity") == pytest.approx(0.0, abs=0.05)
-    assert _shape(v, "cell", "solidity") == pytest.approx(1.0, abs=0.01)
-    assert _shape(v, "cell", "feret_max") == pytest.approx(2 * r, rel=0.02)
-    assert _shape(v, "cell", "feret_min") == pytest.approx(2 * r, rel=0.02)
-    assert _shape(v, "cell", "radial_irregularity") < 0.01
-    assert v["shape_nc_ratio"] == pytest.approx((50 / r) ** 2, rel=0.03)
-    assert v["shape_nucleus_offset"] == pytest.approx(0.0, abs=0.01)
+    assert (ctx.nucleus & ~ctx.cell).sum() == 0 and (ctx.cytoplasm == ctx.cell & ~ctx.nucleus).all()
+    assert ctx.nucleus_inner.sum() < ctx.nucleus.sum()
+    assert mask_quality(ctx)[1] != []  # N:C (50/80)² = 0.39 is implausible for these cells: flagged, not dropped
 
 
-def test_rectangle_feret_and_axes():
-    h, w = 60, 160
-    mask = np.zeros((450, 450), bool)
-    mask[100:100 + h, 120:120 + w] = True
-    nuc = np.zeros_like(mask)
-    nuc[110:150, 140:200] = True
-    v = morphology.compute(build_context(_canvas(mask, nucleus=nuc)))
-    assert _shape(v, "cell", "area") == h * w
-    assert _shape(v, "cell", "feret_max") == pytest.approx(np.hypot(h, w), rel=0.01)
-    assert _shape(v, "cell", "feret_min") == pytest.approx(h, rel=0.01)
-    assert _shape(v, "cell", "extent") == pytest.approx(1.0)
-    # Second-moment ellipse of a rectangle: axes = sqrt(12)·side / sqrt(... ) -> ratio = w/h.
-    assert _shape(v, "cell", "aspect_ratio") == pytest.approx(w / h, rel=0.02)
-    assert _shape(v, "cell", "circularity") < 0.75
+def test_morphology_helpers_equal_scipy():
+    rng = np.random.default_rng(0)
+    for r in (1, 2, 3, 5):
+        m = ndi.gaussian_filter(rng.random((70, 90)), 2) > 0.5
+        d = segmentation._disc(r)
+        assert (segmentation.erode_disc(m, r) == ndi.binary_erosion(m, d, border_value=0)).all()
+        assert (segmentation.dilate_disc(m, r) == ndi.binary_dilation(m, d, border_value=0)).all()
+        assert (segmentation.fill_holes(m) == ndi.binary_fill_holes(m)).all()
 
 
-def test_irregular_outline_lowers_solidity_and_raises_irregularity():
-    disc = _disc((450, 450), (225, 225), 90)
-    star = disc.copy()
-    yy, xx = np.mgrid[:450, :450]
-    star &= np.cos(8 * np.arctan2(yy - 225, xx - 225)) * 25 + 65 >= np.hypot(yy - 225, xx - 225)
-    nuc = _disc((450, 450), (225, 225), 40)
-    smooth = morphology.compute(build_context(_canvas(disc, nucleus=nuc)))
-    rough = morphology.compute(build_context(_canvas(star, nucleus=nuc)))
-    assert _shape(rough, "cell", "solidity") < _shape(smooth, "cell", "solidity") - 0.1
-    assert _shape(rough, "cell", "radial_irregularity") > 5 * _shape(smooth, "cell", "radial_irregularity")
+def test_stain_densities_equal_skimage(real_images):
+    from skimage.color import rgb2hed
+
+    ctx = build_context(real_images[0])
+    assert np.allclose(ctx.hed, rgb2hed(ctx.rgb), atol=1e-5)
+    assert np.allclose(ctx.od, -np.log10((ctx.rgb + 1.0) / 256.0), atol=1e-6)
 
 
-def test_glcm_of_constant_region_and_checkerboard():
-    const = np.zeros((40, 40), np.uint8)
-    const[5:35, 5:35] = 7
-    p = texture.glcm_properties(const, 64)
-    assert np.allclose(p["contrast"], 0) and np.allclose(p["homogeneity"], 1) and np.allclose(p["asm"], 1)
-    assert np.allclose(p["correlation"], 1) and np.allclose(p["entropy"], 0)  # documented degenerate value
-    checker = np.where((np.indices((40, 40)).sum(0) % 2) == 0, 1, 3).astype(np.uint8)
-    p = texture.glcm_properties(checker, 4, distances=(1,), angles=(0.0,))
-    assert p["contrast"][0, 0] == pytest.approx(4.0)  # every horizontal neighbour differs by 2
-    assert p["correlation"][0, 0] == pytest.approx(-1.0)
+def test_real_cells_nc_ratio_is_that_of_lymphoid_cells(real_images):
+    """Correct nucleus masks give N:C ~0.8-0.9 on these cells; the red-channel mask gave ~0.69."""
+    ncs = [mask_quality(build_context(img))[0]["nc_ratio"] for img in real_images]
+    assert 0.78 <= float(np.median(ncs)) <= 0.93
 
 
-def test_glcm_ignores_background():
-    """Pairs with a background (0) pixel must not count: a constant cell on black has zero contrast."""
-    img = np.zeros((60, 60), np.uint8)
-    img[10:50, 10:50] = 40
-    assert np.allclose(texture.glcm_properties(img, 64)["contrast"], 0)
-
-
-@pytest.mark.parametrize("case, why", [
-    ("black", "black"), ("tiny", "too small"), ("border", "border"),
-])
+@pytest.mark.parametrize("case, why", [("black", "black"), ("tiny", "too small"), ("border", "border")])
 def test_segmentation_failures(case, why):
     if case == "black":
         img = np.zeros((450, 450, 3), np.uint8)
@@ -110,58 +89,215 @@ def test_segmentation_failures(case, why):
         segment(img)
     assert err.value.what == "segmentation"
     with pytest.raises(BlastscanError):
-        HandcraftedExtractor().compute(img)
+        get_extractor("shape").compute(img)
 
 
 def test_no_nucleus_fails():
-    """A uniform cell has no darker part: Otsu finds no plausible nucleus once cleaned."""
+    """A uniform cell has no more saturated part: no plausible nucleus."""
     img = _canvas(_disc((450, 450), (225, 225), 80), inside=(120, 60, 140))
     with pytest.raises(BlastscanError, match="nucleus"):
         segment(img)
 
 
-def test_dictionary_matches_extractor_and_is_documented():
-    ext = HandcraftedExtractor(weights_dir="/nowhere", input_size=299)  # deep options are ignored
-    infos = feature_dictionary()
-    assert [i.name for i in infos] == ext.feature_names
-    assert len(ext.feature_names) >= 100 and len(set(ext.feature_names)) == len(ext.feature_names)
-    assert {i.family for i in infos} == {"shape", "color", "texture"}
-    assert all(i.definition and i.unit and i.name.startswith(i.family + "_") for i in infos)
-    assert len(feature_dictionary("texture")) < len(infos)
-    with pytest.raises(BlastscanError):
-        feature_dictionary("nope")
+# -- shape -----------------------------------------------------------------------------------------------
+def test_disc_shape_matches_closed_form():
+    r = 80
+    cell = _disc((450, 450), (225, 225), r)
+    nuc = _disc((450, 450), (225, 225), 50)
+    v = shape.compute(build_context(_canvas(cell, nucleus=nuc)))
+    assert _shape(v, "cell", "area") == pytest.approx(np.pi * r * r, rel=0.01)
+    assert _shape(v, "cell", "perimeter") == pytest.approx(2 * np.pi * r, rel=0.02)
+    assert _shape(v, "cell", "circularity") == pytest.approx(1.0, abs=0.03)
+    assert _shape(v, "cell", "eccentricity") == pytest.approx(0.0, abs=0.05)
+    assert _shape(v, "cell", "solidity") == pytest.approx(1.0, abs=0.01)
+    assert 0.93 <= _shape(v, "cell", "convexity") <= 1.0
+    assert _shape(v, "cell", "feret_max") == pytest.approx(2 * r, rel=0.02)
+    assert _shape(v, "cell", "feret_min") == pytest.approx(2 * r, rel=0.02)
+    assert _shape(v, "cell", "radial_irregularity") < 0.01
+    assert _shape(v, "nucleus", "indentation_max") < 0.02 and _shape(v, "nucleus", "indentation_count") == 0
+    assert v["shape_nc_ratio"] == pytest.approx((50 / r) ** 2, rel=0.03)
+    assert v["shape_nucleus_offset"] == pytest.approx(0.0, abs=0.01)
 
 
-@pytest.fixture(scope="module")
-def real_images(real_cell_paths):
-    from blastscan.dataset import load_image
+def test_rectangle_feret_and_axes():
+    h, w = 60, 160
+    mask = np.zeros((450, 450), bool)
+    mask[100:100 + h, 120:120 + w] = True
+    nuc = np.zeros_like(mask)
+    nuc[110:150, 140:200] = True
+    v = shape.compute(build_context(_canvas(mask, nucleus=nuc)))
+    assert _shape(v, "cell", "area") == h * w
+    assert _shape(v, "cell", "feret_max") == pytest.approx(np.hypot(h, w), rel=0.01)
+    assert _shape(v, "cell", "feret_min") == pytest.approx(h, rel=0.01)
+    assert _shape(v, "cell", "extent") == pytest.approx(1.0)
+    assert _shape(v, "cell", "aspect_ratio") == pytest.approx(w / h, rel=0.02)  # second moments: ratio of sides
+    assert _shape(v, "cell", "circularity") < 0.75
 
-    return [load_image(p) for p in real_cell_paths]
+
+def test_star_nucleus_has_its_indentations():
+    """An 8-lobed nucleus: 8 indentations between the lobes, convexity and solidity clearly below 1."""
+    cell = _disc((450, 450), (225, 225), 100)
+    yy, xx = np.mgrid[:450, :450]
+    star = np.cos(8 * np.arctan2(yy - 225, xx - 225)) * 15 + 70 >= np.hypot(yy - 225, xx - 225)
+    v = shape.compute(build_context(_canvas(cell, nucleus=star)))
+    assert _shape(v, "nucleus", "indentation_count") == 8
+    # depth of a notch: from the hull chord between lobe tips (85·cos(22.5°)) to the valley at 55 px
+    depth = 85 * np.cos(np.pi / 8) - 55
+    assert _shape(v, "nucleus", "indentation_max") == pytest.approx(depth / np.sqrt(star.sum() / np.pi), rel=0.1)
+    assert _shape(v, "nucleus", "convexity") < 0.9 and _shape(v, "nucleus", "solidity") < 0.9
 
 
-def test_glcm_agrees_with_mahotas(real_images):
+def test_shape_agrees_with_regionprops(real_images):
+    from skimage.measure import regionprops
+
+    for img in real_images[:6]:
+        ctx = build_context(img)
+        v = shape.compute(ctx)
+        for region, mask in (("cell", ctx.cell), ("nucleus", ctx.nucleus)):
+            p = regionprops(mask.astype(np.uint8))[0]
+            assert _shape(v, region, "area") == p.area
+            assert _shape(v, region, "major_axis") == pytest.approx(p.axis_major_length, rel=1e-6)
+            assert _shape(v, region, "eccentricity") == pytest.approx(p.eccentricity, rel=1e-6)
+            assert _shape(v, region, "feret_max") == pytest.approx(p.feret_diameter_max, rel=0.02)
+            assert _shape(v, region, "solidity") == pytest.approx(p.solidity, abs=0.02)  # polygon vs pixel count
+            assert _shape(v, region, "convexity") <= 1.0
+
+
+# -- texture ---------------------------------------------------------------------------------------------
+def test_glcm_of_constant_region_and_checkerboard():
+    const = np.zeros((40, 40), np.uint8)
+    const[5:35, 5:35] = 7
+    p = texture.glcm_properties(const, 32)
+    assert np.allclose(p["contrast"], 0) and np.allclose(p["homogeneity"], 1) and np.allclose(p["asm"], 1)
+    assert np.allclose(p["correlation"], 1) and np.allclose(p["entropy"], 0)  # documented degenerate value
+    checker = np.where((np.indices((40, 40)).sum(0) % 2) == 0, 1, 3).astype(np.uint8)
+    p = texture.glcm_properties(checker, 4, distances=(1, 2))
+    assert p["contrast"][0, 0] == pytest.approx(4.0)  # d=1 horizontal: every neighbour differs by 2
+    assert p["contrast"][0, 1] == pytest.approx(0.0)  # d=1 diagonal (1,1): same colour
+    assert p["contrast"][1, 0] == pytest.approx(0.0)  # d=2 horizontal: same colour
+    assert p["correlation"][0, 0] == pytest.approx(-1.0)
+
+
+def test_glcm_offsets_are_explicit_per_direction():
+    """d=2 at 45° is the offset (2, 2), not skimage's rounded (1, 1) (the pixels of d=1)."""
+    assert texture.glcm_offsets((1, 2, 4)) == [[(0, 1), (1, 1), (1, 0), (1, -1)], [(0, 2), (2, 2), (2, 0), (2, -2)],
+                                               [(0, 4), (4, 4), (4, 0), (4, -4)]]
+    stripes = np.tile(np.array([1, 1, 2, 2], np.uint8), (40, 10))  # period 4 along columns
+    p = texture.glcm_properties(stripes, 2, distances=(1, 2))
+    assert p["contrast"][1, 1] == pytest.approx(1.0)  # (2,2) always lands on the other stripe
+    assert p["contrast"][0, 1] == pytest.approx(0.5, abs=0.03)  # (1,1) about half the time (edges aside)
+
+
+def test_glcm_agrees_with_mahotas_per_direction(real_images):
     mahotas = pytest.importorskip("mahotas")
     for img in real_images[:4]:
         ctx = build_context(img)
-        ours = texture.glcm_properties(ctx.levels, ctx.n_levels, distances=(1,))
-        # mahotas: symmetric GLCM over the same 4 directions at distance 1; ignore_zeros drops pairs with
-        # the background (level 0), as we do. Its columns: 0 ASM, 1 contrast, 2 correlation, 4 IDM, 8 entropy.
-        ref = mahotas.features.haralick(ctx.levels, ignore_zeros=True, distance=1, return_mean=True)
-        assert ours["asm"].mean() == pytest.approx(ref[0], rel=1e-6)
-        assert ours["contrast"].mean() == pytest.approx(ref[1], rel=1e-6)
-        assert ours["correlation"].mean() == pytest.approx(ref[2], rel=1e-6)
-        assert ours["homogeneity"].mean() == pytest.approx(ref[4], rel=1e-6)
-        assert ours["entropy"].mean() == pytest.approx(ref[8], rel=1e-6)
+        levels = texture.quantise(ctx.grey, ctx.nucleus_inner)
+        ours = texture.glcm_properties(levels, texture.GREY_LEVELS)
+        for k, d in enumerate(texture.GLCM_DISTANCES):
+            # mahotas: directions (0,1), (1,1), (1,0), (1,-1) times d; ignore_zeros drops pairs with level 0.
+            # Columns: 0 ASM, 1 contrast, 2 correlation, 4 IDM (homogeneity), 8 entropy.
+            ref = mahotas.features.haralick(levels, ignore_zeros=True, distance=d)
+            assert ours["asm"][k] == pytest.approx(ref[:, 0], rel=1e-6)
+            assert ours["contrast"][k] == pytest.approx(ref[:, 1], rel=1e-6)
+            assert ours["correlation"][k] == pytest.approx(ref[:, 2], rel=1e-6)
+            assert ours["homogeneity"][k] == pytest.approx(ref[:, 4], rel=1e-6)
+            assert ours["entropy"][k] == pytest.approx(ref[:, 8], rel=1e-6)
 
 
-def test_extractor_on_real_cells(real_images):
-    ext = pickle.loads(pickle.dumps(HandcraftedExtractor()))  # joblib workers get a pickled copy
-    X = np.vstack([ext.compute(img) for img in real_images])
-    assert X.dtype == np.float32 and X.shape == (len(real_images), len(ext.feature_names))
-    assert np.isfinite(X).all()
-    assert np.array_equal(X[0], ext.compute(real_images[0].copy()))  # deterministic
-    assert (X.std(axis=0) > 0).sum() > 0.9 * X.shape[1]  # features vary between cells
-    assert ext.config()["grey_levels"] == 64 and ext.identity.startswith("handcrafted@1-")
+def test_lbp_equals_skimage_on_float_grey(real_images):
+    from skimage.feature import local_binary_pattern
+
+    grey = build_context(real_images[1]).grey
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ref = local_binary_pattern(grey.astype(np.float64), 8, 1, "uniform")
+    assert (texture.uniform_lbp(grey, 8, 1) == ref).mean() > 0.999  # float rounding of interpolated neighbours
+    assert len(np.unique(grey)) > 5 * len(np.unique(grey.astype(np.uint8)))  # float grey: far fewer ties
+
+
+def test_log_pyramid_has_the_scale_of_the_full_resolution_filter():
+    """σ = 4 and 8 run on block-averaged images; they must match the full-resolution σ²·LoG in size."""
+    rng = np.random.default_rng(1)
+    img = ndi.gaussian_filter(rng.normal(size=(256, 256)), 3).astype(np.float32)
+    mask = np.zeros(img.shape, bool)
+    mask[40:216, 40:216] = True
+    for s in (4.0, 8.0):
+        full = ndi.gaussian_laplace(img, s)[mask] * s * s
+        assert texture.log_energy(img, mask, s).std() == pytest.approx(full.std(), rel=0.15)
+
+
+# -- colour ----------------------------------------------------------------------------------------------
+def _stronger_stain(img: np.ndarray, k: float) -> np.ndarray:
+    """The same cell under a stain k times as dense (Beer-Lambert: OD scales by k)."""
+    od = -np.log10((img.astype(np.float64) + 1) / 256)
+    return np.clip(np.round(256 * 10 ** (-k * od) - 1), 0, 255).astype(np.uint8)
+
+
+def test_relative_colour_ignores_stain_strength_absolute_does_not():
+    cell = _disc((450, 450), (225, 225), 80)
+    nuc = _disc((450, 450), (225, 225), 60)
+    img = _canvas(cell, inside=(150, 110, 170), nucleus=nuc, nucleus_rgb=(90, 40, 140))
+    a, b = (color.compute(build_context(x)) for x in (img, _stronger_stain(img, 1.3)))
+    for c in "rgb":
+        assert a[f"color_nucleus_od_ratio_{c}"] == pytest.approx(b[f"color_nucleus_od_ratio_{c}"], rel=0.03)
+        assert a[f"color_nucleus_od_chroma_diff_{c}"] == pytest.approx(b[f"color_nucleus_od_chroma_diff_{c}"], abs=0.01)
+    assert a["color_nucleus_od_ratio_g"] == pytest.approx(np.log10(256 / 41) / np.log10(256 / 111), rel=1e-3)
+    ab, bb = (color_absolute.compute(build_context(x)) for x in (img, _stronger_stain(img, 1.3)))
+    assert ab["color_absolute_nucleus_mean_g"] > bb["color_absolute_nucleus_mean_g"] + 10
+
+
+# -- chromatin -------------------------------------------------------------------------------------------
+def test_even_chromatin_and_counted_nucleoli():
+    mask = _disc((200, 200), (100, 100), 60)
+    assert np.allclose(chromatin.radial_distribution(np.ones((200, 200)), mask), 1.0)
+    assert np.allclose(chromatin.granularity(np.full((200, 200), 0.3), mask), 0.0)
+    cell = _disc((450, 450), (225, 225), 90)
+    nuc = _disc((450, 450), (225, 225), 75)
+    img = _canvas(cell, inside=(150, 110, 170), nucleus=nuc, nucleus_rgb=(90, 40, 140))
+    for cy, cx in ((200, 200), (250, 240), (215, 265)):
+        img[_disc((450, 450), (cy, cx), 4)] = (200, 150, 230)  # bright, still saturated: inside the nucleus
+    v = chromatin.compute(build_context(img))
+    assert v["chromatin_nucleus_nucleoli_count"] == 3 and v["chromatin_nucleus_clump_count"] == 0
+    assert v["chromatin_nucleus_nucleoli_area_share"] == pytest.approx(3 * 49 / (np.pi * 72 ** 2), rel=0.25)
+
+
+# -- the families as feature sets ------------------------------------------------------------------------
+def test_dictionary_matches_extractors_and_is_documented():
+    infos = feature_dictionary()
+    names = [i.name for i in infos]
+    assert len(set(names)) == len(names)
+    for fam in ("shape", "color", "texture", "chromatin", "color_absolute", "quality"):
+        ext = get_extractor(fam, weights_dir="/nowhere", input_size=299)  # deep options are ignored
+        assert [i.name for i in feature_dictionary(fam)] == ext.feature_names
+    assert all(i.definition and i.unit and i.region and i.name.startswith(i.family + "_") for i in infos)
+    assert parse_feature_set("handcrafted") == list(UNION) and "color_absolute" not in UNION
+    assert [i.name for i in feature_dictionary("handcrafted")] == HandcraftedExtractor().feature_names
+    with pytest.raises(BlastscanError):
+        feature_dictionary("nope")
+    with pytest.raises(BlastscanError, match="twice"):
+        parse_feature_set("handcrafted+shape")
+
+
+def test_each_family_has_its_own_identity(monkeypatch):
+    before = {f: get_extractor(f).identity for f in UNION}
+    monkeypatch.setattr(texture, "GLCM_DISTANCES", (1, 3))
+    after = {f: get_extractor(f).identity for f in UNION}
+    assert after["texture"] != before["texture"]
+    assert all(after[f] == before[f] for f in UNION if f != "texture")  # the other caches stay valid
+    assert before["shape"].startswith("shape@2-") and before["chromatin"].startswith("chromatin@1-")
+
+
+def test_families_on_real_cells(real_images):
+    exts = [pickle.loads(pickle.dumps(get_extractor(f))) for f in UNION]  # joblib workers get pickled copies
+    for ext in exts:
+        X = np.vstack([ext.compute(img) for img in real_images])
+        assert X.dtype == np.float32 and X.shape == (len(real_images), len(ext.feature_names))
+        assert np.isfinite(X).all()
+        assert np.array_equal(X[0], ext.compute(real_images[0].copy()))  # deterministic
+        assert (X.std(axis=0) > 0).mean() > 0.9, ext.name  # features vary between cells
+    shared = HandcraftedExtractor().compute(real_images[0])
+    assert np.array_equal(shared, np.concatenate([e.compute(real_images[0]) for e in exts]))
 
 
 def test_features_separate_classes_across_subjects(cnmc_root):
@@ -176,8 +312,7 @@ def test_features_separate_classes_across_subjects(cnmc_root):
     from blastscan.dataset import load_image
 
     m = pd.read_csv(cnmc_root / "manifest.csv", dtype={"subject": str})
-    # At most 12 cells from each subject, so no subject dominates; ~100 per class.
-    capped = m.groupby("subject").head(12)
+    capped = m.groupby("subject").head(12)  # at most 12 cells from each subject, ~100 per class
     picked = pd.concat([g.sample(min(len(g), 100), random_state=0) for _, g in capped.groupby("label")])
     assert picked.groupby("label")["subject"].nunique().min() >= 4
     ext = HandcraftedExtractor()

@@ -40,7 +40,7 @@ def test_bad_files_are_reported_and_the_batch_finishes(cells, trained, bad_files
     assert all(status[p] == "ok" for p in good)
     assert "unreadable" in status[str(bad_files["corrupt"])]
     assert "not an image file" in status[str(bad_files["text"])]
-    assert status[str(bad_files["black"])].startswith("handcrafted: ")  # featurisation failed, named
+    assert status[str(bad_files["black"])].startswith("shape: ")  # featurisation failed, the family named
     bad = df[df["status"] != "ok"]
     assert (bad["p_all"] == "").all() and (bad["pred"] == "").all()
     assert (result.n_scored, result.n_failed) == (4, 3)

@@ -33,17 +33,20 @@ __all__ = [
     "get_extractor",
     "available_extractors",
     "parse_feature_set",
+    "register_union",
 ]
 
 
 @dataclass(frozen=True)
 class FeatureInfo:
-    """One entry of the feature dictionary: ``name`` (stable), ``family``, ``definition``, ``unit``."""
+    """One entry of the feature dictionary: ``name`` (stable), ``family``, ``definition`` (the formula),
+    ``unit`` and ``region`` (cell, nucleus, cytoplasm, nucleus_inner...: where it is measured)."""
 
     name: str
     family: str
     definition: str
     unit: str = ""
+    region: str = ""
 
 
 @dataclass
@@ -104,11 +107,23 @@ class PerImageExtractor(Extractor):
     """An extractor that works on one decoded RGB uint8 image (H, W, 3) at a time."""
 
     kind = "per_image"
+    #: Extractors with the same non-empty ``context`` key share one per-image context (the handcrafted
+    #: families: one segmentation): the extract pipeline decodes an image once, calls ``make_context``
+    #: once and ``compute_context(ctx)`` for each of them. Empty: ``compute(image)`` only.
+    context: str = ""
 
     def compute(self, image: np.ndarray) -> np.ndarray:  # pragma: no cover - overridden
         """Return a float32 vector of ``len(feature_names)``; raise ``BlastscanError`` when the
         image cannot be featurised (the pipeline records the reason as a failure)."""
         raise NotImplementedError
+
+    def make_context(self, image: np.ndarray) -> Any:
+        """The shared per-image work of extractors with this ``context`` key (default: the image)."""
+        return image
+
+    def compute_context(self, ctx: Any) -> np.ndarray:
+        """``compute`` from a context made by :meth:`make_context` (default: ``compute(ctx)``)."""
+        return self.compute(ctx)
 
 
 class BatchExtractor(Extractor):
@@ -122,6 +137,9 @@ class BatchExtractor(Extractor):
 
 
 _REGISTRY: dict[str, Callable[..., Extractor]] = {}
+#: Named unions: a feature-set name that stands for several extractors (``handcrafted`` = its families),
+#: expanded by :func:`parse_feature_set`, so each member keeps its own store table and version.
+_UNIONS: dict[str, tuple[str, ...]] = {}
 
 
 def register_extractor(name: str):
@@ -136,6 +154,11 @@ def register_extractor(name: str):
         return factory
 
     return deco
+
+
+def register_union(name: str, members: Sequence[str]) -> None:
+    """Register ``name`` as the feature set ``"+".join(members)`` (members are extractor names)."""
+    _UNIONS[name] = tuple(members)
 
 
 _DISCOVERED = False
@@ -160,9 +183,9 @@ def _load_builtin_extractors() -> None:
 
 
 def available_extractors() -> list[str]:
-    """Names of all registered extractors."""
+    """Names of all registered extractors and named unions."""
     _load_builtin_extractors()
-    return sorted(_REGISTRY)
+    return sorted({*_REGISTRY, *_UNIONS})
 
 
 def get_extractor(name: str, **options: Any) -> Extractor:
@@ -177,11 +200,12 @@ def get_extractor(name: str, **options: Any) -> Extractor:
 
 
 def parse_feature_set(spec: str) -> list[str]:
-    """Split ``"handcrafted+inception_v3"`` into extractor names, checking each is known."""
-    names = [part.strip() for part in str(spec).split("+") if part.strip()]
-    if not names:
+    """Split ``"handcrafted+inception_v3"`` into extractor names (unions expanded), checking each is known."""
+    parts = [part.strip() for part in str(spec).split("+") if part.strip()]
+    if not parts:
         raise BlastscanError(f"feature set '{spec}'", "is empty")
     known = available_extractors()
+    names = [m for p in parts for m in _UNIONS.get(p, (p,))]
     for n in names:
         if n not in known:
             raise BlastscanError(f"feature set '{spec}'", f"unknown part '{n}'; choose from: {', '.join(known)}")

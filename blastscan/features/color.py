@@ -1,86 +1,89 @@
-"""Colour family: intensity statistics of cell, nucleus and cytoplasm in RGB, CIE Lab and stain space.
+"""Colour family (stain-robust): the nucleus's colour *relative to the same cell's cytoplasm*.
 
-Colour conversions run once, on the cell's pixels only (an (n, 3) array, not the image); nucleus and
-cytoplasm statistics index that array. Stain space is skimage's haematoxylin-eosin-DAB colour
-deconvolution (``rgb2hed``; haematoxylin stains chromatin, eosin the cytoplasm).
+Every C-NMC subject's slides were stained together, so a cell's absolute colour tells the stain batch
+(the subject) more than the cell (see :mod:`blastscan.features.color_absolute`). Each feature here is a
+ratio or a difference between the nucleus and the cytoplasm of one cell, in optical density (OD,
+``-log10((I + 1) / 256)`` per RGB channel, Beer-Lambert: proportional to the amount of dye), in
+haematoxylin / eosin density (``skimage.color.rgb2hed`` colour deconvolution), HSV and CIE Lab. A
+stain that is uniformly stronger scales the OD of both regions alike and cancels in the OD ratios.
+
+Per-image stain normalisation (Reinhard, Macenko) is deliberately not offered: on a single-cell image it
+estimates the stain from the same cell, which amounts to the within-cell comparison done here, with
+extra parameters. When the cytoplasm has fewer than :data:`MIN_REGION_PIXELS` pixels (a cell that is
+nearly all nucleus), the cell's outer rim (:data:`RIM_PX` px) stands in for it.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from skimage.color import rgb2hed, rgb2lab
+from scipy import ndimage as ndi
+from skimage.color import rgb2lab
 
 from blastscan.features.base import FeatureInfo
-from blastscan.features.segmentation import CellContext
+from blastscan.features.segmentation import CellContext, saturation
 
-__all__ = ["FAMILY", "FEATURES", "FEATURE_NAMES", "compute", "MIN_REGION_PIXELS"]
+__all__ = ["FAMILY", "VERSION", "FEATURES", "FEATURE_NAMES", "compute", "config", "MIN_REGION_PIXELS", "RIM_PX"]
 
 FAMILY = "color"
-REGIONS = ("cell", "nucleus", "cytoplasm")
-#: A region with fewer pixels (a cell that is nearly all nucleus has almost no cytoplasm) takes the
-#: cell's statistics instead, so no statistic is computed from a handful of pixels or is NaN.
+VERSION = "2"
 MIN_REGION_PIXELS = 50
-QUANTILES = (10, 50, 90)
-#: Histogram bins per channel for the percentiles.
-QUANTILE_BINS = 1024
+RIM_PX = 3
+_EPS = 1e-6
 
-_CHANNELS = [
-    ("r", "red", "0-255"), ("g", "green", "0-255"), ("b", "blue", "0-255"),
-    ("lab_l", "CIE Lab lightness L*", "0-100"), ("lab_a", "CIE Lab a* (green-red)", "Lab units"),
-    ("lab_b", "CIE Lab b* (blue-yellow)", "Lab units"),
-    ("hed_h", "haematoxylin optical density (colour deconvolution)", "OD"),
-    ("hed_e", "eosin optical density (colour deconvolution)", "OD"),
+_CYTO = "the cytoplasm (the cell's outer rim when the cytoplasm is too small)"
+FEATURES: list[FeatureInfo] = [
+    *[FeatureInfo(f"color_nucleus_od_ratio_{c}", FAMILY,
+                  f"mean {name} optical density over the nucleus / the same over {_CYTO}", "1", "nucleus/cytoplasm")
+      for c, name in (("r", "red"), ("g", "green"), ("b", "blue"))],
+    *[FeatureInfo(f"color_nucleus_od_chroma_diff_{c}", FAMILY,
+                  f"{name} share of the optical density, OD_{c} / (OD_r + OD_g + OD_b) of the mean nucleus OD, minus "
+                  f"the same of {_CYTO} (hue of the absorbed light, independent of stain strength)", "1",
+                  "nucleus/cytoplasm")
+      for c, name in (("r", "red"), ("g", "green"), ("b", "blue"))],
+    *[FeatureInfo(f"color_nucleus_{s}_contrast", FAMILY,
+                  f"(mean {name} density over the nucleus - the same over {_CYTO}) / (sum of their absolute values); "
+                  "skimage rgb2hed deconvolution; -1..1", "1", "nucleus/cytoplasm")
+      for s, name in (("hed_h", "haematoxylin"), ("hed_e", "eosin"))],
+    FeatureInfo("color_nucleus_saturation_ratio", FAMILY,
+                f"mean HSV saturation over the nucleus / the same over {_CYTO}", "1", "nucleus/cytoplasm"),
+    FeatureInfo("color_nucleus_lightness_ratio", FAMILY,
+                f"CIE Lab L* of the nucleus's mean sRGB colour / the same of {_CYTO}", "1", "nucleus/cytoplasm"),
+    FeatureInfo("color_nucleus_delta_e", FAMILY,
+                f"CIE76 colour difference between the Lab colours of the mean sRGB of the nucleus and of {_CYTO}",
+                "Lab units", "nucleus/cytoplasm"),
 ]
-_STATS = [("mean", "mean"), ("std", "standard deviation")] + [(f"p{q}", f"{q}th percentile") for q in QUANTILES]
-
-
-def _region_features(region: str) -> list[FeatureInfo]:
-    note = f" (the cell's value when the cytoplasm has < {MIN_REGION_PIXELS} px)" if region == "cytoplasm" else ""
-    return [
-        FeatureInfo(f"{FAMILY}_{region}_{stat}_{ch}", FAMILY, f"{sdesc} of {cdesc} over the {region}{note}", unit)
-        for ch, cdesc, unit in _CHANNELS for stat, sdesc in _STATS
-    ] + [FeatureInfo(f"{FAMILY}_{region}_grey_entropy", FAMILY,
-                     f"Shannon entropy of the {region}'s 64-level grey histogram{note}", "bits")]
-
-
-# Order: region, then channel, then statistic, then the region's entropy (as compute() fills them).
-FEATURES: list[FeatureInfo] = [info for region in REGIONS for info in _region_features(region)]
 FEATURE_NAMES = [f.name for f in FEATURES]
 
 
-def _stats(values: np.ndarray, codes: np.ndarray, lo: np.ndarray, width: np.ndarray, levels: np.ndarray,
-           n_levels: int) -> np.ndarray:
-    """(channels x stats) flattened channel-major, then the grey entropy.
+def config() -> dict:
+    """Settings of this family that change its output."""
+    return {"min_region_pixels": MIN_REGION_PIXELS, "rim_px": RIM_PX, "od": "-log10((I+1)/256)"}
 
-    Percentiles come from a histogram of ``QUANTILE_BINS`` bins per channel (bin centre of the first
-    bin whose cumulative count reaches the percentile): ~10x faster than sorting, exact to 1/1024 of the
-    cell's range of that channel.
-    """
-    n_ch, n = values.shape
-    hist = np.bincount(codes.ravel(), minlength=n_ch * QUANTILE_BINS).reshape(n_ch, QUANTILE_BINS)
-    cum = np.cumsum(hist, axis=1)
-    idx = np.stack([(cum < q / 100.0 * n).sum(axis=1) for q in QUANTILES], axis=1)  # (channels, quantiles)
-    quant = lo[:, None] + (idx + 0.5) * width[:, None]
-    table = np.column_stack([values.mean(1), values.std(1), quant])
-    p = np.bincount(levels, minlength=n_levels + 1)[1:].astype(np.float64)
-    p = p[p > 0] / p.sum()
-    return np.append(table.ravel(), -(p * np.log2(p)).sum())
+
+def _rim(cell: np.ndarray) -> np.ndarray:
+    return cell & ~ndi.binary_erosion(cell, iterations=RIM_PX, border_value=0)
 
 
 def compute(ctx: CellContext) -> dict[str, float]:
-    """Colour features of ``ctx`` (names: :data:`FEATURE_NAMES`)."""
-    rgb = ctx.rgb[ctx.cell]  # (n, 3) uint8: the cell's pixels only
-    values = np.vstack([rgb.T, rgb2lab(rgb).T, rgb2hed(rgb)[:, :2].T]).astype(np.float64)  # (channels, n)
-    lo, hi = values.min(1), values.max(1)
-    width = np.maximum(hi - lo, 1e-9) / (QUANTILE_BINS - 1)
-    codes = ((values - lo[:, None]) / width[:, None]).astype(np.int64)
-    codes += np.arange(len(values))[:, None] * QUANTILE_BINS
-    levels = ctx.levels[ctx.cell]
-    in_nucleus = ctx.nucleus[ctx.cell]
-    cell_stats = _stats(values, codes, lo, width, levels, ctx.n_levels)
-    blocks = [cell_stats]
-    for sel in (in_nucleus, ~in_nucleus):
-        enough = sel.sum() >= MIN_REGION_PIXELS
-        blocks.append(_stats(values[:, sel], codes[:, sel], lo, width, levels[sel], ctx.n_levels) if enough
-                      else cell_stats)
-    return dict(zip(FEATURE_NAMES, np.concatenate(blocks).tolist(), strict=True))
+    """Stain-relative colour features of ``ctx`` (names: :data:`FEATURE_NAMES`)."""
+    cyto = ctx.cytoplasm
+    if cyto.sum() < MIN_REGION_PIXELS:
+        cyto = _rim(ctx.cell)
+    nuc = ctx.nucleus
+    od, hed = ctx.od, ctx.hed
+    od_n, od_c = od[nuc].mean(0), od[cyto].mean(0)
+    h_n, h_c = hed[nuc][:, :2].mean(0), hed[cyto][:, :2].mean(0)
+    rgb_n, rgb_c = ctx.rgb[nuc], ctx.rgb[cyto]
+    mean_rgb = np.stack([rgb_n.mean(0), rgb_c.mean(0)]) / 255.0
+    lab_n, lab_c = rgb2lab(mean_rgb[None])[0]
+    sat_n, sat_c = saturation(rgb_n[None])[0].mean(), saturation(rgb_c[None])[0].mean()
+    chroma_n, chroma_c = od_n / max(od_n.sum(), _EPS), od_c / max(od_c.sum(), _EPS)
+    vals = [
+        *(od_n / np.maximum(od_c, _EPS)),
+        *(chroma_n - chroma_c),
+        *((h_n - h_c) / np.maximum(np.abs(h_n) + np.abs(h_c), _EPS)),
+        sat_n / max(sat_c, _EPS),
+        lab_n[0] / max(lab_c[0], _EPS),
+        float(np.linalg.norm(lab_n - lab_c)),
+    ]
+    return dict(zip(FEATURE_NAMES, map(float, vals), strict=True))

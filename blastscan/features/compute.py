@@ -89,6 +89,62 @@ def _per_image_results(extractor, todo: pd.DataFrame, jobs: int) -> Iterator[tup
     yield from parallel(delayed(_featurise_chunk)(extractor, p, s) for p, s in chunks)
 
 
+def _featurise_shared_chunk(extractors, paths: list[str], shas: list[str], wanted: list[list[bool]]):
+    """Run in a worker: per image, decode once and build the extractors' shared context once
+    (:attr:`PerImageExtractor.context`: e.g. one segmentation for all handcrafted families), then compute
+    every extractor that still lacks the image (``wanted[k][i]``). Returns one ``(ok, mat, failures)``
+    per extractor."""
+    from blastscan.dataset import load_image
+
+    rows = [[] for _ in extractors]
+    oks = [[] for _ in extractors]
+    fails = [{} for _ in extractors]
+    for i, (path, sha) in enumerate(zip(paths, shas)):
+        need = [k for k in range(len(extractors)) if wanted[k][i]]
+        try:
+            ctx = extractors[need[0]].make_context(load_image(path))
+        except Exception as exc:  # a bad image fails every extractor that wanted it, with the same reason
+            for k in need:
+                fails[k][sha] = _reason(exc)
+            continue
+        for k in need:
+            try:
+                rows[k].append(np.asarray(extractors[k].compute_context(ctx), dtype=np.float32))
+                oks[k].append(sha)
+            except Exception as exc:
+                fails[k][sha] = _reason(exc)
+    out = []
+    for k, ext in enumerate(extractors):
+        n = len(ext.feature_names)
+        out.append((oks[k], np.vstack(rows[k]) if rows[k] else np.zeros((0, n), np.float32), fails[k]))
+    return out
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, BlastscanError):
+        return exc.why or str(exc)
+    return f"unexpected error ({type(exc).__name__}: {exc}); please report it"
+
+
+def _shared_results(extractors, todos: list[pd.DataFrame], jobs: int):
+    """Like :func:`_per_image_results` for extractors sharing a context: yields one result list per chunk."""
+    union = pd.concat(todos).drop_duplicates("sha256")
+    paths, shas = union["path"].tolist(), union["sha256"].tolist()
+    need = [set(t["sha256"]) for t in todos]
+    chunks = []
+    for i in range(0, len(paths), TASK_IMAGES):
+        p, s = paths[i:i + TASK_IMAGES], shas[i:i + TASK_IMAGES]
+        chunks.append((p, s, [[x in n for x in s] for n in need]))
+    if jobs <= 1 or len(chunks) <= 1:
+        for c in chunks:
+            yield _featurise_shared_chunk(extractors, *c)
+        return
+    from joblib import Parallel, delayed
+
+    parallel = Parallel(n_jobs=jobs, return_as="generator_unordered", pre_dispatch="2*n_jobs")
+    yield from parallel(delayed(_featurise_shared_chunk)(extractors, *c) for c in chunks)
+
+
 def _batch_results(extractor, todo: pd.DataFrame) -> Iterator[tuple[list, np.ndarray, dict]]:
     shas = todo["sha256"].tolist()
     for res in extractor.compute_paths(todo["path"].tolist()):
@@ -97,29 +153,72 @@ def _batch_results(extractor, todo: pd.DataFrame) -> Iterator[tuple[list, np.nda
         yield ok, np.asarray(res.features, dtype=np.float32), failures
 
 
-def compute_missing(ext: Extractor, unique: pd.DataFrame, fstore: FeatureStore, *, jobs: int, progress: bool,
-                    retry_failed: bool = False) -> ExtractorRun:
-    """Compute ``ext``'s features for the images of ``unique`` (``path, sha256``, one row per content)
-    that its table in ``fstore`` lacks; return what was computed, reused and failed."""
+@dataclass
+class _Todo:
+    ext: Extractor
+    identity: str
+    todo: pd.DataFrame
+
+
+def _plan(ext: Extractor, unique: pd.DataFrame, fstore: FeatureStore, retry_failed: bool) -> _Todo:
     identity = fstore.ensure_table(ext.describe(), ext.feature_names)
     if retry_failed:
         fstore.forget_failures(identity)
     known = fstore.known_shas(identity)
-    todo = unique[~unique["sha256"].isin(known)]
-    run = ExtractorRun(name=ext.name, identity=identity, n_images=len(unique))
-    t0 = time.perf_counter()
-    if len(todo):
-        results = _per_image_results(ext, todo, jobs) if ext.kind == "per_image" else _batch_results(ext, todo)
-        _consume(results, fstore, identity, len(ext.feature_names), progress_bar(len(todo), ext.name, progress))
-        fstore.compact(identity)
-    run.seconds = time.perf_counter() - t0
-    failures = fstore.failures(identity)
-    run.computed = int((~todo["sha256"].isin(failures)).sum())
+    return _Todo(ext, identity, unique[~unique["sha256"].isin(known)])
+
+
+def _finish(t: _Todo, unique: pd.DataFrame, fstore: FeatureStore, seconds: float) -> ExtractorRun:
+    run = ExtractorRun(name=t.ext.name, identity=t.identity, n_images=len(unique), seconds=seconds)
+    failures = fstore.failures(t.identity)
+    run.computed = int((~t.todo["sha256"].isin(failures)).sum())
     by_sha = dict(zip(unique["sha256"], unique["path"]))
     run.failures = sorted((by_sha[s], r) for s, r in failures.items() if s in by_sha)
     run.failed = len(run.failures)  # recorded failures count as failed, never as reused
     run.reused = run.n_images - run.computed - run.failed
     return run
+
+
+def _shared_groups(plans: list[_Todo]) -> dict[str, list[int]]:
+    """Per-image extractors with the same context key and something to compute, by key (two or more)."""
+    groups: dict[str, list[int]] = {}
+    for i, t in enumerate(plans):
+        key = getattr(t.ext, "context", "") if t.ext.kind == "per_image" else ""
+        if key and len(t.todo):
+            groups.setdefault(key, []).append(i)
+    return {k: v for k, v in groups.items() if len(v) > 1}
+
+
+def compute_missing(extractors: list[Extractor], unique: pd.DataFrame, fstore: FeatureStore, *, jobs: int,
+                    progress: bool, retry_failed: bool = False) -> list[ExtractorRun]:
+    """Compute each extractor's features for the images of ``unique`` (``path, sha256``, one row per
+    content) that its table in ``fstore`` lacks; return what was computed, reused and failed.
+
+    Per-image extractors with the same ``context`` key (the handcrafted families) run together: one
+    decode and one context (segmentation) per image for all of them; they share the time too.
+    """
+    plans = [_plan(ext, unique, fstore, retry_failed) for ext in extractors]
+    seconds: dict[int, float] = {}
+    for members in _shared_groups(plans).values():
+        group = [plans[i] for i in members]
+        t0 = time.perf_counter()
+        n = len(pd.concat([t.todo for t in group]).drop_duplicates("sha256"))
+        bar = progress_bar(n, "+".join(t.ext.name for t in group), progress)
+        _consume_shared(_shared_results([t.ext for t in group], [t.todo for t in group], jobs), fstore,
+                        [t.identity for t in group], [len(t.ext.feature_names) for t in group], bar)
+        for i in members:
+            fstore.compact(plans[i].identity)
+            seconds[i] = time.perf_counter() - t0
+    for i, t in enumerate(plans):
+        if i in seconds or not len(t.todo):
+            continue
+        t0 = time.perf_counter()
+        ext = t.ext
+        results = (_per_image_results(ext, t.todo, jobs) if ext.kind == "per_image" else _batch_results(ext, t.todo))
+        _consume(results, fstore, t.identity, len(ext.feature_names), progress_bar(len(t.todo), ext.name, progress))
+        fstore.compact(t.identity)
+        seconds[i] = time.perf_counter() - t0
+    return [_finish(t, unique, fstore, seconds.get(i, 0.0)) for i, t in enumerate(plans)]
 
 
 def _consume(results, fstore: FeatureStore, identity: str, n_features: int, bar) -> None:
@@ -146,5 +245,38 @@ def _consume(results, fstore: FeatureStore, identity: str, n_features: int, bar)
                 flush()
     finally:
         # Also on Ctrl-C or an error: what was finished is kept.
+        flush()
+        bar.close()
+
+
+def _consume_shared(results, fstore: FeatureStore, identities: list[str], n_features: list[int], bar) -> None:
+    """:func:`_consume` for chunks that carry one result per extractor (see :func:`_shared_results`)."""
+    bufs = [([], [], {}) for _ in identities]
+    last = time.monotonic()
+
+    def flush():
+        nonlocal last
+        for k, (shas, mats, fails) in enumerate(bufs):
+            if shas or fails:
+                mat = np.vstack(mats) if mats else np.zeros((0, n_features[k]), np.float32)
+                fstore.write_chunk(identities[k], list(shas), mat, dict(fails))
+            shas.clear(), mats.clear(), fails.clear()
+        last = time.monotonic()
+
+    try:
+        for chunk in results:
+            done = set()
+            for k, (ok, mat, failures) in enumerate(chunk):
+                shas, mats, fails = bufs[k]
+                shas.extend(ok)
+                if len(ok):
+                    mats.append(mat)
+                fails.update(failures)
+                done.update(ok)
+                done.update(failures)
+            bar.update(len(done))
+            if sum(len(b[0]) + len(b[2]) for b in bufs) >= FLUSH_ROWS or time.monotonic() - last > FLUSH_SECONDS:
+                flush()
+    finally:
         flush()
         bar.close()

@@ -179,8 +179,8 @@ class FeatureSet:
             raise BlastscanError("manifest", "no images to extract features from")
         fstore = FeatureStore(store)
         unique = manifest_df.drop_duplicates("sha256")[["path", "sha256"]]
-        runs = [compute_missing(ext, unique, fstore, jobs=resolve_jobs(jobs), progress=progress,
-                                retry_failed=retry_failed) for ext in self.extractors]
+        runs = compute_missing(self.extractors, unique, fstore, jobs=resolve_jobs(jobs), progress=progress,
+                               retry_failed=retry_failed)
         for name, run in zip(self.names, runs):
             run.name = name
         return ExtractSummary(runs=runs, store=Path(store))

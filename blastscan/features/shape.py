@@ -1,8 +1,14 @@
-"""Shape family: size, elongation, convexity, Feret diameters, Hu moments and outline irregularity.
+"""Shape family: size, elongation, convexity, Feret diameters, Hu moments, outline irregularity and
+indentations of the cell and of the nucleus.
 
 Each region's outline is traced once (marching squares at the pixel-edge level 0.5); its polygon gives
-the convex hull, Feret diameters and radial profile, and ``regionprops`` (computed once per mask,
-only its cheap moment-based properties) gives area, axes, extent and Hu moments. Lengths are in pixels.
+the convex hull, Feret diameters, radial profile and indentation depths, and ``regionprops`` (computed
+once per mask, only its cheap moment-based properties) gives area, axes, extent and Hu moments. Lengths
+are in pixels.
+
+Version 2 (was part of ``handcrafted@1``): the nucleus mask follows the nucleus outline (HSV saturation),
+convexity compares two lengths of the same polygon (it was a polygon hull over a Crofton perimeter and
+exceeded 1 on 20% of cells), and indentation features were added.
 """
 
 from __future__ import annotations
@@ -15,9 +21,12 @@ from blastscan.errors import BlastscanError
 from blastscan.features.base import FeatureInfo
 from blastscan.features.segmentation import CellContext
 
-__all__ = ["FAMILY", "FEATURES", "FEATURE_NAMES", "compute", "HU_SCALE"]
+__all__ = ["FAMILY", "VERSION", "FEATURES", "FEATURE_NAMES", "compute", "config", "HU_SCALE", "feret_diameters"]
 
 FAMILY = "shape"
+VERSION = "2"
+#: An indentation counts when it is deeper than this share of the region's equivalent radius.
+INDENT_MIN_DEPTH = 0.05
 REGIONS = ("cell", "nucleus")
 #: Hu moments span many orders of magnitude; they are reported as sign(h)·log10(1 + |h|·HU_SCALE).
 HU_SCALE = 1e12
@@ -33,21 +42,28 @@ _PER_REGION = [
     ("circularity", "4π·area / perimeter² (1 for a disc, smaller for irregular outlines)", "1"),
     ("roundness", "4·area / (π·major_axis²) (1 for a disc, smaller for elongated shapes)", "1"),
     ("solidity", "outline polygon area / convex hull area (1 for a convex shape)", "1"),
-    ("convexity", "convex hull perimeter / perimeter (1 for a convex shape)", "1"),
+    ("convexity", "convex hull perimeter / outline polygon perimeter, both of the traced outline (<= 1; "
+                  "1 for a convex shape)", "1"),
     ("extent", "area / bounding-box area", "1"),
     ("feret_max", "largest caliper (Feret) diameter of the outline", "px"),
     ("feret_min", "smallest caliper (Feret) diameter of the outline", "px"),
     ("radial_irregularity", "std / mean of the distances from the centroid to the outline", "1"),
     ("radial_range", "(max - min) / mean of the distances from the centroid to the outline", "1"),
+    ("indentation_max", "largest depth of the outline inside its convex hull (distance of an outline point "
+                        "to the hull's boundary) / equivalent radius (0 for a convex shape)", "1"),
+    ("indentation_mean", "mean over outline points of that depth / equivalent radius", "1"),
+    ("indentation_count", f"number of indentations: runs of the outline deeper than {INDENT_MIN_DEPTH:g} x the "
+                          "equivalent radius inside the hull (clefts, notches)", "count"),
 ] + [(f"hu{k}", f"Hu invariant moment {k}, as sign(h)·log10(1 + |h|·1e12)", "1") for k in range(1, 8)]
 
 FEATURES: list[FeatureInfo] = [
-    FeatureInfo(f"{FAMILY}_{region}_{q}", FAMILY, f"{region}: {d}", unit)
+    FeatureInfo(f"{FAMILY}_{region}_{q}", FAMILY, f"{region}: {d}", unit, region)
     for region in REGIONS for q, d, unit in _PER_REGION
 ] + [
-    FeatureInfo(f"{FAMILY}_nc_ratio", FAMILY, "nucleus area / cell area", "1"),
+    FeatureInfo(f"{FAMILY}_nc_ratio", FAMILY, "nucleus area / cell area", "1", "nucleus/cell"),
     FeatureInfo(f"{FAMILY}_nucleus_offset", FAMILY,
-                "distance between nucleus and cell centroids / cell equivalent radius (0 = centred)", "1"),
+                "distance between nucleus and cell centroids / cell equivalent radius (0 = centred)", "1",
+                "nucleus/cell"),
 ]
 FEATURE_NAMES = [f.name for f in FEATURES]
 
@@ -87,7 +103,16 @@ def _region_features(mask: np.ndarray, out: dict, region: str) -> tuple[np.ndarr
     area = float(props.area)
     outline = _outline(mask)
     perimeter = float(props.perimeter_crofton)  # the traced polygon zigzags: +5% on a disc
+    poly_perimeter = float(np.hypot(*(np.roll(outline, -1, axis=0) - outline).T).sum())
     hull = ConvexHull(outline)
+    r_eq = np.sqrt(area / np.pi)
+    # Depth of each outline point inside the hull: for a convex polygon, the smallest distance to a
+    # facet line (equations are unit normals pointing out, so -(n.x + b) >= 0 inside).
+    depth = np.clip((-(outline @ hull.equations[:, :2].T + hull.equations[:, 2])).min(axis=1), 0, None)
+    deep = depth > INDENT_MIN_DEPTH * r_eq
+    n_indent = int(np.count_nonzero(deep & ~np.roll(deep, 1)))  # runs on a closed outline
+    if deep.all():
+        n_indent = 1
     hull_pts = outline[hull.vertices]
     major, minor = float(props.axis_major_length), float(props.axis_minor_length)
     centroid = np.asarray(props.centroid)
@@ -104,17 +129,25 @@ def _region_features(mask: np.ndarray, out: dict, region: str) -> tuple[np.ndarr
         "circularity": 4 * np.pi * area / perimeter ** 2,
         "roundness": 4 * area / (np.pi * max(major, 1.0) ** 2),
         "solidity": _polygon_area(outline) / max(hull.volume, 1e-9),  # 2-D hull: volume is its area
-        "convexity": hull.area / perimeter,  # 2-D hull: area is its perimeter
+        "convexity": hull.area / poly_perimeter,  # 2-D hull: .area is its perimeter
         "extent": float(props.extent),
         "feret_max": fmax,
         "feret_min": fmin,
         "radial_irregularity": radial.std() / radial.mean(),
         "radial_range": (radial.max() - radial.min()) / radial.mean(),
+        "indentation_max": float(depth.max()) / r_eq,
+        "indentation_mean": float(depth.mean()) / r_eq,
+        "indentation_count": float(n_indent),
     }
     for k, h in enumerate(_slog(np.asarray(props.moments_hu)), 1):
         values[f"hu{k}"] = h
     out.update({f"{FAMILY}_{region}_{q}": v for q, v in values.items()})
     return centroid, area
+
+
+def config() -> dict:
+    """Settings of this family that change its output."""
+    return {"hu_scale": HU_SCALE, "indent_min_depth": INDENT_MIN_DEPTH}
 
 
 def compute(ctx: CellContext) -> dict[str, float]:

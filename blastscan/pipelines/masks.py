@@ -1,0 +1,174 @@
+"""Contact sheets of the segmentation: cells with their cell (green) and nucleus (yellow) outlines.
+
+CellProfiler users look at their masks before trusting the measurements; ``blastscan masks`` does the
+same for the masks every handcrafted family reads. Each tile is captioned with the subject, the label
+and the N:C area ratio; a cell whose mask quality is flagged gets a red caption and frame, a cell that
+cannot be segmented a red "failed" tile with the reason.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from blastscan.errors import BlastscanError
+
+__all__ = ["SheetResult", "pick_cells", "render_tile", "contact_sheet", "masks_sheet"]
+
+CELL_RGB = (60, 230, 60)
+NUCLEUS_RGB = (255, 225, 40)
+FLAG_RGB = (255, 60, 60)
+BACKGROUND_RGB = (34, 34, 34)
+
+
+@dataclass
+class SheetResult:
+    """What :func:`masks_sheet` drew: the file, the cells (with N:C and flags) and summary numbers."""
+
+    path: Path
+    cells: pd.DataFrame  # path, subject, label, nc_ratio, flags (";"-joined), failed (reason or "")
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        c = self.cells
+        ok = c[c["failed"] == ""]
+        lines = [f"contact sheet: {self.path} ({len(c)} cells, {c['subject'].nunique()} subjects)"]
+        if len(ok):
+            by = ok.groupby("label", dropna=False)["nc_ratio"].median()
+            lines.append("median N:C " + ", ".join(f"{str(k).upper()} {v:.2f}" for k, v in by.items())
+                         + f"; overall {ok['nc_ratio'].median():.2f}")
+        flagged = int((c["flags"] != "").sum())
+        lines.append(f"flagged masks: {flagged}; failed segmentations: {int((c['failed'] != '').sum())}")
+        return "\n".join(lines + [f"note: {n}" for n in self.notes])
+
+
+def pick_cells(df: pd.DataFrame, n: int = 48, subjects: Sequence[str] | None = None, seed: int = 0) -> pd.DataFrame:
+    """Up to ``n`` rows: both labels in equal shares when present, spread round-robin over subjects."""
+    if subjects:
+        wanted = {str(s) for s in subjects}
+        unknown = wanted - set(df["subject"].dropna().astype(str))
+        if unknown:
+            raise BlastscanError("--subjects", f"not in the dataset: {', '.join(sorted(unknown))}")
+        df = df[df["subject"].astype(str).isin(wanted)]
+    if len(df) == 0:
+        raise BlastscanError("masks", "no images to show")
+    df = df.sample(frac=1.0, random_state=seed)
+    labels = df["label"].fillna("?")
+    per_label = {lab: g for lab, g in df.groupby(labels, sort=True)}
+    quota = {lab: n // len(per_label) + (i < n % len(per_label)) for i, lab in enumerate(per_label)}
+    picked = []
+    for lab, g in per_label.items():
+        g = g.assign(_rank=g.groupby(g["subject"].fillna("?").astype(str)).cumcount())
+        picked.append(g.sort_values(["_rank"], kind="stable").head(quota[lab]).drop(columns="_rank"))
+    out = pd.concat(picked)
+    if len(out) < n:  # one label short: fill from the rest
+        rest = df.drop(out.index)
+        out = pd.concat([out, rest.head(n - len(out))])
+    return out.sort_values(["label", "subject", "path"], na_position="last")
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    return mask & ~ndi.binary_erosion(mask, border_value=0)
+
+
+def render_tile(image: np.ndarray, tile: int = 180):
+    """One cell's tile (``tile`` px square, RGB uint8), its N:C ratio and its quality flags.
+
+    Raises ``BlastscanError`` when the cell cannot be segmented.
+    """
+    from PIL import Image
+
+    from blastscan.features.segmentation import build_context, mask_quality
+
+    ctx = build_context(image)
+    values, reasons = mask_quality(ctx)
+    h, w = ctx.cell.shape
+    scale = (tile - 4) / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    rgb = np.asarray(Image.fromarray(np.ascontiguousarray(ctx.rgb)).resize(size, Image.BILINEAR)).copy()
+    for mask, colour in ((ctx.cell, CELL_RGB), (ctx.nucleus, NUCLEUS_RGB)):
+        m = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
+        rgb[_outline(m)] = colour
+    out = np.zeros((tile, tile, 3), np.uint8)
+    y0, x0 = (tile - size[1]) // 2, (tile - size[0]) // 2
+    out[y0:y0 + size[1], x0:x0 + size[0]] = rgb
+    return out, values["nc_ratio"], reasons
+
+
+def contact_sheet(tiles: list[tuple[np.ndarray | None, str, bool]], columns: int = 8, tile: int = 180) -> bytes:
+    """A PNG of captioned tiles: ``(image or None, caption, flagged)`` in reading order."""
+    from PIL import Image, ImageDraw
+
+    caption_h = 14
+    rows = max(1, -(-len(tiles) // columns))
+    sheet = Image.new("RGB", (columns * (tile + 4) + 4, rows * (tile + caption_h + 6) + 22 + 4), BACKGROUND_RGB)
+    draw = ImageDraw.Draw(sheet)
+    draw.text((6, 5), "cell outline: green   nucleus outline: yellow   red: mask flagged or failed", fill=(220, 220, 220))
+    for k, (img, caption, flagged) in enumerate(tiles):
+        r, c = divmod(k, columns)
+        x, y = 4 + c * (tile + 4), 22 + 4 + r * (tile + caption_h + 6)
+        if img is not None:
+            sheet.paste(Image.fromarray(img), (x, y + caption_h))
+        if flagged or img is None:
+            draw.rectangle([x, y + caption_h, x + tile - 1, y + caption_h + tile - 1], outline=FLAG_RGB)
+        draw.text((x + 2, y + 1), caption, fill=FLAG_RGB if (flagged or img is None) else (230, 230, 230))
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def masks_sheet(manifest_df: pd.DataFrame, out: str | os.PathLike, *, n: int = 48,
+                subjects: Sequence[str] | None = None, seed: int = 0, columns: int = 8, tile: int = 150) -> SheetResult:
+    """Draw a contact sheet of ``n`` cells of ``manifest_df`` (see :func:`pick_cells`) into ``out`` (PNG).
+
+    Parameters
+    ----------
+    manifest_df : DataFrame
+        A manifest (``path``, ``label``, ``subject``), e.g. from ``build_manifest`` on a dataset or on
+        the inputs a bundle scored.
+    out : path
+        PNG file, written atomically.
+    n, subjects, seed, columns, tile
+        How many cells, which subjects only, the sampling seed, tiles per row, tile size in px.
+    """
+    from blastscan.dataset import load_image
+    from blastscan._io import atomic_write_bytes
+
+    if n < 1:
+        raise BlastscanError("--n", "must be at least 1")
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise BlastscanError(str(out), "the contact sheet is a PNG: give a file name ending in .png")
+    rows = pick_cells(manifest_df, n, subjects, seed)
+    tiles, records = [], []
+    for row in rows.itertuples():
+        subject = "?" if pd.isna(row.subject) else str(row.subject)
+        label = "?" if pd.isna(row.label) else str(row.label)
+        try:
+            img, nc, reasons = render_tile(load_image(row.path), tile)
+        except BlastscanError as exc:
+            tiles.append((None, f"{label} {subject}: failed", True))
+            records.append((row.path, subject, label, np.nan, "", exc.why or str(exc)))
+            continue
+        tiles.append((img, f"{label} {subject} N:C {nc:.2f}" + (" !" if reasons else ""), bool(reasons)))
+        records.append((row.path, subject, label, nc, "; ".join(reasons), ""))
+    data = contact_sheet(tiles, columns, tile)
+    try:
+        if out.parent and not out.parent.exists():
+            out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out, data)
+    except OSError as exc:
+        raise BlastscanError(str(out), f"cannot write ({exc.strerror or exc})") from None
+    cells = pd.DataFrame(records, columns=["path", "subject", "label", "nc_ratio", "flags", "failed"])
+    notes = []
+    if len(rows) < n:
+        notes.append(f"only {len(rows)} cells available (asked for {n})")
+    return SheetResult(path=out, cells=cells, notes=notes)

@@ -1,0 +1,70 @@
+"""End-to-end: `blastscan masks` contact sheets and `blastscan extract --out` feature tables on real cells."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+
+def _blastscan(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "blastscan.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def few_cells(sample_root, tmp_path_factory) -> Path:
+    """A CSV of 8 real sample cells, both classes."""
+    paths = sorted(sample_root.rglob("*.png")) + sorted(sample_root.rglob("*.bmp"))
+    alls = [p for p in paths if p.stem.endswith("_all")][:4]
+    hems = [p for p in paths if p.stem.endswith("_hem")][:4]
+    out = tmp_path_factory.mktemp("cells") / "cells.csv"
+    pd.DataFrame({"path": [str(p) for p in alls + hems],
+                  "label": ["all"] * len(alls) + ["hem"] * len(hems)}).to_csv(out, index=False)
+    return out
+
+
+def test_masks_draws_a_sheet_of_both_classes(few_cells, tmp_path):
+    out = tmp_path / "sheet.png"
+    r = _blastscan("masks", few_cells, "--out", out, "--n", 6, "--columns", 3, "--store", tmp_path / "st", "-q")
+    assert r.returncode == 0, r.stderr
+    assert "6 cells" in r.stdout and "median N:C" in r.stdout
+    with Image.open(out) as im:
+        assert im.size[0] > 3 * 100 and im.size[1] > 2 * 100
+        colours = {tuple(c) for c in np.asarray(im.convert("RGB")).reshape(-1, 3)}
+    assert (60, 230, 60) in colours and (255, 225, 40) in colours  # both outlines are drawn
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--subjects", "nobody"], "--subjects: not in the dataset: nobody"),
+    (["--n", "0"], "--n: must be at least 1"),
+])
+def test_masks_bad_options_give_one_line(few_cells, tmp_path, args, message):
+    r = _blastscan("masks", few_cells, "--out", tmp_path / "s.png", "--store", tmp_path / "st", "-q", *args)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == f"error: {message}"
+    r = _blastscan("masks", few_cells, "--out", tmp_path / "s.jpg", "--store", tmp_path / "st", "-q")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "PNG" in r.stderr
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_extract_writes_the_feature_table(few_cells, tmp_path, suffix):
+    out = tmp_path / f"features{suffix}"
+    r = _blastscan("extract", few_cells, "-f", "shape,chromatin", "--store", tmp_path / "st", "-j", 1, "-q",
+                   "--out", out)
+    assert r.returncode == 0, r.stderr
+    t = pd.read_csv(out) if suffix == ".csv" else pd.read_parquet(out)
+    from blastscan.features import chromatin, shape
+
+    assert list(t.columns[:6]) == ["path", "sha256", "subject", "label", "split", "status"]
+    assert list(t.columns[6:]) == shape.FEATURE_NAMES + chromatin.FEATURE_NAMES
+    assert len(t) == 8 and set(t["label"]) == {"all", "hem"}
+    ok = t["status"] == "ok"
+    assert t.loc[ok, shape.FEATURE_NAMES].notna().all().all()
+    assert (t.loc[ok, "shape_cell_area"] > 1500).all()
+    r = _blastscan("extract", few_cells, "-f", "shape", "--store", tmp_path / "st", "-q", "--out", tmp_path / "t.xlsx")
+    assert r.returncode == 2 and "parquet or .csv" in r.stderr
