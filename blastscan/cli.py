@@ -259,11 +259,16 @@ def masks(inputs, out, n, subjects, seed, columns, tile, store, quiet):
 # ---- compare / train (classifiers, evaluation, report) ----------------------------------------
 @main.command()
 @click.argument("dataset", type=click.Path(exists=True))
-@click.option("--features", "-f", default="handcrafted", show_default=True,
-              help="Comma-separated feature sets to compare, e.g. handcrafted,inception_v3,vgg16,"
-                   "handcrafted+inception_v3; features the store lacks are computed first.")
-@click.option("--classifiers", "-c", default=None, show_default="every registered classifier",
+@click.option("--features", "-f", default="size,handcrafted", show_default=True,
+              help="Comma-separated feature sets to compare, e.g. size,handcrafted,inception_v3,vgg16 or unions "
+                   "like handcrafted+inception_v3; features the store lacks are computed first.")
+@click.option("--classifiers", "-c", default=None, show_default="the registry's defaults",
               help="Comma-separated classifiers.")
+@click.option("--ensemble", "-e", "ensembles", multiple=True, metavar="SET/CLF+SET/CLF...",
+              help="A soft vote to rank beside the single models (repeatable), e.g. "
+                   "inception_v3/svm_pca+size/logreg: P(ALL) is the mean of its members', each fitted on its own "
+                   "feature set. Default: the votes of DEFAULT_ENSEMBLES when every member's feature set is "
+                   "compared; 'none' for no vote.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               show_default="blastscan-runs/<timestamp>", help="Run folder for the report, metrics and predictions.")
 @store_option
@@ -285,7 +290,7 @@ def masks(inputs, out, n, subjects, seed, columns, tile, store, quiet):
               help="Resamples of subjects for the 95% intervals.")
 @click.option("--jobs", "-j", type=int, default=None, show_default="all cores", help="Models fitted in parallel.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def compare(dataset, features, classifiers, out_dir, store, weights_dir, random_weights, input_size, folds, seed,
+def compare(dataset, features, classifiers, ensembles, out_dir, store, weights_dir, random_weights, input_size, folds, seed,
             threshold_rule, target_recall, params, params_file, inner_folds, leaky_folds, n_boot, jobs, quiet):
     """Compare feature sets x classifiers on DATASET with subject-disjoint evaluation.
 
@@ -295,16 +300,17 @@ def compare(dataset, features, classifiers, out_dir, store, weights_dir, random_
     """
     from blastscan.evaluation import EvalSettings
     from blastscan.options import load_params
-    from blastscan.pipelines.compare import compare as run_compare, default_classifiers
+    from blastscan.pipelines.compare import compare as run_compare, default_classifiers, default_ensembles
 
     parsed = load_params(params, params_file)  # bad --param fails before the manifest is built
     settings = EvalSettings(folds=folds, seed=seed, threshold_rule=threshold_rule, target_recall=target_recall,
                             inner_folds=inner_folds, leaky_folds=leaky_folds, n_boot=n_boot)
     manifest = dataset_manifest(dataset, store, jobs, quiet)
     opts = _deep_options(weights_dir, random_weights, input_size=input_size)
+    votes = default_ensembles(features) if not ensembles else [e for e in ensembles if e.lower() != "none"]
     result = run_compare(manifest.df, features, classifiers or default_classifiers(), store, out_dir,
-                         settings=settings, params=parsed, extractor_options=opts, jobs=jobs, progress=not quiet,
-                         dataset=dataset)
+                         settings=settings, params=parsed, ensembles=votes, extractor_options=opts, jobs=jobs,
+                         progress=not quiet, dataset=dataset)
     for summary in result.extracted:
         if any(r.computed for r in summary.runs):
             click.echo(summary.format(max_failures=5), err=True)
@@ -395,8 +401,11 @@ def export(run_dir, config_name, out, store, weights_dir, quiet):
 @_bundle_weights_option
 @jobs_option
 @click.option("--trust", is_flag=True, help=_TRUST_HELP)
+@click.option("--within-subject", is_flag=True,
+              help="Also write each cell's P(ALL) combined with the other cells of its subject (columns "
+                   "p_all_within_subject, pred_within_subject). It uses other cells of the same patient.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def score(bundle, inputs, output, store, weights_dir, jobs, trust, quiet):
+def score(bundle, inputs, output, store, weights_dir, jobs, trust, within_subject, quiet):
     """Score INPUTS (image files, folders, CSVs with a path column) with a BUNDLE from train/export.
 
     Every input image gets a row; those that cannot be read or featurised get the reason in the status
@@ -407,7 +416,7 @@ def score(bundle, inputs, output, store, weights_dir, jobs, trust, quiet):
 
     opts = {"weights_dir": weights_dir} if weights_dir else None
     result = run_score(bundle, list(inputs), output, store=store, extractor_options=opts, trust=trust, jobs=jobs,
-                       progress=not quiet)
+                       progress=not quiet, within_subject=within_subject)
     click.echo(result.summary())
 
 

@@ -27,7 +27,8 @@ class Param:
     """Which values one hyper-parameter accepts, and what it means (its default lives in the signature).
 
     A value is valid when it is one of ``choices``, or a number of ``kind`` (int or float; bool never
-    counts as a number) inside ``[low, high]`` (``low`` excluded when ``open_low``).
+    counts as a number) inside ``[low, high]`` (``low`` excluded when ``open_low``), or, for ``kind``
+    ``list``, a list (its items are checked by the estimator's ``fit``).
     """
 
     help: str
@@ -43,7 +44,7 @@ class Param:
         if self.kind is not None:
             lo = "" if self.low is None else f"{self.low} {'<' if self.open_low else '<='} "
             hi = "" if self.high is None else f" <= {self.high}"
-            noun = "an integer" if self.kind is int else "a number"
+            noun = "an integer" if self.kind is int else ("a list" if self.kind is list else "a number")
             parts.append(noun + (f" with {lo}x{hi}" if lo or hi else ""))
         return " or ".join(parts)
 
@@ -51,6 +52,10 @@ class Param:
         """Raise ``ValueError`` when ``value`` is not valid for parameter ``name``."""
         if any(value is c or (isinstance(value, str) and value == c) for c in self.choices):
             return
+        if self.kind is list:
+            if isinstance(value, (list, tuple)):
+                return
+            raise ValueError(f"parameter {name}={value!r} is invalid: must be a list")
         number = isinstance(value, numbers.Real) and not isinstance(value, bool)
         if self.kind is int:
             number = number and float(value).is_integer()

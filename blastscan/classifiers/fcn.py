@@ -18,7 +18,7 @@ __all__ = ["FCNClassifier"]
 
 
 @register_classifier("fcn", "StandardScaler + Keras dense head (ReLU, dropout, sigmoid), early stopping on "
-                            "held-out subjects", libraries=[("tensorflow", 2), ("keras", 2)], order=40)
+                            "held-out subjects", libraries=[("tensorflow", 2), ("keras", 2)], order=40, default=False)
 class FCNClassifier(BinaryClassifier):
     """One hidden layer, trained with Adam on balanced class weights.
 

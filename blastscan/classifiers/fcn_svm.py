@@ -15,7 +15,7 @@ __all__ = ["FCNSVMClassifier"]
 
 
 @register_classifier("fcn_svm", "StandardScaler + FCN; its hidden layer feeds the grouped-calibrated RBF SVM",
-                     libraries=[("tensorflow", 2), ("keras", 2)], order=50)
+                     libraries=[("tensorflow", 2), ("keras", 2)], order=50, default=False)
 class FCNSVMClassifier(BinaryClassifier):
     """An :class:`FCNClassifier`, then a :class:`GroupCalibratedSVC` on its standardised hidden activations.
 

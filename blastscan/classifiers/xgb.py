@@ -14,7 +14,7 @@ __all__ = ["BalancedXGBClassifier"]
 
 
 @register_classifier("xgboost", "XGBoost hist trees, scale_pos_weight = n_neg/n_pos (no scaling needed)",
-                     scale=False, libraries=[("xgboost", 2)], order=30)
+                     scale=False, libraries=[("xgboost", 2)], order=30, default=False)
 class BalancedXGBClassifier(BinaryClassifier):
     """``xgboost.XGBClassifier`` (tree_method="hist") with ``scale_pos_weight = n_neg / n_pos`` of the
     training data.

@@ -1,5 +1,5 @@
 """The handcrafted families as feature sets: ``shape``, ``color``, ``texture``, ``chromatin`` (the union
-``handcrafted``), plus ``color_absolute`` and ``quality`` outside the union.
+``handcrafted``), plus ``color_absolute``, ``quality`` and ``size`` outside the union.
 
 Each family is one module with ``FAMILY``, ``VERSION``, ``FEATURES``, ``FEATURE_NAMES``, ``config()`` and
 ``compute(ctx) -> {name: value}``, listed in :data:`FAMILIES`; each is its own extractor, so its own
@@ -23,7 +23,7 @@ __all__ = ["FamilyExtractor", "HandcraftedExtractor", "FAMILIES", "UNION", "feat
            "family_extractor"]
 
 #: Family module names (under ``blastscan.features``), in dictionary order.
-FAMILIES = ("shape", "color", "texture", "chromatin", "color_absolute", "quality")
+FAMILIES = ("shape", "color", "texture", "chromatin", "color_absolute", "quality", "size")
 #: The members of the ``handcrafted`` feature set: the families that describe the cell, not its stain.
 UNION = ("shape", "color", "texture", "chromatin")
 

@@ -4,15 +4,18 @@ bootstrap intervals), out-of-fold predictions and per-subject accuracy, and the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
 from blastscan.evaluation import (CI_METRICS, METRIC_NAMES, EvalSettings, TaskKey, assemble_holdout,
                                   assemble_subject_cv, bootstrap_ci, compute_metrics, per_subject_accuracy)
-from blastscan.pipelines.grid import CompareData, GridRun, SplitPlan
-from blastscan.pipelines.results import LEAKY, LEAKY_NOTE, OFFICIAL, SUBJECT_FOLD, SUBJECT_POOLED, rank_configs
+from blastscan.pipelines.grid import CompareData, ConfigSpec, GridRun, SplitPlan
+from blastscan.evaluation.patient import patient_metrics, within_subject
+from blastscan.evaluation.thresholds import choose_threshold
+from blastscan.pipelines.results import (LEAKY, LEAKY_NOTE, OFFICIAL, SUBJECT_FOLD, SUBJECT_POOLED, WITHIN_SUBJECT,
+                                         rank_configs)
 
 __all__ = ["Tables", "assemble_grid", "PREDICTION_COLUMNS"]
 
@@ -56,8 +59,9 @@ def _add_ci(row: dict, y, p, thr, groups, n_boot: int, seed: int) -> None:
 
 def _metric_columns(df: pd.DataFrame) -> list[str]:
     first = ["config", "feature_set", "classifier", "split", "fold", "threshold_rule", "headline", "threshold",
-             "n", "n_all", "n_hem", "n_subjects", "n_groups", *METRIC_NAMES, "tn", "fp", "fn", "tp"]
-    ci = [f"{m}_ci_{s}" for m in CI_METRICS for s in ("low", "high")]
+             "n", "n_all", "n_hem", "n_subjects", "n_groups", *METRIC_NAMES, "tn", "fp", "fn", "tp",
+             "subject_roc_auc", "subject_call_accuracy", "n_subject_all", "n_subject_hem", "target_recall"]
+    ci = [f"{m}_ci_{s}" for m in (*CI_METRICS, "subject_roc_auc", "subject_call_accuracy") for s in ("low", "high")]
     cols = [c for c in first + ci if c in df.columns]
     if "note" in df.columns:
         cols.append("note")
@@ -78,9 +82,10 @@ def _prediction_frame(base: pd.DataFrame, split: str, fold, p, thr, name: str) -
 class _Config:
     """Assembles one configuration's rows from its fits."""
 
-    def __init__(self, fs: str, clf: str, data: CompareData, splits: SplitPlan,
+    def __init__(self, spec: ConfigSpec, data: CompareData, splits: SplitPlan,
                  got: Mapping[TaskKey, np.ndarray], settings: EvalSettings):
-        self.name, self.info = f"{fs}/{clf}", {"config": f"{fs}/{clf}", "feature_set": fs, "classifier": clf}
+        self.name = spec.name
+        self.info = {"config": spec.name, "feature_set": spec.feature_set, "classifier": spec.classifier}
         self.data, self.splits, self.got, self.s = data, splits, got, settings
         self.base = data.rows[["path", "sha256", "subject", "group", "label"]].reset_index(drop=True)
 
@@ -96,12 +101,14 @@ class _Config:
                            f"{', '.join(f'{t:.3f}' for t in cv.fold_thresholds[rule])}")
             if rule == s.threshold_rule:
                 _add_ci(row, d.y, cv.p_all, thr, d.groups, s.n_boot, s.seed)
+                row.update(patient_metrics(d.subjects, d.y, cv.p_all, thr, n_boot=s.n_boot, seed=s.seed))
             rows.metrics.append(row)
         for i, (_, te) in enumerate(plan.folds):
             thr_i = cv.fold_thresholds[s.threshold_rule][i]
             row = _metrics_row(self.info, SUBJECT_FOLD, str(i), s.threshold_rule, d.y[te], cv.p_all[te], thr_i,
                                d.subjects[te], d.groups[te], headline=True)
             row["threshold"] = thr_i
+            row["target_recall"] = s.target_recall if s.threshold_rule == "recall" else np.nan
             row["note"] = "one class in this test fold: ROC-AUC/PR-AUC undefined" if i in plan.one_class_folds else ""
             rows.metrics.append(row)
         thr = cv.thresholds[s.threshold_rule]
@@ -111,6 +118,26 @@ class _Config:
         subj.insert(0, "config", self.name)
         rows.subjects.append(subj)
         return cv
+
+    def within_subject(self, rows: _Rows, cv) -> None:
+        """The opt-in view: each cell's P(ALL) pulled toward its subject's mean (all of a subject's cells
+        sit in one test fold); thresholds chosen the same way on each training part's inner predictions."""
+        d, s, plan = self.data, self.s, self.splits.plan
+        p_ws = np.full(len(d.y), np.nan)
+        thr = np.full(len(d.y), 0.5)
+        for k, (tr, te) in enumerate(plan.folds):
+            p_ws[te] = within_subject(cv.p_all[te], d.subjects[te])
+            inner = cv.inner_p_all.get(k)
+            if inner is not None:
+                thr[te] = choose_threshold(d.y[tr], within_subject(inner, d.subjects[tr]), rule=s.threshold_rule,
+                                           target_recall=s.target_recall)
+        row = _metrics_row(self.info, WITHIN_SUBJECT, "all", s.threshold_rule, d.y, p_ws, thr, d.subjects,
+                           d.groups, headline=False)
+        row["threshold"] = float(np.median(thr))
+        row["note"] = ("USES OTHER CELLS OF THE SAME PATIENT: P(ALL) = 0.5 * the cell's + 0.5 * its subject's mean; "
+                       "never the headline")
+        _add_ci(row, d.y, p_ws, thr, d.groups, s.n_boot, s.seed)
+        rows.metrics.append(row)
 
     def official(self, rows: _Rows) -> dict | None:
         h, d, s = self.splits.holdout, self.data, self.s
@@ -145,20 +172,21 @@ class _Config:
         rows.metrics.append(row)
 
 
-def assemble_grid(data: CompareData, splits: SplitPlan, grid: GridRun, configs: list[tuple[str, str]],
-                  params: Mapping[str, Mapping[str, Any]], settings: EvalSettings) -> Tables:
+def assemble_grid(data: CompareData, splits: SplitPlan, grid: GridRun, configs: list[ConfigSpec],
+                  settings: EvalSettings) -> Tables:
     """Metrics, predictions and per-subject tables of every configuration the grid could fit."""
     rows, records, skipped = _Rows(), [], []
-    for fs, c in configs:
-        name = f"{fs}/{c}"
+    for spec in configs:
+        name, fs, c = spec.name, spec.feature_set, spec.classifier
         if name in grid.errors:
             skipped.append({"name": name, "feature_set": fs, "classifier": c, "reason": grid.errors[name]})
             continue
-        cfg = _Config(fs, c, data, splits, grid.preds[name], settings)
+        cfg = _Config(spec, data, splits, grid.preds[name], settings)
         cv = cfg.subject_cv(rows)
+        cfg.within_subject(rows, cv)
         official = cfg.official(rows)
         cfg.leaky(rows, cv)
-        records.append({"name": name, "feature_set": fs, "classifier": c, "params": params.get(c, {}),
+        records.append({"name": name, "feature_set": fs, "classifier": c, "params": spec.params,
                         "fold_thresholds": cv.fold_thresholds, "official": official,
                         "fit_seconds": round(grid.seconds[name], 2)})
     metrics = pd.DataFrame(rows.metrics)

@@ -21,11 +21,15 @@ from blastscan.evaluation import EvalSettings
 from blastscan.features.featureset import DEFAULT_FEATURE_SETS
 from blastscan.options import parse_params, resolve_jobs, split_list
 from blastscan.pipelines.assemble import assemble_grid
-from blastscan.pipelines.grid import plan_splits, prepare_data, run_grid
+from blastscan.pipelines.grid import ConfigSpec, add_votes, plan_splits, prepare_data, run_grid, vote_spec
 from blastscan.pipelines.results import CompareResult
 from blastscan.pipelines.runrecord import default_run_dir, run_record, used_manifest, write_outputs
 
-__all__ = ["DEFAULT_FEATURE_SETS", "default_classifiers", "compare"]
+__all__ = ["DEFAULT_FEATURE_SETS", "DEFAULT_ENSEMBLES", "default_classifiers", "default_ensembles", "parse_ensembles", "compare"]
+
+#: Soft votes compare ranks by default (see benchmarks/bench_accuracy.py): the embedding's model and the
+#: size model, which hold different evidence (texture of the whole cell; how large the cell is).
+DEFAULT_ENSEMBLES = ("inception_v3/svm_pca+size/logreg", "inception_v3/svm_pca+vgg16/svm_pca+size/logreg")
 
 
 def default_classifiers() -> list[str]:
@@ -35,21 +39,61 @@ def default_classifiers() -> list[str]:
     return list(from_registry())
 
 
+def default_ensembles(feature_sets: Sequence[str] | str) -> list[str]:
+    """The :data:`DEFAULT_ENSEMBLES` whose members' feature sets are all among ``feature_sets``."""
+    chosen = set(split_list(feature_sets))
+    return [e for e in DEFAULT_ENSEMBLES if all(fs in chosen for fs, _ in parse_ensembles(e)[0])]
+
+
+def parse_ensembles(specs: Sequence[str] | str | None) -> list[list[tuple[str, str]]]:
+    """``"a/svm+b/logreg"`` (one vote of two members; several separated by ``;`` or given as a list) ->
+    ``[[("a", "svm"), ("b", "logreg")]]``."""
+    if specs is None:
+        return []
+    items = [x for x in specs.split(";")] if isinstance(specs, str) else list(specs)
+    out = []
+    for item in (str(i).strip() for i in items):
+        if not item:
+            continue
+        members = []
+        for part in item.split("+"):
+            fs, slash, clf = part.strip().rpartition("/")
+            if not slash or not fs or not clf:
+                raise BlastscanError(f"--ensemble {item}", "expected FEATURE_SET/CLASSIFIER+FEATURE_SET/CLASSIFIER..., "
+                                                           "e.g. inception_v3/svm_pca+size/logreg")
+            members.append((fs, clf))
+        if len(members) < 2:
+            raise BlastscanError(f"--ensemble {item}", "a vote needs at least two members")
+        out.append(members)
+    return out
+
+
+def _plan_configs(feature_sets: list[str], classifiers: list[str], votes: list[list[tuple[str, str]]],
+                  params: Mapping[str, Mapping[str, Any]]) -> tuple[list[ConfigSpec], list[str]]:
+    """The grid's configurations (feature sets x classifiers, plus each vote's members) and every
+    feature set they need."""
+    pairs = [(fs, c) for fs in feature_sets for c in classifiers]
+    pairs += [m for v in votes for m in v if m not in pairs]
+    sets = list(dict.fromkeys([fs for fs, _ in pairs]))
+    return [ConfigSpec(f"{fs}/{c}", fs, c, dict(params.get(c, {}))) for fs, c in pairs], sets
+
+
 # ------------------------------------------------------------------------------------------------
-def _check_names(feature_sets, classifiers, params) -> tuple[list[str], list[str], dict]:
+def _check_names(feature_sets, classifiers, params, votes=()) -> tuple[list[str], list[str], dict]:
     import blastscan.classifiers as registry
 
     feature_sets, classifiers = split_list(feature_sets), split_list(classifiers)
+    used = classifiers + [c for v in votes for _, c in v]
     if not feature_sets:
         raise BlastscanError("--features", "no feature set given")
     if not classifiers:
         raise BlastscanError("--classifiers", "no classifier given")
     params = parse_params(params)
     known = list(registry.available_classifiers())
-    for c in classifiers:
+    for c in used:
         if c not in known:
             raise BlastscanError(f"classifier '{c}'", f"unknown; choose from: {', '.join(known)}")
-    unused = sorted(set(params) - set(classifiers))
+    unused = sorted(set(params) - set(used))
     if unused:
         raise BlastscanError(f"--param {unused[0]}.*", f"'{unused[0]}' is not among the compared classifiers")
     return feature_sets, classifiers, params
@@ -64,6 +108,7 @@ def compare(
     *,
     settings: EvalSettings | None = None,
     params: Mapping[str, Mapping[str, Any]] | Sequence[str] | None = None,
+    ensembles: Sequence[str] | str | None = None,
     extractor_options: Mapping[str, Any] | None = None,
     jobs: int | None = None,
     progress: bool = True,
@@ -85,6 +130,10 @@ def compare(
         Folds, seed, threshold rule and target recall, inner and leaky folds, bootstrap resamples.
     params : dict or list of "clf.name=value"
         Classifier parameters, e.g. ``{"svm": {"C": 10}}``.
+    ensembles : list of str, optional
+        Soft votes to rank beside the single models, e.g. ``["inception_v3/svm_pca+size/logreg"]``: P(ALL)
+        is the mean of the members' (each fitted on its own feature set); members not in the grid are
+        added to it.
     extractor_options : dict, optional
         ``weights_dir``, ``input_size``, ... (as for ``extract``).
     jobs : int, optional
@@ -102,15 +151,21 @@ def compare(
 
     t_start, started = time.time(), prov.timestamp()
     settings = settings or EvalSettings()
-    feature_sets, classifiers, params = _check_names(feature_sets, classifiers, params)
+    votes = parse_ensembles(ensembles)
+    feature_sets, classifiers, params = _check_names(feature_sets, classifiers, params, votes)
+    configs, needed = _plan_configs(feature_sets, classifiers, votes, params)
     run_dir = Path(out_dir) if out_dir is not None else default_run_dir()
     jobs = resolve_jobs(jobs)
 
-    data = prepare_data(manifest_df, feature_sets, classifiers, store, extractor_options, jobs, progress, dataset)
+    data = prepare_data(manifest_df, needed, classifiers, store, extractor_options, jobs, progress, dataset)
     splits = plan_splits(data, settings)
-    configs = [(fs, c) for fs in data.Xs for c in classifiers]
-    grid = run_grid(data, splits, configs, params, jobs, settings.seed, progress)
-    tables = assemble_grid(data, splits, grid, configs, params, settings)
+    configs = [c for c in configs if c.feature_set in data.Xs]
+    by_name = {c.name: c for c in configs}
+    vote_specs = [vote_spec([by_name[f"{fs}/{c}"] for fs, c in v], data) for v in votes
+                  if all(f"{fs}/{c}" in by_name for fs, c in v)]
+    grid = run_grid(data, splits, configs, jobs, settings.seed, progress)
+    add_votes(grid, vote_specs)
+    tables = assemble_grid(data, splits, grid, configs + vote_specs, settings)
 
     notes = data.notes + splits.notes
     skipped = data.skipped + tables.skipped

@@ -45,7 +45,7 @@ def run_demo(
     from blastscan.dataset import build_manifest, inspect_cache, summarize
     from blastscan.evaluation import EvalSettings
     from blastscan.features.featureset import FeatureSet
-    from blastscan.pipelines.compare import compare, default_classifiers
+    from blastscan.pipelines.compare import compare, default_classifiers, default_ensembles
     from blastscan.pipelines.export import export_run
     from blastscan.pipelines.score import score
     t0 = time.perf_counter()
@@ -59,7 +59,7 @@ def run_demo(
     manifest = build_manifest(data, jobs=jobs, progress=progress, cache=inspect_cache(store))
     echo(summarize(manifest))
 
-    extractors = ["handcrafted"]
+    extractors = ["size", "handcrafted"]
     skipped: dict[str, str] = {}
     for name in DEEP:
         try:
@@ -73,13 +73,14 @@ def run_demo(
     summary = FeatureSet.union(extractors, options).ensure(manifest.df, store, jobs=jobs, progress=progress)
     echo(summary.format())
 
-    feature_sets = ["handcrafted"] + [n for n in DEEP if n in extractors]
-    if "inception_v3" in extractors:
-        feature_sets.append("handcrafted+inception_v3")
+    feature_sets = ["size", "handcrafted"] + [n for n in DEEP if n in extractors]
     classifiers = list(classifiers or default_classifiers())
-    echo(f"\n== 3/5 compare: {', '.join(feature_sets)} x {', '.join(classifiers)} (subject-disjoint CV)")
+    votes = default_ensembles(feature_sets)
+    echo(f"\n== 3/5 compare: {', '.join(feature_sets)} x {', '.join(classifiers)}"
+         + (f" and the votes {'; '.join(votes)}" if votes else "") + " (subject-disjoint CV)")
     run_dir = out / "run"
     result = compare(manifest.df, feature_sets, classifiers, store, run_dir, settings=EvalSettings(seed=seed),
+                     ensembles=votes,
                      extractor_options=options, progress=progress, dataset=str(data), jobs=jobs)
     echo(result.summary())
 

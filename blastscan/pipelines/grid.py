@@ -7,7 +7,6 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -19,7 +18,19 @@ from blastscan.features.featureset import ExtractSummary, FeatureMatrix
 from blastscan.pipelines import extract as _extract
 from blastscan.pipelines.train import labelled_rows
 
-__all__ = ["CompareData", "SplitPlan", "GridRun", "prepare_data", "plan_splits", "run_grid"]
+__all__ = ["ConfigSpec", "CompareData", "SplitPlan", "GridRun", "prepare_data", "plan_splits", "run_grid",
+           "add_votes", "vote_spec"]
+
+
+@dataclass(frozen=True)
+class ConfigSpec:
+    """One configuration of the grid: a classifier on a feature set (a vote: on the union of its members')."""
+
+    name: str
+    feature_set: str
+    classifier: str
+    params: dict = field(default_factory=dict, hash=False, compare=False)
+    members: tuple = ()  # a vote's member configuration names
 
 
 # ------------------------------------------------------------------------------------------------
@@ -168,13 +179,15 @@ def _run_tasks(tasks, jobs: int, seed: int):
         yield from par(delayed(_task)(*t, seed, one_thread=True) for t in tasks)
 
 
-def run_grid(data: CompareData, splits: SplitPlan, configs: list[tuple[str, str]],
-              params: Mapping[str, Mapping[str, Any]], jobs: int, seed: int, progress: bool) -> GridRun:
+def run_grid(data: CompareData, splits: SplitPlan, configs: list[ConfigSpec], jobs: int, seed: int,
+             progress: bool) -> GridRun:
+    """Every fit of every (non-vote) configuration, through one pool."""
     from tqdm.auto import tqdm
 
-    tasks = [(f"{fs}/{c}", c, params.get(c, {}), data.Xs[fs], data.y, data.groups, t)
-             for fs, c in configs for t in splits.tasks]
-    preds: dict[str, dict[TaskKey, np.ndarray]] = {f"{fs}/{c}": {} for fs, c in configs}
+    configs = [c for c in configs if not c.members]
+    tasks = [(c.name, c.classifier, c.params, data.Xs[c.feature_set], data.y, data.groups, t)
+             for c in configs for t in splits.tasks]
+    preds: dict[str, dict[TaskKey, np.ndarray]] = {c.name: {} for c in configs}
     seconds = {name: 0.0 for name in preds}
     errors: dict[str, str] = {}
     bar = tqdm(total=len(tasks), desc="compare", unit="fit", file=sys.stderr, disable=not progress,
@@ -192,3 +205,38 @@ def run_grid(data: CompareData, splits: SplitPlan, configs: list[tuple[str, str]
     finally:
         bar.close()
     return GridRun(preds=preds, seconds=seconds, errors=errors, wall_seconds=time.perf_counter() - t0)
+
+
+def vote_spec(members: list[ConfigSpec], data: CompareData) -> ConfigSpec:
+    """The soft vote of ``members``: the classifier ``vote`` on the union of their feature sets, each member
+    reading its own column ranges of that union (as :class:`~blastscan.classifiers.vote.SoftVote` does)."""
+    widths, order = {}, []
+    for m in members:
+        for e in data.matrices[m.feature_set].extractors:
+            if e["name"] not in widths:
+                widths[e["name"]] = int(e["n_features"])
+                order.append(e["name"])
+    start, offsets = 0, {}
+    for name in order:
+        offsets[name] = (start, start + widths[name])
+        start += widths[name]
+    records = []
+    for m in members:
+        ranges = [list(offsets[e["name"]]) for e in data.matrices[m.feature_set].extractors]
+        records.append({"feature_set": m.feature_set, "classifier": m.classifier, "params": dict(m.params),
+                        "columns": ranges})
+    name = "vote(" + "+".join(m.name for m in members) + ")"
+    return ConfigSpec(name, "+".join(order), "vote", {"members": records}, tuple(m.name for m in members))
+
+
+def add_votes(grid: GridRun, votes: list[ConfigSpec]) -> None:
+    """Each vote's predictions: the mean of its members' for every fit (the same folds, seeds and rows as
+    fitting :class:`~blastscan.classifiers.vote.SoftVote`, so nothing is fitted twice)."""
+    for v in votes:
+        failed = [m for m in v.members if m in grid.errors]
+        if failed:
+            grid.errors[v.name] = f"member {failed[0]} failed: {grid.errors[failed[0]]}"
+            continue
+        keys = grid.preds[v.members[0]].keys()
+        grid.preds[v.name] = {k: np.mean([grid.preds[m][k] for m in v.members], axis=0) for k in keys}
+        grid.seconds[v.name] = sum(grid.seconds[m] for m in v.members)

@@ -16,7 +16,8 @@ import pandas as pd
 
 from blastscan._io import atomic_write_bytes
 from blastscan.pipelines.figures import make_figures
-from blastscan.pipelines.results import (LEAKY, LEAKY_NOTE, OFFICIAL, SUBJECT_FOLD, SUBJECT_POOLED, CompareResult,
+from blastscan.pipelines.results import (LEAKY, LEAKY_NOTE, OFFICIAL, SUBJECT_FOLD, SUBJECT_POOLED, WITHIN_SUBJECT,
+                                         CompareResult,
                                          best_sentence, fmt, rank_configs, rule_sentence, split_sentence,
                                          with_ci)
 
@@ -59,8 +60,8 @@ def report_blocks(result: CompareResult) -> list[tuple]:
 
     ranked = rank_configs(m)
     order = _Order(ranked)
-    for section in (_ranking_blocks, _fold_blocks, _official_blocks, _leaky_blocks, _other_rule_blocks,
-                    _subject_blocks):
+    for section in (_ranking_blocks, _patient_blocks, _fold_blocks, _official_blocks, _within_blocks, _leaky_blocks,
+                    _other_rule_blocks, _subject_blocks):
         blocks += section(result, ranked, order)
     blocks += [("h2", "Run details"), ("ul", _details(result))]
     return blocks
@@ -113,6 +114,42 @@ def _ranking_blocks(result: CompareResult, ranked: pd.DataFrame, order: _Order) 
     return blocks
 
 
+def _patient_blocks(result: CompareResult, ranked: pd.DataFrame, order: _Order) -> list[tuple]:
+    if "subject_roc_auc" not in ranked:
+        return []
+    table = pd.DataFrame({
+        "configuration": ranked["config"],
+        "subject ROC-AUC": [with_ci(r, "subject_roc_auc") for _, r in ranked.iterrows()],
+        "subjects called right": [with_ci(r, "subject_call_accuracy") for _, r in ranked.iterrows()],
+        "subjects (ALL / HEM)": [f"{int(r['n_subject_all'])} / {int(r['n_subject_hem'])}" for _, r in ranked.iterrows()],
+        "cell-level weighted F1": ranked["weighted_f1"].map(fmt),
+    })
+    return [("h2", "Patient level (subject-disjoint)"),
+            ("p", "Per subject: the mean P(ALL) of its cells and the share of its cells called ALL, each cell "
+                  "predicted by the model of the fold that held its subject out. Subject ROC-AUC ranks subjects by "
+                  "mean P(ALL); a subject is called ALL when at least half its cells are. Brackets: 95% bootstrap "
+                  "interval over subjects. **Every C-NMC subject is one class**, so these numbers measure how well "
+                  "the model separates patients, not how well it counts blasts in a mixed smear; and most HEM "
+                  "subjects have only a few cells."), ("table", table)]
+
+
+def _within_blocks(result: CompareResult, ranked: pd.DataFrame, order: _Order) -> list[tuple]:
+    m = result.metrics
+    ws = order.sort(m[m["split"] == WITHIN_SUBJECT]) if "split" in m else m.iloc[:0]
+    if not len(ws):
+        return []
+    table = pd.DataFrame({"configuration": ws["config"],
+                          "weighted F1": [with_ci(r, "weighted_f1") for _, r in ws.iterrows()],
+                          "ROC-AUC": [with_ci(r, "roc_auc") for _, r in ws.iterrows()],
+                          "ALL recall": ws["recall_all"].map(fmt), "specificity": ws["specificity"].map(fmt)})
+    return [("h2", "Within-subject scoring (uses other cells of the same patient — not the headline)"),
+            ("p", "Each cell's P(ALL) averaged half-and-half with the mean P(ALL) of its subject's cells (as the "
+                  "challenge winner corrected a cell by similar test cells): it uses other cells of the same "
+                  "patient, so it only applies when a patient's cells are scored together (`blastscan score "
+                  "--within-subject`), and on this data it mostly turns a few large subjects into single "
+                  "decisions. Thresholds are chosen the same way on each training part."), ("table", table)]
+
+
 def _fold_blocks(result: CompareResult, ranked: pd.DataFrame, order: _Order) -> list[tuple]:
     m, run = result.metrics, result.run
     folds = m[m["split"] == SUBJECT_FOLD]
@@ -125,7 +162,9 @@ def _fold_blocks(result: CompareResult, ranked: pd.DataFrame, order: _Order) -> 
                                                for _, r in folds.iterrows()],
                            "subjects": folds["n_subjects"].astype(int).astype(str),
                            "threshold": folds["threshold"].map(fmt),
-                           "weighted F1": folds["weighted_f1"].map(fmt), "ALL recall": folds["recall_all"].map(fmt),
+                           "weighted F1": folds["weighted_f1"].map(fmt),
+                           "ALL recall (target)": [f"{fmt(r['recall_all'])} ({fmt(r.get('target_recall'), 2)})"
+                                                   for _, r in folds.iterrows()],
                            "specificity": folds["specificity"].map(fmt), "ROC-AUC": folds["roc_auc"].map(fmt),
                            "note": folds["note"].fillna("").astype(str)})
         fold_lines = [f"fold {f['fold']}: {f['n_test']} cells ({f['n_test_all']} ALL / {f['n_test_hem']} HEM), "

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["SUBJECT_POOLED", "SUBJECT_FOLD", "LEAKY", "OFFICIAL", "LEAKY_NOTE", "SPLIT_KINDS", "CompareResult",
+__all__ = ["SUBJECT_POOLED", "SUBJECT_FOLD", "LEAKY", "OFFICIAL", "WITHIN_SUBJECT", "LEAKY_NOTE", "SPLIT_KINDS", "CompareResult",
            "rank_configs", "fmt", "ci_text", "with_ci", "rule_sentence", "split_sentence", "best_sentence"]
 
 # split kinds, as written in metrics.csv
@@ -20,11 +20,14 @@ SUBJECT_POOLED = "subject_cv_pooled"
 SUBJECT_FOLD = "subject_cv_fold"
 LEAKY = "leaky_image_cv_pooled"
 OFFICIAL = "official_prelim"
+WITHIN_SUBJECT = "subject_cv_within_subject"
 LEAKY_NOTE = "leaky: cells of one patient on both sides — do not trust"
 SPLIT_KINDS = {SUBJECT_POOLED: "subject-disjoint CV, pooled out-of-fold (headline)",
                SUBJECT_FOLD: "subject-disjoint CV, one outer fold",
                OFFICIAL: "official phase: training folds -> preliminary test",
-               LEAKY: LEAKY_NOTE}
+               LEAKY: LEAKY_NOTE,
+               WITHIN_SUBJECT: "subject-disjoint CV, each cell's P(ALL) combined with its subject's other cells "
+                               "(uses other cells of the same patient; never the headline)"}
 
 
 @dataclass

@@ -25,10 +25,13 @@ from blastscan.dataset.inputs import input_manifest
 from blastscan.features.compute import TASK_IMAGES
 from blastscan.options import resolve_jobs
 
-__all__ = ["COLUMNS", "SUBJECT_COLUMNS", "ScoreResult", "score", "subject_summary", "subjects_path"]
+__all__ = ["COLUMNS", "SUBJECT_COLUMNS", "WITHIN_COLUMNS", "ScoreResult", "score", "subject_summary",
+           "subjects_path", "training_rates"]
 
 COLUMNS = ["path", "sha256", "subject", "p_all", "pred", "status"]
-SUBJECT_COLUMNS = ["subject", "n_cells", "n_scored", "n_pred_all", "fraction_pred_all", "mean_p_all", "call", "rule"]
+SUBJECT_COLUMNS = ["subject", "n_cells", "n_scored", "n_pred_all", "fraction_pred_all", "blast_fraction",
+                   "blast_fraction_low", "blast_fraction_high", "mean_p_all", "call", "rule"]
+WITHIN_COLUMNS = ["p_all_within_subject", "pred_within_subject"]
 CHUNK_IMAGES = 512
 
 
@@ -43,13 +46,17 @@ def _rule_text(fraction: float, threshold: float) -> str:
             f"(a cell is ALL when P(ALL) >= {threshold:.4f})")
 
 
-def subject_summary(cells: pd.DataFrame, threshold: float, fraction: float = 0.5) -> pd.DataFrame:
+def subject_summary(cells: pd.DataFrame, threshold: float, fraction: float = 0.5,
+                    rates: tuple[float | None, float | None] = (None, None)) -> pd.DataFrame:
     """Per-subject counts and call from per-cell rows (``subject, p_all, pred``; NaN ``p_all`` = not scored).
 
     A subject is called ALL when at least ``fraction`` of its scored cells are predicted ALL, HEM
     otherwise, and gets no call without scored cells. Cells without a subject are left out.
+    ``blast_fraction`` (with a 95% interval) corrects the share of cells called ALL for the model's
+    ``rates`` = (ALL recall, specificity) measured subject-disjoint on its training data (adjusted
+    classify-and-count); without rates it is the plain share.
     """
-    return _Tally().add(cells).frame(threshold, fraction)
+    return _Tally().add(cells).frame(threshold, fraction, rates)
 
 
 class _Tally:
@@ -70,16 +77,19 @@ class _Tally:
             self.sums[s] = self.sums.get(s, np.zeros(4)) + row.to_numpy(dtype=float)
         return self
 
-    def frame(self, threshold: float, fraction: float) -> pd.DataFrame:
-        from blastscan.dataset import natural_key as _natural_key
+    def frame(self, threshold: float, fraction: float, rates=(None, None)) -> pd.DataFrame:
+        from blastscan.dataset import natural_key
+        from blastscan.evaluation.patient import blast_fraction
 
         rows = []
-        for s in sorted(self.sums, key=_natural_key):
+        for s in sorted(self.sums, key=natural_key):
             n, scored, n_all, p_sum = self.sums[s]
             frac = n_all / scored if scored else np.nan
             call = "" if not scored else ("all" if frac >= fraction - 1e-12 else "hem")
+            est, lo, hi = blast_fraction(int(n_all), int(scored), *rates)
             rows.append({"subject": s, "n_cells": int(n), "n_scored": int(scored), "n_pred_all": int(n_all),
-                         "fraction_pred_all": frac, "mean_p_all": p_sum / scored if scored else np.nan,
+                         "fraction_pred_all": frac, "blast_fraction": est, "blast_fraction_low": lo,
+                         "blast_fraction_high": hi, "mean_p_all": p_sum / scored if scored else np.nan,
                          "call": call, "rule": _rule_text(fraction, threshold)})
         return pd.DataFrame(rows, columns=SUBJECT_COLUMNS)
 
@@ -131,10 +141,84 @@ class ScoreResult:
         if len(s):
             n_all = int((s["call"] == "all").sum())
             lines.append(f"{len(s)} subjects: {n_all} called ALL, {int((s['call'] == 'hem').sum())} HEM "
-                         f"({_rule_text(self.subject_fraction, self.threshold)})")
+                         f"({_rule_text(self.subject_fraction, self.threshold)}); blast_fraction in the per-subject "
+                         "file corrects the share of cells called ALL for the model's training recall and "
+                         "specificity, with a 95% interval")
         lines += [f"warning: {w}" for w in self.warnings]
         lines.append(f"predictions: {self.predictions_csv}; per subject: {self.subjects_csv}")
         return "\n".join(lines)
+
+
+def training_rates(bundle: Bundle) -> tuple[float | None, float | None]:
+    """(ALL recall, specificity) of the bundle's subject-disjoint out-of-fold training metrics."""
+    met = (bundle.metadata.get("training_metrics") or {}).get("metrics") or {}
+    return met.get("recall_all"), met.get("specificity")
+
+
+def _add_within_subject(path: Path, threshold: float) -> None:
+    """Add the within-subject columns to the predictions CSV at ``path`` (rewritten atomically)."""
+    from blastscan.evaluation.patient import within_subject
+
+    df = pd.read_csv(path, dtype={"subject": str, "sha256": str, "status": str, "pred": str})
+    subj = df["subject"].fillna("").astype(str)
+    ok = df["p_all"].notna() & (subj != "")
+    p = np.full(len(df), np.nan)
+    if ok.any():
+        p[ok.to_numpy()] = within_subject(df.loc[ok, "p_all"].to_numpy(), subj[ok].to_numpy())
+    df[WITHIN_COLUMNS[0]] = p
+    df[WITHIN_COLUMNS[1]] = np.where(np.isnan(p), "", np.where(p >= threshold, "all", "hem"))
+    with atomic_path(path, suffix=".csv") as tmp:
+        df.to_csv(tmp, index=False)
+
+
+@dataclass
+class _Counts:
+    """What the rows written so far add up to (per subject, scored, predicted ALL, failures)."""
+
+    tally: "_Tally" = field(default_factory=lambda: _Tally())
+    scored: int = 0
+    all: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    examples: list[tuple[str, str]] = field(default_factory=list)
+
+    def record(self, rows: pd.DataFrame, fh) -> None:
+        rows[COLUMNS].to_csv(fh, header=False, index=False)
+        self.tally.add(rows)
+        ok = rows["status"] == "ok"
+        self.scored += int(ok.sum())
+        self.all += int((rows["pred"] == "all").sum())
+        for path, status in zip(rows.loc[~ok, "path"], rows.loc[~ok, "status"]):
+            self.failures[status] = self.failures.get(status, 0) + 1
+            if len(self.examples) < 10:
+                self.examples.append((path, status))
+
+
+def _write_predictions(out: Path, bundle: Bundle, built, manifest_df: pd.DataFrame, failed: pd.DataFrame,
+                       counts: _Counts, *, store, chunk: int, jobs, extractor_options, progress: bool) -> None:
+    """Score ``manifest_df`` chunk by chunk into the predictions CSV (published when complete)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(manifest_df), desc="score", unit="img", file=sys.stderr, disable=not progress,
+               dynamic_ncols=True)
+    try:
+        with atomic_path(out, suffix=".csv") as tmp, open(tmp, "w", newline="") as fh:
+            fh.write(",".join(COLUMNS) + "\n")
+            for start in range(0, len(manifest_df), chunk):
+                part = manifest_df.iloc[start:start + chunk]
+                with tempfile.TemporaryDirectory(prefix="blastscan-score-") as chunk_store:
+                    # without a store each chunk gets its own, so nothing grows with the batch
+                    rows = bundle.score_manifest(part, store if store is not None else chunk_store,
+                                                 extractor_options=extractor_options, jobs=jobs, built=built)
+                counts.record(rows, fh)
+                bar.update(len(part))
+            if len(failed):
+                counts.record(failed, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise BlastscanError(str(out), f"cannot write ({exc.strerror or exc})") from None
+    finally:
+        bar.close()
 
 
 def score(
@@ -149,6 +233,7 @@ def score(
     progress: bool = True,
     subject_fraction: float = 0.5,
     chunk_images: int | None = None,
+    within_subject: bool = False,
 ) -> ScoreResult:
     """Score ``inputs`` with a bundle; write per-cell predictions and a per-subject summary.
 
@@ -177,14 +262,15 @@ def score(
         A subject is called ALL when at least this fraction of its scored cells are predicted ALL.
     chunk_images : int, optional
         Images per chunk (default 512, more with many cores).
+    within_subject : bool
+        Opt-in: also write ``p_all_within_subject`` and ``pred_within_subject``, each cell's P(ALL)
+        combined with those of the other cells of its subject (uses other cells of the same patient:
+        only meaningful when a patient's cells are scored together).
 
     Returns
     -------
     ScoreResult
     """
-    from tqdm.auto import tqdm
-
-
     t0 = time.perf_counter()
     out = Path(output_csv)
     if out.suffix.lower() != ".csv":
@@ -197,50 +283,19 @@ def score(
     if "subject" not in manifest_df:
         manifest_df = manifest_df.assign(subject="")
     chunk = chunk_images or max(CHUNK_IMAGES, 2 * resolve_jobs(jobs) * TASK_IMAGES)
-    tally = _Tally()
-    counts = {"scored": 0, "all": 0}
-    failures: dict[str, int] = {}
-    examples: list[tuple[str, str]] = []
-
-    def record(rows: pd.DataFrame, fh) -> None:
-        rows[COLUMNS].to_csv(fh, header=False, index=False)
-        tally.add(rows)
-        ok = rows["status"] == "ok"
-        counts["scored"] += int(ok.sum())
-        counts["all"] += int((rows["pred"] == "all").sum())
-        for path, status in zip(rows.loc[~ok, "path"], rows.loc[~ok, "status"]):
-            failures[status] = failures.get(status, 0) + 1
-            if len(examples) < 10:
-                examples.append((path, status))
-
-    bar = tqdm(total=len(manifest_df), desc="score", unit="img", file=sys.stderr, disable=not progress,
-               dynamic_ncols=True)
-    try:
-        with atomic_path(out, suffix=".csv") as tmp, open(tmp, "w", newline="") as fh:
-            fh.write(",".join(COLUMNS) + "\n")
-            for start in range(0, len(manifest_df), chunk):
-                part = manifest_df.iloc[start:start + chunk]
-                with tempfile.TemporaryDirectory(prefix="blastscan-score-") as chunk_store:
-                    # without a store each chunk gets its own, so nothing grows with the batch
-                    rows = bundle.score_manifest(part, store if store is not None else chunk_store,
-                                                 extractor_options=extractor_options, jobs=jobs, built=built)
-                record(rows, fh)
-                bar.update(len(part))
-            if len(failed):
-                record(failed, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except OSError as exc:
-        raise BlastscanError(str(out), f"cannot write ({exc.strerror or exc})") from None
-    finally:
-        bar.close()
-    subjects = tally.frame(bundle.threshold, subject_fraction)
+    counts = _Counts()
+    _write_predictions(out, bundle, built, manifest_df, failed, counts, store=store, chunk=chunk, jobs=jobs,
+                       extractor_options=extractor_options, progress=progress)
+    tally, failures, examples = counts.tally, counts.failures, counts.examples
+    subjects = tally.frame(bundle.threshold, subject_fraction, training_rates(bundle))
+    if within_subject:
+        _add_within_subject(out, bundle.threshold)
     subj_csv = subjects_path(out)
     with atomic_path(subj_csv, suffix=".csv") as tmp:
         subjects.to_csv(tmp, index=False)
     n_images = len(manifest_df) + len(failed)
-    return ScoreResult(predictions_csv=out, subjects_csv=subj_csv, n_images=n_images, n_scored=counts["scored"],
-                       n_failed=n_images - counts["scored"], n_pred_all=counts["all"], threshold=bundle.threshold,
+    return ScoreResult(predictions_csv=out, subjects_csv=subj_csv, n_images=n_images, n_scored=counts.scored,
+                       n_failed=n_images - counts.scored, n_pred_all=counts.all, threshold=bundle.threshold,
                        subjects=subjects, failures=failures, examples=examples,
                        seconds=time.perf_counter() - t0, warnings=list(bundle.warnings),
                        subject_fraction=subject_fraction)

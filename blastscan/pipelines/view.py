@@ -34,7 +34,7 @@ from blastscan.dataset import parse_cnmc_name
 from blastscan.errors import BlastscanError
 from blastscan.bundle import Bundle, load_bundle
 from blastscan.dataset.inputs import input_manifest
-from blastscan.pipelines.score import COLUMNS, subject_summary
+from blastscan.pipelines.score import COLUMNS, subject_summary, training_rates
 from blastscan.pipelines.view_detail import cell_detail, data_url, outline_png, training_reference
 
 __all__ = ["NOTICE", "ViewServer", "training_reference", "cell_detail", "serve"]
@@ -252,7 +252,7 @@ class ViewServer:
             rows = rows[COLUMNS].copy()
             rows["subject"] = rows["subject"].fillna("").astype(str)
             job["rows"] = rows
-            job["subjects"] = subject_summary(rows, self.bundle.threshold)
+            job["subjects"] = subject_summary(rows, self.bundle.threshold, rates=training_rates(self.bundle))
             job["done"] = job["total"]
             job["state"] = "done"
         except BlastscanError as exc:
@@ -286,7 +286,7 @@ class ViewServer:
         df = pd.DataFrame(rows, columns=["subject", "p_all", "pred"])
         df["subject"] = df["subject"].fillna("").astype(str)
         df["pred"] = df["pred"].fillna("").astype(str)
-        return _jsonable(subject_summary(df, self.bundle.threshold).to_dict(orient="records"))
+        return _jsonable(subject_summary(df, self.bundle.threshold, rates=training_rates(self.bundle)).to_dict(orient="records"))
 
 
 def _refusal(path: Path) -> pd.DataFrame:
