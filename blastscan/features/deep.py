@@ -56,6 +56,8 @@ __all__ = [
     "download_weights",
     "file_sha256",
     "keras_cache_dir",
+    "PRECISIONS",
+    "bf16_support",
 ]
 
 WEIGHTS_ENV = "BLASTSCAN_WEIGHTS_DIR"
@@ -66,6 +68,10 @@ RANDOM_SEED = 0
 PREP_THREADS = 2
 PREFETCH_BATCHES = 2
 RESIZE = "bilinear"  # PIL's antialiased bilinear; part of the config because it changes the output
+PRECISIONS = ("float32", "bf16")
+# Set to 1 to run bf16 on a CPU without bfloat16 instructions (emulated, slower than float32): for tests
+# and for checking the embeddings on any machine, never for speed.
+BF16_EMULATED_ENV = "BLASTSCAN_BF16_EMULATED"
 _KERAS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
 
@@ -256,6 +262,48 @@ def download_weights(backbone: str | Backbone, dest: str | os.PathLike | None = 
     return Path(got)
 
 
+# -- precision -----------------------------------------------------------------------------------------
+def _cpu_flags(cpuinfo: str) -> tuple[set[str], str]:
+    flags: set[str] = set()
+    model = ""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("flags", "features"):  # x86 / aarch64
+            flags.update(value.split())
+        elif key in ("model name", "cpu model") and not model:
+            model = value.strip()
+    return flags, model
+
+
+def bf16_support(cpuinfo: str | None = None) -> tuple[bool, str]:
+    """Whether this CPU runs bfloat16 natively: ``(ok, why)``.
+
+    Native means x86 ``avx512_bf16`` or ``amx_bf16`` (oneDNN's bf16 kernels), or aarch64 ``bf16``,
+    read from ``/proc/cpuinfo`` (``cpuinfo`` overrides it, for tests). Elsewhere TensorFlow emulates
+    bfloat16, which is slower than float32: there is no point in it.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return False, "cannot read /proc/cpuinfo to check for bfloat16 instructions"
+    flags, model = _cpu_flags(cpuinfo)
+    native = sorted(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    if native:
+        return True, f"{model or 'this CPU'} has {', '.join(native)}"
+    return False, (f"{model or 'this CPU'} has no bfloat16 instructions (avx512_bf16, amx_bf16 or bf16): "
+                   "bf16 would be emulated and slower than float32")
+
+
+def _check_precision(precision: str | None) -> str:
+    p = "float32" if precision is None else str(precision).lower()
+    p = {"fp32": "float32", "bfloat16": "bf16"}.get(p, p)
+    if p not in PRECISIONS:
+        raise BlastscanError("--precision", f"'{precision}' is not one of {', '.join(PRECISIONS)}")
+    return p
+
+
 # -- the extractor -------------------------------------------------------------------------------------
 class DeepExtractor(BatchExtractor):
     """Global-average-pooled embedding of a frozen ImageNet backbone.
@@ -275,18 +323,25 @@ class DeepExtractor(BatchExtractor):
         Square input size in pixels (default: the backbone's own). Part of the identity.
     batch_size : int, optional
         Images per forward pass (default 32). Not part of the identity.
+    precision : {"float32", "bf16"}, optional
+        ``"bf16"`` runs the network under Keras' ``mixed_bfloat16`` policy (float32 weights, bfloat16
+        arithmetic; embeddings within cosine 0.999 of float32). It changes the output, so it is part of
+        the identity; float32 (the default) is not written into the config, so float32 tables keep theirs.
+        Needs a CPU with bfloat16 instructions (checked when the network is built; see :func:`bf16_support`).
 
     Raises
     ------
     BlastscanError
-        When no weight file is found, or the input or batch size is invalid.
+        When no weight file is found, or the input size, batch size or precision is invalid.
     """
 
     version = "1"
 
     def __init__(self, backbone: Backbone, weights_dir=None, random_weights: bool = False,
-                 input_size: int | None = None, batch_size: int | None = None, **_: Any):
+                 input_size: int | None = None, batch_size: int | None = None, precision: str | None = None,
+                 **_: Any):
         self.backbone = backbone
+        self.precision = _check_precision(precision)
         self.name = backbone.name
         self.input_size = backbone.input_size if input_size is None else int(input_size)
         self.batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
@@ -321,8 +376,18 @@ class DeepExtractor(BatchExtractor):
 
     def config(self) -> dict[str, Any]:
         weights = f"random:seed={RANDOM_SEED}" if self.random_weights else f"sha256:{self.weights_sha256}"
-        return {"backbone": self.name, "input_size": self.input_size, "resize": RESIZE, "pooling": "avg",
-                "weights": weights}
+        cfg = {"backbone": self.name, "input_size": self.input_size, "resize": RESIZE, "pooling": "avg",
+               "weights": weights}
+        if self.precision != "float32":  # float32 stays out: the tables computed before bf16 existed keep their identity
+            cfg["precision"] = self.precision
+        return cfg
+
+    def check_runtime(self) -> None:
+        """Raise :class:`BlastscanError` now if this extractor cannot run here (bf16 on a CPU without it)."""
+        if self.precision == "bf16" and os.environ.get(BF16_EMULATED_ENV) != "1":
+            ok, why = bf16_support()
+            if not ok:
+                raise BlastscanError("--precision bf16", f"{why}; use --precision float32 (the default)")
 
     # -- model ---------------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -337,10 +402,18 @@ class DeepExtractor(BatchExtractor):
             keras = import_keras()
             import tensorflow as tf
 
+            self.check_runtime()
             b, s = self.backbone, self.input_size
             preprocess_input = importlib.import_module(f"keras.applications.{b.preprocess_module}").preprocess_input
-            model = getattr(keras.applications, b.constructor)(weights=None, include_top=False, pooling="avg",
-                                                               input_shape=(s, s, 3))
+            previous = keras.config.dtype_policy()
+            if self.precision == "bf16":
+                # float32 variables (the weight file loads as is), bfloat16 compute; layers built now keep it
+                keras.config.set_dtype_policy("mixed_bfloat16")
+            try:
+                model = getattr(keras.applications, b.constructor)(weights=None, include_top=False, pooling="avg",
+                                                                   input_shape=(s, s, 3))
+            finally:
+                keras.config.set_dtype_policy(previous)
             if self.random_weights:
                 _randomise(model, RANDOM_SEED)
             else:
@@ -359,7 +432,10 @@ class DeepExtractor(BatchExtractor):
             # and the worker threads only decode and resize. A compiled graph is also faster than eager
             # model(x) on CPU and peaks at a fraction of its memory.
             self._scale = tf.function(scale, input_signature=spec)
-            self._forward = tf.function(lambda x: model(scale(x), training=False), input_signature=spec)
+            def forward(x):
+                return tf.cast(model(scale(x), training=False), tf.float32)  # bf16 out under bf16
+
+            self._forward = tf.function(forward, input_signature=spec)
             self._model = model
 
     def forward(self, batch: np.ndarray) -> np.ndarray:

@@ -218,7 +218,7 @@ def extract(
     jobs : int, optional
         Worker processes for per-image extractors (default: all cores).
     extractor_options : dict, optional
-        ``weights_dir``, ``random_weights``, ``input_size``, ``batch_size`` for the deep backbones.
+        ``weights_dir``, ``random_weights``, ``input_size``, ``batch_size``, ``precision`` for the deep backbones.
     progress : bool
         Show a progress bar with rate and ETA on stderr.
     retry_failed : bool
@@ -238,6 +238,8 @@ def extract(
     # Build (and validate) every extractor before computing anything: a missing weight file should stop
     # the run at once, not after an hour of handcrafted features.
     extractors = [_extractor(n, options) for n in names]
+    for ext in extractors:  # e.g. --precision bf16 on a CPU without bfloat16
+        getattr(ext, "check_runtime", lambda: None)()
     runs = []
     for name, ext in zip(names, extractors):
         identity = fstore.ensure_table(ext.describe(), ext.feature_names)
