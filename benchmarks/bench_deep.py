@@ -1,22 +1,27 @@
-"""Throughput and peak memory of the deep backbones: bare forward pass vs the full extract path.
+"""Deep extraction, side by side: the seeds' loop, the bare forward, blastscan float32 and bf16 end to end.
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_deep.py [--backbones inception_v3,vgg16] [--n 256] [--batch-size 32]
-        [--input-size S] [--data DIR] [--weights-dir DIR | --random-weights]
+    .venv/bin/python benchmarks/bench_deep.py [--backbones inception_v3,vgg16] [--n 128] [--rounds 3]
+        [--user-n 384] [--batch-size 32] [--data DIR] [--weights-dir DIR] [--emulated-bf16]
 
-For each backbone, in one process and with the same extractor instance (so the same compiled forward):
+For each backbone, in one process, the paths below run **interleaved** (seeds, bare, float32, bf16, seeds,
+...) for ``--rounds`` rounds over the same ``n`` real cells, and the median images/s of each is printed
+with its ratio to bare and to the seeds' loop (the machine may be shared: ratios within one run are the
+figures to quote, absolute rates are not):
 
-* ``bare``: images/s of the compiled forward pass alone (uint8 -> preprocess_input -> network, the
-  function extract uses) over ``n`` preloaded, decoded and resized images, measured before and after
-  the extract runs and averaged (the machine may be shared);
-* ``extract``: images/s of ``blastscan.pipelines.extract.extract`` into a fresh temporary store for the
-  same ``n`` files (read, decode, resize, preprocess, forward, write the store), and its ratio to bare
-  (target >= 90%: decoding is overlapped with inference);
-* the peak resident memory (sampled from /proc/self/status every 20 ms) during extract of ``n`` and of
-  ``2n`` images: it should stay flat, since batches are streamed and the store is written in chunks.
+* ``seeds``: what the seed projects did: per batch, load + PIL resize + float32 + ``preprocess_input`` +
+  ``model.predict`` on a plain Keras model;
+* ``bare``: blastscan's compiled forward alone (uint8 -> preprocess_input -> network) over preloaded,
+  decoded and resized batches;
+* ``float32`` / ``bf16``: ``blastscan.pipelines.extract.extract`` into a fresh store (read, decode,
+  resize, forward, write the store). bf16 runs only on CPUs with bfloat16 instructions, unless
+  ``--emulated-bf16`` (then its speed means nothing, but its cosine to float32 is real).
 
-The model is built and traced once before timing; that one-off cost is printed on its own.
+Then: the cosine of bf16 to float32 embeddings on those cells, the peak resident memory of float32
+extract over ``n`` and ``2n`` images (flat: batches are streamed, the store written in chunks), and
+"as a user sees it": ``blastscan extract`` as a fresh process on ``--user-n`` cells, build and trace
+included, against the seeds' loop as a fresh process, both timed from start to end.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -66,8 +73,9 @@ def peak_rss(result: dict):
 
 
 def cell_paths(data: Path, n: int) -> list[str]:
-    """``n`` distinct real cells from the dataset's manifest.csv (first rows, both classes interleaved)."""
+    """``n`` distinct real cells from the dataset's manifest.csv (both classes interleaved)."""
     rows = list(csv.DictReader(open(data / "manifest.csv")))
+    rows = [r for r in rows if (data / r["path"]).is_file()]
     by_label = {lab: [r for r in rows if r["label"] == lab] for lab in sorted({r["label"] for r in rows})}
     mixed = [r for group in zip(*by_label.values()) for r in group]
     if len(mixed) < n:
@@ -75,73 +83,183 @@ def cell_paths(data: Path, n: int) -> list[str]:
     return [str(data / r["path"]) for r in mixed[:n]]
 
 
-def bench_backbone(name: str, paths: list[str], options: dict) -> None:
+def seeds_model(name: str, weights_dir: str):
+    """The seeds' setup: a plain Keras model and the backbone's ``preprocess_input``."""
+    import importlib
+
+    from blastscan._tf import import_keras
+    from blastscan.features.deep import BACKBONES, find_weights
+
+    keras = import_keras()
+    b = BACKBONES[name]
+    model = getattr(keras.applications, b.constructor)(weights=None, include_top=False, pooling="avg",
+                                                       input_shape=(b.input_size, b.input_size, 3))
+    model.load_weights(str(find_weights(b, weights_dir).path))
+    pre = importlib.import_module(f"keras.applications.{b.preprocess_module}").preprocess_input
+    return model, pre, b.input_size
+
+
+def seeds_loop(model, pre, size: int, paths: list[str], bs: int = 32):
+    """Per batch: load + resize + float32 + preprocess_input + model.predict (no overlap at all)."""
+    import numpy as np
+    from PIL import Image
+
+    from blastscan.dataset import load_image
+
+    out = []
+    for lo in range(0, len(paths), bs):
+        imgs = [np.asarray(Image.fromarray(load_image(p)).resize((size, size), Image.Resampling.BILINEAR))
+                for p in paths[lo:lo + bs]]
+        x = pre(np.stack(imgs).astype(np.float32))
+        out.append(model.predict(x, batch_size=bs, verbose=0))
+    return np.vstack(out)
+
+
+def bench_backbone(name: str, paths: list[str], args) -> dict:
     import numpy as np
 
     from blastscan.dataset import build_manifest, load_image
-    from blastscan.pipelines.extract import _extractor, extract
+    from blastscan.features.deep import bf16_support
+    from blastscan.pipelines.extract import _extractor, extract, load_features
 
-    n = len(paths) // 2
-    manifest = build_manifest(paths, progress=False).df
-    first, both = manifest.iloc[:n], manifest
-    ext = _extractor(name, options)  # the instance extract() will use: same compiled forward
-    bs = ext.batch_size
+    n = args.n
+    manifest = build_manifest(paths[:2 * n], progress=False).df
+    first = manifest.iloc[:n]
+    opts = {"weights_dir": args.weights_dir, "batch_size": args.batch_size}
+    opts = {k: v for k, v in opts.items() if v is not None}
+    bf16_opts = dict(opts, precision="bf16")
+    f32 = _extractor(name, opts)  # the instances extract() uses: same compiled forward
+    bs = f32.batch_size
+    ok, why = bf16_support()
+    run_bf16 = ok or args.emulated_bf16
+    if args.emulated_bf16:
+        os.environ["BLASTSCAN_BF16_EMULATED"] = "1"
 
     t0 = time.perf_counter()
-    images = [ext.resize(load_image(p)) for p in first["path"]]
+    images = [f32.resize(load_image(p)) for p in first["path"]]
     batches = [np.stack(images[i:i + bs]) for i in range(0, n, bs)]
-    ext.forward(batches[0])  # build, load weights, trace the graph
+    f32.forward(batches[0])  # build, load weights, trace the graph
     warm = time.perf_counter() - t0
+    if run_bf16:
+        _extractor(name, bf16_opts).forward(batches[0])
+    model, pre, size = seeds_model(name, args.weights_dir)
+    seeds_loop(model, pre, size, list(first["path"][:bs]), bs)  # predict's own warm-up
 
-    def bare_rate() -> float:
-        t0 = time.perf_counter()
+    stores = {}
+
+    def run_extract(label, options):
+        store = tempfile.mkdtemp(prefix=f"bench-deep-{label}-")
+        summary = extract(first, [name], store, extractor_options=options, progress=False)
+        assert summary.runs[0].computed == n, summary.format()
+        stores[label] = store
+
+    def bare():
         for b in batches:
-            ext.forward(b)
-        return n / (time.perf_counter() - t0)
+            f32.forward(b)
 
-    bare = [bare_rate()]
-    rates, peaks = {}, {}
-    for label, df in (("n", first), ("2n", both)):
-        with tempfile.TemporaryDirectory(prefix="bench-deep-") as store, peak_rss({}) as mem:
+    paths_n = list(first["path"])
+    fns = {"seeds": lambda: seeds_loop(model, pre, size, paths_n, bs), "bare": bare,
+           "float32": lambda: run_extract("float32", opts)}
+    if run_bf16:
+        fns["bf16"] = lambda: run_extract("bf16", bf16_opts)
+    rates = {k: [] for k in fns}
+    for _ in range(args.rounds):
+        for k, fn in fns.items():
             t0 = time.perf_counter()
-            summary = extract(df, [name], store, extractor_options=options, progress=False)
-            rates[label] = len(df) / (time.perf_counter() - t0)
-            assert summary.runs[0].computed == len(df), summary.format()
-        peaks[label] = mem["peak_mb"]
-    # The machine may be shared: bare is measured before and after extract, and averaged.
-    bare.append(bare_rate())
-    bare_mean = sum(bare) / 2
+            fn()
+            rates[k].append(n / (time.perf_counter() - t0))
+    med = {k: statistics.median(v) for k, v in rates.items()}
 
-    print(f"{name} (input {ext.input_size}, batch {bs}, {ext.identity}); build + trace + load {warm:.1f} s")
-    print(f"  bare forward    {n:5d} images: {bare_mean:6.1f} images/s (before/after: {bare[0]:.1f}/{bare[1]:.1f})")
-    print(f"  extract (full)  {n:5d} images: {rates['n']:6.1f} images/s = {100 * rates['n'] / bare_mean:.0f}% of bare "
-          f"(target >= 90%)")
-    print(f"  extract (full)  {2 * n:5d} images: {rates['2n']:6.1f} images/s")
-    print(f"  peak RSS during extract: {peaks['n']:.0f} MB for {n} images, {peaks['2n']:.0f} MB for {2 * n} "
-          f"({peaks['2n'] - peaks['n']:+.0f} MB)")
+    # memory: float32 extract of n and of 2n images
+    peaks = {}
+    for label, df in (("n", first), ("2n", manifest)):
+        with tempfile.TemporaryDirectory(prefix="bench-deep-mem-") as store, peak_rss({}) as mem:
+            extract(df, [name], store, extractor_options=opts, progress=False)
+        peaks[label] = mem["peak_mb"]
+
+    print(f"\n{name} (input {f32.input_size}, batch {bs}); {n} real cells, {args.rounds} interleaved rounds, "
+          f"medians; build + load + trace {warm:.1f} s")
+    print(f"  {'path':<34} {'images/s':>9} {'vs bare':>8} {'vs seeds':>9}   rounds")
+    labels = {"seeds": "seeds' loop (predict per batch)", "bare": "bare compiled forward",
+              "float32": "blastscan extract float32", "bf16": "blastscan extract bf16"}
+    for k in fns:
+        print(f"  {labels[k]:<34} {med[k]:9.1f} {100 * med[k] / med['bare']:7.0f}% {med[k] / med['seeds']:8.2f}x"
+              f"   {' '.join(f'{r:.1f}' for r in rates[k])}")
+    if run_bf16:
+        print(f"  bf16 / float32 end to end: {med['bf16'] / med['float32']:.2f}x"
+              + ("  (EMULATED bf16: this CPU lacks it, the speed means nothing)" if not ok else ""))
+        a = load_features(first, name, stores["float32"], extractor_options=opts).X
+        b = load_features(first, name, stores["bf16"], extractor_options=bf16_opts).X
+        cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        print(f"  cosine bf16 vs float32 on {n} cells: min {cos.min():.5f}, median {np.median(cos):.5f}")
+    else:
+        print(f"  bf16: not run ({why})")
+    print(f"  peak RSS during float32 extract: {peaks['n']:.0f} MB for {n} images, {peaks['2n']:.0f} MB for "
+          f"{2 * n} ({peaks['2n'] - peaks['n']:+.0f} MB)")
     sys.stdout.flush()
+    return med
+
+
+def user_view(name: str, data: Path, m: int, args) -> None:
+    """Fresh processes on ``m`` cells, from start to end (imports, build and trace included)."""
+    paths = cell_paths(data, m)
+    with tempfile.TemporaryDirectory(prefix="bench-deep-user-") as tmp:
+        ds = Path(tmp) / "cells"
+        for p in paths:
+            label = Path(p).parent.name
+            (ds / label).mkdir(parents=True, exist_ok=True)
+            (ds / label / Path(p).name).symlink_to(p)
+        cmd_seeds = [sys.executable, __file__, "--seeds-only", name, "--weights-dir", args.weights_dir, str(ds)]
+        cmd_ext = [sys.executable, "-m", "blastscan.cli", "extract", str(ds), "-f", name, "-q", "--store",
+                   str(Path(tmp) / "store"), "--weights-dir", args.weights_dir]
+        walls = {}
+        for label, cmd in (("seeds", cmd_seeds), ("extract", cmd_ext)):
+            t0 = time.perf_counter()
+            res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+            walls[label] = time.perf_counter() - t0
+            if res.returncode:
+                raise SystemExit(f"{label} failed: {res.stderr[-2000:]}")
+            if label == "extract":
+                line = next((ln for ln in res.stdout.splitlines() if ln.startswith(name)), "")
+    print(f"\nas a user sees it: {name} on {m} cells, fresh processes, imports + build + trace included")
+    print(f"  seeds' loop        {m / walls['seeds']:6.1f} images/s ({walls['seeds']:.1f} s)")
+    print(f"  blastscan extract  {m / walls['extract']:6.1f} images/s ({walls['extract']:.1f} s) = "
+          f"{walls['seeds'] / walls['extract']:.2f}x the seeds' loop; its summary: {line.strip()}")
+
+
+def seeds_only(name: str, weights_dir: str, folder: str) -> None:
+    paths = sorted(str(p) for p in Path(folder).rglob("*.png"))
+    model, pre, size = seeds_model(name, weights_dir)
+    seeds_loop(model, pre, size, paths)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbones", default="inception_v3,vgg16")
-    ap.add_argument("--n", type=int, default=256, help="Images per run (memory is also measured at 2n).")
+    ap.add_argument("--n", type=int, default=128, help="Cells per timed run (memory is also measured at 2n).")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--user-n", type=int, default=384, help="Cells for 'as a user sees it' (0 skips it).")
     ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--input-size", type=int, default=None)
     ap.add_argument("--data", type=Path, default=Path("/work/shared/data/cnmc2019"))
     ap.add_argument("--weights-dir", default=os.environ.get("BLASTSCAN_WEIGHTS_DIR", "/work/shared/weights"))
-    ap.add_argument("--random-weights", action="store_true")
+    ap.add_argument("--emulated-bf16", action="store_true",
+                    help="Run bf16 even where the CPU lacks it (cosine is real, speed is not).")
+    ap.add_argument("--seeds-only", nargs=1, metavar="BACKBONE", help=argparse.SUPPRESS)
+    ap.add_argument("folder", nargs="?", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.seeds_only:
+        return seeds_only(args.seeds_only[0], args.weights_dir, args.folder)
 
-    options = {"weights_dir": args.weights_dir, "random_weights": args.random_weights,
-               "batch_size": args.batch_size, "input_size": args.input_size}
-    options = {k: v for k, v in options.items() if v not in (None, False)}
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     paths = cell_paths(args.data, 2 * args.n)
-    print(f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}; {args.n} and {2 * args.n} real cells "
+    print(f"{os.cpu_count()} CPU cores ({cpu}), load average {os.getloadavg()[0]:.1f}; {args.n} real cells "
           f"from {args.data}")
-    for name in args.backbones.split(","):
-        bench_backbone(name.strip(), paths, options)
-    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    names = [n.strip() for n in args.backbones.split(",")]
+    for name in names:
+        bench_backbone(name, paths, args)
+    if args.user_n:
+        user_view(names[0], args.data, args.user_n, args)
+    print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -315,3 +315,63 @@ def test_tensorflow_start_up_chatter_does_not_reach_the_terminal(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "(2, 512)"
     assert "oneDNN" not in out.stderr and "absl" not in out.stderr, out.stderr
+
+
+# -- precision (bf16) -------------------------------------------------------------------------------------
+def test_float32_identity_is_unchanged_and_bf16_has_its_own():
+    # Pinned: these are the identities of the tables computed before --precision existed.
+    assert get_extractor("inception_v3", random_weights=True).identity == "inception_v3@1-43a931244e"
+    assert get_extractor("vgg16", random_weights=True).identity == "vgg16@1-7cd3c32f7e"
+    f32 = get_extractor("vgg16", random_weights=True, precision="float32")
+    bf16 = get_extractor("vgg16", random_weights=True, precision="bf16")
+    assert "precision" not in f32.config() and f32.identity == "vgg16@1-7cd3c32f7e"
+    assert bf16.config()["precision"] == "bf16" and bf16.identity != f32.identity
+    assert get_extractor("vgg16", random_weights=True, precision="bfloat16").identity == bf16.identity
+    with pytest.raises(BlastscanError, match="--precision"):
+        get_extractor("vgg16", random_weights=True, precision="fp16")
+
+
+@pytest.mark.parametrize("cpuinfo, ok", [
+    ("model name\t: Intel Xeon\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n", True),
+    ("model name\t: Intel Xeon\nflags\t\t: fpu avx2 amx_bf16\n", True),
+    ("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n", True),
+    ("model name\t: AMD EPYC\nflags\t\t: fpu avx2 fma avx512f\n", False),
+    ("", False),
+])
+def test_bf16_support_reads_the_cpu_flags(cpuinfo, ok):
+    got, why = deep.bf16_support(cpuinfo)
+    assert got is ok and why
+    if not ok:
+        assert "no bfloat16 instructions" in why
+
+
+def test_cli_bf16_on_a_cpu_without_it_is_one_line_error(tmp_path, monkeypatch):
+    from blastscan.cli import main
+
+    monkeypatch.delenv(deep.BF16_EMULATED_ENV, raising=False)
+    monkeypatch.setattr(deep, "bf16_support", lambda cpuinfo=None: (False, "Test CPU has no bfloat16 instructions"))
+    for i in range(2):
+        write_png(tmp_path / "data" / "all" / f"a{i}.png", i)
+        write_png(tmp_path / "data" / "hem" / f"h{i}.png", 10 + i)
+    res = CliRunner().invoke(main, ["extract", str(tmp_path / "data"), "-f", "handcrafted,vgg16", "-q",
+                                    "--random-weights", "--precision", "bf16", "--store", str(tmp_path / "store")])
+    assert res.exit_code == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --precision bf16: Test CPU"), res.stderr
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").glob("handcrafted*"))  # checked first
+
+
+def test_bf16_embeddings_match_float32_on_real_cells(weights_dir, real_cell_paths, monkeypatch):
+    monkeypatch.setenv(deep.BF16_EMULATED_ENV, "1")  # runs on any CPU (slower where emulated)
+    # at the backbone's own input size (299): the setting the 0.999 promise is made for
+    f32 = embed(built("inception_v3", weights_dir=weights_dir), real_cell_paths)
+    bf16_ext = get_extractor("inception_v3", weights_dir=weights_dir, precision="bf16")
+    bf16 = embed(bf16_ext, real_cell_paths)
+    assert bf16.dtype == np.float32 and bf16.shape == f32.shape
+    assert bf16_ext._model.layers[-2].compute_dtype == "bfloat16"  # really computed in bfloat16 ...
+    assert not np.array_equal(bf16, f32)
+    cos = (f32 * bf16).sum(1) / np.linalg.norm(f32, axis=1) / np.linalg.norm(bf16, axis=1)
+    assert cos.min() >= 0.999, cos  # ... and still the same embedding
+    import keras
+
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored after the build

@@ -45,6 +45,7 @@ import numpy as np
 
 from blastscan.errors import BlastscanError
 from blastscan.features.base import BatchExtractor, BatchResult, register_extractor
+from blastscan.features.precision import BF16_EMULATED_ENV, PRECISIONS, bf16_support, check_precision
 
 __all__ = [
     "Backbone",
@@ -56,6 +57,8 @@ __all__ = [
     "download_weights",
     "file_sha256",
     "keras_cache_dir",
+    "PRECISIONS",
+    "bf16_support",
 ]
 
 WEIGHTS_ENV = "BLASTSCAN_WEIGHTS_DIR"
@@ -275,18 +278,25 @@ class DeepExtractor(BatchExtractor):
         Square input size in pixels (default: the backbone's own). Part of the identity.
     batch_size : int, optional
         Images per forward pass (default 32). Not part of the identity.
+    precision : {"float32", "bf16"}, optional
+        ``"bf16"`` runs the network under Keras' ``mixed_bfloat16`` policy (float32 weights, bfloat16
+        arithmetic; embeddings within cosine 0.999 of float32). It changes the output, so it is part of
+        the identity; float32 (the default) is not written into the config, so float32 tables keep theirs.
+        Needs a CPU with bfloat16 instructions (checked when the network is built; see :func:`bf16_support`).
 
     Raises
     ------
     BlastscanError
-        When no weight file is found, or the input or batch size is invalid.
+        When no weight file is found, or the input size, batch size or precision is invalid.
     """
 
     version = "1"
 
     def __init__(self, backbone: Backbone, weights_dir=None, random_weights: bool = False,
-                 input_size: int | None = None, batch_size: int | None = None, **_: Any):
+                 input_size: int | None = None, batch_size: int | None = None, precision: str | None = None,
+                 **_: Any):
         self.backbone = backbone
+        self.precision = check_precision(precision)
         self.name = backbone.name
         self.input_size = backbone.input_size if input_size is None else int(input_size)
         self.batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
@@ -320,12 +330,22 @@ class DeepExtractor(BatchExtractor):
         return [f"{self.name}_avgpool_{i:04d}" for i in range(self.backbone.dim)]
 
     def build_options(self) -> dict[str, Any]:
-        return {"input_size": self.input_size, "random_weights": self.random_weights}
+        return {"input_size": self.input_size, "random_weights": self.random_weights, "precision": self.precision}
 
     def config(self) -> dict[str, Any]:
         weights = f"random:seed={RANDOM_SEED}" if self.random_weights else f"sha256:{self.weights_sha256}"
-        return {"backbone": self.name, "input_size": self.input_size, "resize": RESIZE, "pooling": "avg",
-                "weights": weights}
+        cfg = {"backbone": self.name, "input_size": self.input_size, "resize": RESIZE, "pooling": "avg",
+               "weights": weights}
+        if self.precision != "float32":  # float32 stays out: the tables computed before bf16 existed keep their identity
+            cfg["precision"] = self.precision
+        return cfg
+
+    def check_runtime(self) -> None:
+        """Raise :class:`BlastscanError` now if this extractor cannot run here (bf16 on a CPU without it)."""
+        if self.precision == "bf16" and os.environ.get(BF16_EMULATED_ENV) != "1":
+            ok, why = bf16_support()
+            if not ok:
+                raise BlastscanError("--precision bf16", f"{why}; use --precision float32 (the default)")
 
     # -- model ---------------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -340,10 +360,18 @@ class DeepExtractor(BatchExtractor):
             keras = import_keras()
             import tensorflow as tf
 
+            self.check_runtime()
             b, s = self.backbone, self.input_size
             preprocess_input = importlib.import_module(f"keras.applications.{b.preprocess_module}").preprocess_input
-            model = getattr(keras.applications, b.constructor)(weights=None, include_top=False, pooling="avg",
-                                                               input_shape=(s, s, 3))
+            previous = keras.config.dtype_policy()
+            if self.precision == "bf16":
+                # float32 variables (the weight file loads as is), bfloat16 compute; layers built now keep it
+                keras.config.set_dtype_policy("mixed_bfloat16")
+            try:
+                model = getattr(keras.applications, b.constructor)(weights=None, include_top=False, pooling="avg",
+                                                                   input_shape=(s, s, 3))
+            finally:
+                keras.config.set_dtype_policy(previous)
             if self.random_weights:
                 _randomise(model, RANDOM_SEED)
             else:
@@ -362,7 +390,10 @@ class DeepExtractor(BatchExtractor):
             # and the worker threads only decode and resize. A compiled graph is also faster than eager
             # model(x) on CPU and peaks at a fraction of its memory.
             self._scale = tf.function(scale, input_signature=spec)
-            self._forward = tf.function(lambda x: model(scale(x), training=False), input_signature=spec)
+            def forward(x):
+                return tf.cast(model(scale(x), training=False), tf.float32)  # bf16 out under bf16
+
+            self._forward = tf.function(forward, input_signature=spec)
             self._model = model
 
     def forward(self, batch: np.ndarray) -> np.ndarray:

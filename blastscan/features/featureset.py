@@ -130,8 +130,9 @@ class FeatureSet:
     def __post_init__(self):
         self.options = clean_options(self.options)
         self.names = parse_feature_set(self.spec)
-        # built now: a missing weight file stops a command before any image is read
+        # built now: a missing weight file (or bf16 on a CPU without it) stops a command before any image is read
         self.extractors = [build_extractor(n, self.options) for n in self.names]
+        _check_runtime(self.extractors)
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -162,6 +163,7 @@ class FeatureSet:
             if ext.identity != rec["identity"]:
                 raise BlastscanError(what, _identity_mismatch(rec, ext.describe()))
             built.append(ext)
+        _check_runtime(built)
         fs = cls.__new__(cls)
         fs.spec, fs.options, fs.names, fs.extractors = spec, runtime, [r["name"] for r in records], built
         return fs
@@ -233,6 +235,11 @@ class FeatureSet:
         """:meth:`ensure`, then :meth:`read`."""
         summary = self.ensure(manifest_df, store, jobs=jobs, progress=progress)
         return summary, self.read(manifest_df, store, dataset_hint=dataset_hint)
+
+
+def _check_runtime(extractors: Sequence[Extractor]) -> None:
+    for ext in extractors:  # e.g. --precision bf16 on a CPU without bfloat16: one line now, not after an hour
+        getattr(ext, "check_runtime", lambda: None)()
 
 
 def feature_sets(specs: Iterable[str], options: Mapping[str, Any] | None = None) -> list[FeatureSet]:
