@@ -75,11 +75,24 @@ def jobs_option(f):
     )(f)
 
 
-def dataset_manifest(dataset, store, jobs, quiet):
+def subject_pattern_option(f):
+    return click.option("--subject-pattern", default=None, metavar="REGEX",
+                        help="Take the subject from each file name that carries none: group 'subject', else "
+                             r"group 1, else the match, e.g. '^(P\d+)_'.")(f)
+
+
+def per_image_split_option(f):
+    return click.option("--per-image-split", is_flag=True,
+                        help="Evaluate although some images have no subject (each its own group); every output "
+                             "is then labelled LEAKY. Without it such data is refused.")(f)
+
+
+def dataset_manifest(dataset, store, jobs, quiet, subject_pattern=None):
     """Build DATASET's manifest (file checks cached in the store) and list its problems briefly on stderr."""
     from blastscan.dataset import build_manifest, format_problems, inspect_cache
 
-    manifest = build_manifest(dataset, jobs=jobs, progress=not quiet, cache=inspect_cache(store))
+    manifest = build_manifest(dataset, jobs=jobs, progress=not quiet, cache=inspect_cache(store),
+                              subject_pattern=subject_pattern)
     if manifest.problems:
         counts = format_problems(manifest.problems, 0)[1:-1]  # "  <n>  <kind>" lines, no file list
         kinds = "; ".join(" ".join(line.split()) for line in counts)
@@ -110,8 +123,9 @@ def _deep_options(weights_dir, random_weights, **extra):
 @click.option("--problems", "problems_file", type=click.Path(dir_okay=False), default=None,
               help="Write every problem here, one line each (the summary shows the first 20).")
 @click.option("--jobs", "-j", type=int, default=None, show_default="all cores", help="Threads reading images.")
+@subject_pattern_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def data(dataset, out, problems_file, jobs, quiet):
+def data(dataset, out, problems_file, jobs, subject_pattern, quiet):
     """Check DATASET and summarise it: classes, subjects, splits, duplicates, problems.
 
     DATASET is a C-NMC 2019 folder (the top folder, C-NMC_Leukemia, or a folder above it), class folders
@@ -122,7 +136,7 @@ def data(dataset, out, problems_file, jobs, quiet):
     from blastscan.dataset import build_manifest, summarize, write_manifest
     from blastscan._io import atomic_write_bytes
 
-    manifest = build_manifest(dataset, jobs=jobs, progress=not quiet)
+    manifest = build_manifest(dataset, jobs=jobs, progress=not quiet, subject_pattern=subject_pattern)
     click.echo(summarize(manifest))
     if problems_file:
         text = "".join(f"{p}\n" for p in manifest.problems)
