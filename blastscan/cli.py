@@ -20,14 +20,31 @@ class _Group(click.Group):
     """Turns BlastscanError into one line on stderr and exit code 2."""
 
     def invoke(self, ctx):
+        _sigterm_as_interrupt()
         try:
             return super().invoke(ctx)
         except BlastscanError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
+        except PermissionError as exc:  # a place nobody checked before: still one line, naming it
+            click.echo(f"error: {exc.filename or 'file'}: cannot write or read there ({exc.strerror})", err=True)
+            ctx.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted: finished chunks are kept in the store", err=True)
             ctx.exit(130)
+
+
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM (``kill``, a scheduler's stop) unwinds like Ctrl+C: finished rows published, temp files removed."""
+    import signal
+    import threading
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -256,9 +273,12 @@ def extract(dataset, features, store, jobs, weights_dir, random_weights, input_s
 @click.option("--bootstrap", "n_boot", type=int, default=1000, show_default=True,
               help="Resamples of subjects for the 95% intervals.")
 @click.option("--jobs", "-j", type=int, default=None, show_default="all cores", help="Models fitted in parallel.")
+@subject_pattern_option
+@per_image_split_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def compare(dataset, features, classifiers, out_dir, store, weights_dir, random_weights, input_size, folds, seed,
-            threshold_rule, target_recall, params, params_file, inner_folds, leaky_folds, n_boot, jobs, quiet):
+            threshold_rule, target_recall, params, params_file, inner_folds, leaky_folds, n_boot, jobs,
+            subject_pattern, per_image_split, quiet):
     """Compare feature sets x classifiers on DATASET with subject-disjoint evaluation.
 
     Writes a run folder with report.html / report.md, metrics.csv/json, out-of-fold predictions,
@@ -271,8 +291,9 @@ def compare(dataset, features, classifiers, out_dir, store, weights_dir, random_
 
     parsed = load_params(params, params_file)  # bad --param fails before the manifest is built
     settings = EvalSettings(folds=folds, seed=seed, threshold_rule=threshold_rule, target_recall=target_recall,
-                            inner_folds=inner_folds, leaky_folds=leaky_folds, n_boot=n_boot)
-    manifest = dataset_manifest(dataset, store, jobs, quiet)
+                            inner_folds=inner_folds, leaky_folds=leaky_folds, n_boot=n_boot,
+                            per_image_split=per_image_split)
+    manifest = dataset_manifest(dataset, store, jobs, quiet, subject_pattern)
     opts = _deep_options(weights_dir, random_weights, input_size=input_size)
     result = run_compare(manifest.df, features, classifiers or default_classifiers(), store, out_dir,
                          settings=settings, params=parsed, extractor_options=opts, jobs=jobs, progress=not quiet,
@@ -314,9 +335,11 @@ _bundle_weights_option = weights_dir_option(
 @click.option("--inner-folds", type=int, default=5, show_default=True,
               help="Subject-disjoint folds of the out-of-fold predictions that set the threshold.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of folds and model.")
+@subject_pattern_option
+@per_image_split_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def train(dataset, features, classifier, params, params_file, out, store, jobs, weights_dir, random_weights, input_size,
-          threshold_rule, target_recall, inner_folds, seed, quiet):
+          threshold_rule, target_recall, inner_folds, seed, subject_pattern, per_image_split, quiet):
     """Fit one model on every labelled image of DATASET; with --out, save it as a scoring bundle.
 
     Missing features are computed first. The threshold and the printed metrics come from subject-disjoint
@@ -327,10 +350,11 @@ def train(dataset, features, classifier, params, params_file, out, store, jobs, 
     from blastscan.pipelines.train import train as run_train
 
     settings = EvalSettings(seed=seed, threshold_rule=threshold_rule, target_recall=target_recall,
-                            inner_folds=inner_folds)
+                            inner_folds=inner_folds, per_image_split=per_image_split)
     opts = _deep_options(weights_dir, random_weights, input_size=input_size)
     run_train(dataset, features, classifier, store, params=params, params_file=params_file, out=out,
-              extractor_options=opts, settings=settings, jobs=jobs, progress=not quiet, echo=click.echo)
+              extractor_options=opts, settings=settings, jobs=jobs, progress=not quiet, echo=click.echo,
+              subject_pattern=subject_pattern)
 
 
 @main.command()
