@@ -228,7 +228,7 @@ def _collect_cnmc(roots: list[Path], col: _Collector) -> None:
                                 "no_label")
                 if subject is None:
                     col.problem(path, "name does not follow UID_<subject>_<image>_<cell>_<all|hem>: no subject "
-                                      "(it becomes its own split group)", "no_subject")
+                                      "(compare/train refuse it unless --per-image-split)", "no_subject")
                 col.add(path, label, subject, split)
             else:
                 low = "/".join(parts).lower()

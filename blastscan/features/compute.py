@@ -130,10 +130,9 @@ def compute_missing(ext: Extractor, unique: pd.DataFrame, fstore: FeatureStore, 
     identity = fstore.ensure_table(ext.describe(), ext.feature_names)
     known = fstore.known_shas(identity)
     todo = unique[~unique["sha256"].isin(known)]
-    if retry_failed:
-        n_failed = len(set(fstore.failures(identity)) & set(unique["sha256"]))
-        if n_failed:
-            fstore.check_writable(identity, f"--retry-failed would retry {n_failed} images")
+    recorded = fstore.failures(identity) if retry_failed else {}
+    if recorded:  # nothing recorded: nothing to forget, and a read-only store stays usable
+        fstore.check_writable(identity, f"--retry-failed would retry {len(recorded)} images")
         fstore.forget_failures(identity)
         known = fstore.known_shas(identity)
         todo = unique[~unique["sha256"].isin(known)]
