@@ -13,7 +13,12 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_path", "atomic_write_bytes", "file_sha256"]
+from blastscan.errors import BlastscanError
+
+__all__ = ["atomic_path", "atomic_write_bytes", "check_writable_dir", "check_writable_file", "file_sha256",
+           "pid_alive", "remove_stale_temp", "TEMP_MARK"]
+
+TEMP_MARK = ".tmp"  # every temporary name ends so (see atomic_path); stale ones are removed by remove_stale_temp
 
 
 def _current_umask() -> int:
@@ -47,7 +52,8 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     # same folder as the target: os.replace is atomic only within one file system
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    # the writer's pid in the name: a temp file of a process that no longer exists is a crash's leftover
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=suffix + TEMP_MARK, dir=target.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -94,3 +100,79 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def check_writable_dir(folder: str | os.PathLike, what: str) -> None:
+    """Raise a one-line :class:`BlastscanError` unless files can be written in ``folder``.
+
+    Checked before expensive work by creating (and removing) a probe file, which is what counts: file
+    modes, read-only mounts and capabilities all show. A folder that does not exist yet is not created;
+    its nearest existing parent is probed instead (it must let the folder be made).
+
+    Parameters
+    ----------
+    folder : path
+        Where files will be written.
+    what : str
+        How the user named it (an option such as ``--out``), first in the message.
+    """
+    folder = Path(os.path.abspath(folder))
+    probe_in = folder
+    while not probe_in.exists() and probe_in != probe_in.parent:
+        probe_in = probe_in.parent
+    if not probe_in.is_dir():
+        raise BlastscanError(f"{what} {folder}", f"{probe_in} is not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".blastscan-probe-", suffix=TEMP_MARK, dir=probe_in)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        where = "" if probe_in == folder else f" (its folder {probe_in} cannot be written)"
+        raise BlastscanError(f"{what} {folder}", f"cannot write there ({exc.strerror or exc}){where}") from None
+
+
+def check_writable_file(path: str | os.PathLike, what: str) -> None:
+    """:func:`check_writable_dir` for the folder of a file to be written (and the file itself when it exists)."""
+    path = Path(os.path.abspath(path))
+    if path.is_dir():
+        raise BlastscanError(f"{what} {path}", "is a folder; give a file name")
+    check_writable_dir(path.parent, what)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (on this machine)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp(folder: str | os.PathLike, prefix: str) -> int:
+    """Remove what a crashed writer left in ``folder``: entries named ``<prefix><pid>.<...>`` whose ``pid``
+    no longer runs (temp files of :func:`atomic_path`, temp folders named so). Returns how many were
+    removed; errors are ignored (cleaning is best effort, never a reason to fail)."""
+    import shutil
+
+    n = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for e in entries:
+        if not e.name.startswith(prefix):
+            continue
+        pid = e.name[len(prefix):].split(".", 1)[0].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            if e.is_dir(follow_symlinks=False):
+                shutil.rmtree(e.path)
+            else:
+                os.unlink(e.path)
+            n += 1
+    return n

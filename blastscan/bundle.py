@@ -30,7 +30,7 @@ from blastscan.errors import BlastscanError
 from blastscan.options import clean_options
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "TRUST_WARNING", "Bundle", "BundleWarning", "save_bundle", "load_bundle",
-           "sidecar_path", "version_warnings", "p_all"]
+           "sidecar_path", "version_warnings", "blastscan_version_check", "p_all"]
 
 FORMAT = "blastscan-bundle"
 FORMAT_VERSION = 2
@@ -125,7 +125,7 @@ class Bundle:
             out["p_all"], out["pred"], out["status"] = np.nan, "", ""
             return out
         unique = out.drop_duplicates("sha256")[["path", "sha256"]]
-        with tempfile.TemporaryDirectory(prefix="blastscan-score-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"blastscan-score-{os.getpid()}-") as tmp:  # pid: see score
             root = Path(store) if store is not None else Path(tmp)
             fs.ensure(unique, root, jobs=jobs, progress=False)
             fm = fs.read(unique, root)
@@ -271,6 +271,34 @@ def _version_checks(metadata: Mapping) -> list[tuple[str, int]]:
     return checks
 
 
+def blastscan_version_check(recorded: str | None, what: str, installed: str | None = None) -> str | None:
+    """Compare the blastscan version that made a bundle with this one.
+
+    Returns a warning for another minor version (features or defaults may have changed), None when the
+    major and minor agree; raises for another major version (the bundle's meaning is not kept across
+    majors) and for a bundle made by a newer blastscan than this one.
+    """
+    from blastscan import __version__
+
+    installed = installed or __version__
+    if not recorded:
+        return "the bundle does not record which blastscan made it: predictions may differ"
+    try:
+        then = tuple(int(x) for x in _version_key(recorded, 2))
+        now = tuple(int(x) for x in _version_key(installed, 2))
+    except ValueError:
+        return f"blastscan {recorded} made this bundle, {installed} is installed: predictions may differ"
+    if then[:1] != now[:1]:
+        raise BlastscanError(what, f"made by blastscan {recorded}, another major version than the installed "
+                                   f"{installed}; use blastscan {then[0]}.x, or make it again with `blastscan train`")
+    if then > now:
+        raise BlastscanError(what, f"made by blastscan {recorded}, newer than the installed {installed}; "
+                                   "upgrade blastscan")
+    if then != now:
+        return f"blastscan {recorded} made this bundle, {installed} is installed: predictions may differ"
+    return None
+
+
 def version_warnings(metadata: Mapping) -> list[str]:
     """Mismatches between the library versions recorded in a bundle and the installed ones."""
     from blastscan.provenance import library_versions
@@ -299,6 +327,8 @@ def load_bundle(path: str | os.PathLike, trust: bool = False) -> Bundle:
     if not path.is_file():
         raise BlastscanError(str(path), "no such bundle file")
     sidecar = None if trust else _check_sidecar(path)
+    if sidecar is not None:  # refused before the pickle is opened when the sidecar says so already
+        blastscan_version_check((sidecar.get("metadata") or {}).get("blastscan_version"), str(path))
     try:
         content = joblib.load(path)
     except Exception as exc:  # unpickling fails in many ways (damaged file, missing library)
@@ -315,6 +345,9 @@ def load_bundle(path: str | os.PathLike, trust: bool = False) -> Bundle:
     bundle = Bundle(model=content["model"], metadata=content["metadata"], path=path,
                     extras=dict(content.get("extras") or {}))
     bundle.warnings = version_warnings(bundle.metadata)
+    own = blastscan_version_check(bundle.metadata.get("blastscan_version"), str(path))
+    if own:
+        bundle.warnings.insert(0, own)
     if sidecar is not None and sidecar.get("metadata") != bundle.metadata:
         bundle.warnings.append(f"{sidecar_path(path).name} describes other metadata than the bundle holds; "
                                "the bundle's own is used")

@@ -7,12 +7,14 @@ TensorFlow is imported only by the deep-feature code, so ``--help`` and the othe
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
 
 from blastscan import __version__
+from blastscan.cli_options import (dataset_manifest, deep_options, jobs_option, params_option, per_image_split_option,
+                                   precision_option, store_option, subject_pattern_option, weights_dir_option,
+                                   weights_option)
 from blastscan.errors import BlastscanError
 
 
@@ -20,14 +22,31 @@ class _Group(click.Group):
     """Turns BlastscanError into one line on stderr and exit code 2."""
 
     def invoke(self, ctx):
+        _sigterm_as_interrupt()
         try:
             return super().invoke(ctx)
         except BlastscanError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
+        except PermissionError as exc:  # a place nobody checked before: still one line, naming it
+            click.echo(f"error: {exc.filename or 'file'}: cannot write or read there ({exc.strerror})", err=True)
+            ctx.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted: finished chunks are kept in the store", err=True)
             ctx.exit(130)
+
+
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM (``kill``, a scheduler's stop) unwinds like Ctrl+C: finished rows published, temp files removed."""
+    import signal
+    import threading
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -41,75 +60,6 @@ def main():
     """
 
 
-def store_option(f):
-    return click.option(
-        "--store",
-        type=click.Path(file_okay=False),
-        default=lambda: os.environ.get("BLASTSCAN_STORE", "blastscan-store"),
-        show_default="blastscan-store or $BLASTSCAN_STORE",
-        help="Feature store folder (cache of computed features, shared by all commands).",
-    )(f)
-
-
-def weights_dir_option(show_default: str = "$BLASTSCAN_WEIGHTS_DIR, else the Keras download",
-                       help: str = "Folder with ImageNet weight files for the deep backbones."):
-    """``--weights-dir`` (default ``$BLASTSCAN_WEIGHTS_DIR``), with the wording of each command."""
-    return click.option("--weights-dir", type=click.Path(file_okay=False),
-                        default=lambda: os.environ.get("BLASTSCAN_WEIGHTS_DIR"), show_default=show_default,
-                        help=help)
-
-
-def weights_option(f):
-    f = click.option(
-        "--random-weights",
-        is_flag=True,
-        help="Use untrained deep backbones (for tests only: their embeddings are meaningless).",
-    )(f)
-    return weights_dir_option()(f)
-
-
-def jobs_option(f):
-    return click.option(
-        "--jobs", "-j", type=int, default=None, show_default="all cores",
-        help="Processes for per-image feature work.",
-    )(f)
-
-
-def dataset_manifest(dataset, store, jobs, quiet):
-    """Build DATASET's manifest (file checks cached in the store) and list its problems briefly on stderr."""
-    from blastscan.dataset import build_manifest, format_problems, inspect_cache
-
-    manifest = build_manifest(dataset, jobs=jobs, progress=not quiet, cache=inspect_cache(store))
-    if manifest.problems:
-        counts = format_problems(manifest.problems, 0)[1:-1]  # "  <n>  <kind>" lines, no file list
-        kinds = "; ".join(" ".join(line.split()) for line in counts)
-        click.echo(f"note: {len(manifest.problems):,} problems in the dataset ({kinds}); "
-                   f"`blastscan data {dataset} --problems FILE` lists them", err=True)
-    return manifest
-
-
-def params_option(f):
-    f = click.option("--params-file", type=click.Path(exists=True, dir_okay=False), default=None,
-                     help='JSON file of classifier parameters, e.g. {"svm": {"C": 10}}; --param overrides it.')(f)
-    return click.option("--param", "params", multiple=True, metavar="CLF.NAME=VALUE",
-                        help="Classifier parameter, e.g. --param svm.C=10 (repeatable).")(f)
-
-
-def precision_option(f):
-    return click.option(
-        "--precision", type=click.Choice(["float32", "bf16"]), default="float32", show_default=True,
-        help="Deep backbones' arithmetic. bf16 (bfloat16) is faster on CPUs with avx512_bf16/amx_bf16, gives "
-             "embeddings within cosine 0.999 of float32, and is stored as its own feature table.")(f)
-
-
-def _deep_options(weights_dir, random_weights, **extra):
-    from blastscan.options import clean_options
-
-    if extra.get("precision") == "float32":  # the default: options (and records) as before bf16 existed
-        extra["precision"] = None
-    return {"weights_dir": weights_dir, "random_weights": random_weights, **clean_options(extra)}
-
-
 # ---- data (dataset layer) -------------------------------------------------------------------
 @main.command("data")
 @click.argument("dataset", type=click.Path())
@@ -119,8 +69,9 @@ def _deep_options(weights_dir, random_weights, **extra):
 @click.option("--problems", "problems_file", type=click.Path(dir_okay=False), default=None,
               help="Write every problem here, one line each (the summary shows the first 20).")
 @click.option("--jobs", "-j", type=int, default=None, show_default="all cores", help="Threads reading images.")
+@subject_pattern_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def data(dataset, out, problems_file, jobs, quiet):
+def data(dataset, out, problems_file, jobs, subject_pattern, quiet):
     """Check DATASET and summarise it: classes, subjects, splits, duplicates, problems.
 
     DATASET is a C-NMC 2019 folder (the top folder, C-NMC_Leukemia, or a folder above it), class folders
@@ -131,7 +82,7 @@ def data(dataset, out, problems_file, jobs, quiet):
     from blastscan.dataset import build_manifest, summarize, write_manifest
     from blastscan._io import atomic_write_bytes
 
-    manifest = build_manifest(dataset, jobs=jobs, progress=not quiet)
+    manifest = build_manifest(dataset, jobs=jobs, progress=not quiet, subject_pattern=subject_pattern)
     click.echo(summarize(manifest))
     if problems_file:
         text = "".join(f"{p}\n" for p in manifest.problems)
@@ -226,7 +177,7 @@ def extract(dataset, features, store, jobs, weights_dir, random_weights, input_s
     from blastscan.pipelines.extract import extract as run_extract
 
     manifest = dataset_manifest(dataset, store, jobs, quiet)
-    opts = _deep_options(weights_dir, random_weights, input_size=input_size, batch_size=batch_size, precision=precision)
+    opts = deep_options(weights_dir, random_weights, input_size=input_size, batch_size=batch_size, precision=precision)
     summary = run_extract(manifest.df, features.split(","), store, jobs=jobs, extractor_options=opts,
                           progress=not quiet, retry_failed=retry_failed)
     click.echo(f"{len(manifest.df)} images in {dataset} ({manifest.layout} layout)")
@@ -300,9 +251,12 @@ def masks(inputs, out, n, subjects, seed, columns, tile, store, quiet):
 @click.option("--bootstrap", "n_boot", type=int, default=1000, show_default=True,
               help="Resamples of subjects for the 95% intervals.")
 @click.option("--jobs", "-j", type=int, default=None, show_default="all cores", help="Models fitted in parallel.")
+@subject_pattern_option
+@per_image_split_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def compare(dataset, features, classifiers, ensembles, out_dir, store, weights_dir, random_weights, input_size, precision,
-            folds, seed, threshold_rule, target_recall, params, params_file, inner_folds, leaky_folds, n_boot, jobs, quiet):
+            folds, seed, threshold_rule, target_recall, params, params_file, inner_folds, leaky_folds, n_boot, jobs,
+            subject_pattern, per_image_split, quiet):
     """Compare feature sets x classifiers on DATASET with subject-disjoint evaluation.
 
     Writes a run folder with report.html / report.md, metrics.csv/json, out-of-fold predictions,
@@ -315,9 +269,10 @@ def compare(dataset, features, classifiers, ensembles, out_dir, store, weights_d
 
     parsed = load_params(params, params_file)  # bad --param fails before the manifest is built
     settings = EvalSettings(folds=folds, seed=seed, threshold_rule=threshold_rule, target_recall=target_recall,
-                            inner_folds=inner_folds, leaky_folds=leaky_folds, n_boot=n_boot)
-    manifest = dataset_manifest(dataset, store, jobs, quiet)
-    opts = _deep_options(weights_dir, random_weights, input_size=input_size, precision=precision)
+                            inner_folds=inner_folds, leaky_folds=leaky_folds, n_boot=n_boot,
+                            per_image_split=per_image_split)
+    manifest = dataset_manifest(dataset, store, jobs, quiet, subject_pattern)
+    opts = deep_options(weights_dir, random_weights, input_size=input_size, precision=precision)
     votes = default_ensembles(features) if not ensembles else [e for e in ensembles if e.lower() != "none"]
     result = run_compare(manifest.df, features, classifiers or default_classifiers(), store, out_dir,
                          settings=settings, params=parsed, ensembles=votes, extractor_options=opts, jobs=jobs,
@@ -360,9 +315,11 @@ _bundle_weights_option = weights_dir_option(
 @click.option("--inner-folds", type=int, default=5, show_default=True,
               help="Subject-disjoint folds of the out-of-fold predictions that set the threshold.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of folds and model.")
+@subject_pattern_option
+@per_image_split_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def train(dataset, features, classifier, params, params_file, out, store, jobs, weights_dir, random_weights, input_size,
-          precision, threshold_rule, target_recall, inner_folds, seed, quiet):
+          precision, threshold_rule, target_recall, inner_folds, seed, subject_pattern, per_image_split, quiet):
     """Fit one model on every labelled image of DATASET; with --out, save it as a scoring bundle.
 
     Missing features are computed first. The threshold and the printed metrics come from subject-disjoint
@@ -373,10 +330,11 @@ def train(dataset, features, classifier, params, params_file, out, store, jobs, 
     from blastscan.pipelines.train import train as run_train
 
     settings = EvalSettings(seed=seed, threshold_rule=threshold_rule, target_recall=target_recall,
-                            inner_folds=inner_folds)
-    opts = _deep_options(weights_dir, random_weights, input_size=input_size, precision=precision)
+                            inner_folds=inner_folds, per_image_split=per_image_split)
+    opts = deep_options(weights_dir, random_weights, input_size=input_size, precision=precision)
     run_train(dataset, features, classifier, store, params=params, params_file=params_file, out=out,
-              extractor_options=opts, settings=settings, jobs=jobs, progress=not quiet, echo=click.echo)
+              extractor_options=opts, settings=settings, jobs=jobs, progress=not quiet, echo=click.echo,
+              subject_pattern=subject_pattern)
 
 
 @main.command()

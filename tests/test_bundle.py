@@ -234,3 +234,14 @@ def test_export_unknown_config_lists_the_run_configs(run_dir, tmp_path):
     with pytest.raises(BlastscanError, match="choose from: handcrafted/logreg"):
         export_run(run_dir, "handcrafted/svm", tmp_path / "x.joblib", progress=False)
     assert not (tmp_path / "x.joblib").exists()
+
+
+def test_blastscan_version_is_checked():
+    from blastscan.bundle import blastscan_version_check
+
+    assert blastscan_version_check("0.1.3", "m.joblib", installed="0.1.0") is None
+    assert "0.2.0 made this bundle" in blastscan_version_check("0.2.0", "m.joblib", installed="0.3.1")
+    with pytest.raises(BlastscanError, match="newer than the installed"):
+        blastscan_version_check("0.4.0", "m.joblib", installed="0.3.1")
+    with pytest.raises(BlastscanError, match="another major version"):
+        blastscan_version_check("1.0.0", "m.joblib", installed="0.3.1")

@@ -51,6 +51,10 @@ def test_data_plain_class_folders(tmp_path):
     res = _blastscan("data", tmp_path / "d")
     assert res.returncode == 0, res.stderr
     assert "6 images: 3 all, 3 hem, 0 unlabelled" in res.stdout
+    # no subject in these names: said, never "problems: none"
+    assert "problems: none" not in res.stdout and "no subject" in res.stdout
+    res = _blastscan("data", tmp_path / "d", "--subject-pattern", r"^(\w{3})")
+    assert res.returncode == 0, res.stderr
     assert "problems: none" in res.stdout
 
 

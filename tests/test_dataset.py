@@ -334,8 +334,10 @@ def test_bad_and_odd_images_are_reported_once_each(odd_images):
     assert m.layout == "folders"
     kept = set(m.df["path"].map(lambda p: Path(p).name))
     assert kept == {n for n, ok in info["accepted"].items() if ok}
-    refused = {Path(p.path).name: p for p in m.problems}
+    refused = {Path(p.path).name: p for p in m.problems if p.kind != "no_subject"}
     assert set(refused) == {n for n, ok in info["accepted"].items() if not ok}
+    # kept images carry no subject: each is a listed problem, never silently its own patient
+    assert {Path(p.path).name for p in m.problems if p.kind == "no_subject"} == kept
     for name, p in refused.items():
         assert str(p) == f"{p.path}: {p.reason}" and Path(p.path).is_absolute()
         assert p.kind in ("unreadable", "mode")
@@ -389,7 +391,8 @@ def test_class_folders(tmp_path):
                            "UID_H7_1_1_hem.tif": ("hem", "H7", "folders"),
                            "UID_4_1_1_all.png": (None, "4", "folders"), "x.png": (None, None, "folders")}
     kinds = {Path(p.path).name: p.kind for p in m.problems}
-    assert kinds == {"UID_4_1_1_all.png": "label_conflict", "x.png": "no_label"}
+    assert kinds == {"UID_4_1_1_all.png": "label_conflict", "x.png": "no_label", "a1.png": "no_subject",
+                     "h1.jpg": "no_subject"}
     assert str(stray) in {p.path for p in m.problems}
     assert len(labelled(m.df)) == 3
 
@@ -421,8 +424,8 @@ def test_csv_layout(tmp_path):
                     "UID_H8_2_3_hem.png": ("hem", "H8", "csv"), "d.png": (None, "p1", "csv"),
                     "e.png": (None, "p2", "csv"), "f.png": ("all", "p3", "csv")}
     kinds = sorted((Path(p.path).name, p.kind) for p in m.problems)
-    assert kinds == [("a.png", "listed_twice"), ("d.png", "no_label"), ("e.png", "no_label"),
-                     ("missing.png", "missing_image"), ("notes.txt", "not_an_image")]
+    assert kinds == [("a.png", "listed_twice"), ("b.bmp", "no_subject"), ("d.png", "no_label"),
+                     ("e.png", "no_label"), ("missing.png", "missing_image"), ("notes.txt", "not_an_image")]
     assert {str(a), str(b), str(c), str(d), str(e), str(f)} == set(m.df["path"])
 
 
@@ -655,3 +658,81 @@ def test_a_stray_file_in_a_folder_given_for_scoring_is_reported(tmp_path):
     m = build_manifest([str(folder)])
     assert len(m.df) == 1
     assert [(Path(p.path).name, p.kind) for p in m.problems] == [("notes.txt", "not_an_image")]
+
+
+# -- issue 15: subjects, conflicting labels, odd files -------------------------------------------------
+def test_csv_listing_one_image_twice_with_two_labels_leaves_it_out(tmp_path):
+    save_image(tmp_path / "a.png")
+    save_image(tmp_path / "b.png", _pixels(seed=3))
+    (tmp_path / "list.csv").write_text("path,label,subject\na.png,all,p1\nb.png,hem,p2\na.png,hem,p1\n"
+                                       "b.png,,p2\n")
+    m = build_manifest(tmp_path / "list.csv")
+    rows = _rows(m.df)
+    assert rows["a.png"][0] is None and rows["b.png"][0] == "hem"  # conflict left out; an empty repeat is no conflict
+    by_kind = {(Path(p.path).name, p.kind): p.reason for p in m.problems}
+    assert "left out of training" in by_kind[("a.png", "label_conflict")]
+    # the repeated b.png row was not kept, so no message may say it was "kept unlabelled"
+    assert set(by_kind) == {("a.png", "label_conflict"), ("b.png", "listed_twice")}
+
+
+def test_same_content_under_two_labels_is_left_out(tmp_path):
+    save_image(tmp_path / "all" / "x.png", _pixels(seed=1))
+    save_image(tmp_path / "hem" / "y.png", _pixels(seed=1))  # the same pixels and bytes
+    save_image(tmp_path / "hem" / "z.png", _pixels(seed=5))
+    m = build_manifest(tmp_path, subject_pattern=r"^(\w)")
+    rows = _rows(m.df)
+    assert rows["x.png"][0] is None and rows["y.png"][0] is None and rows["z.png"][0] == "hem"
+    assert any(p.kind == "dup_label" and "left out of training" in p.reason for p in m.problems)
+
+
+def test_subject_pattern_and_mixed_subjects(tmp_path):
+    save_image(tmp_path / "all" / "P1_a.png")
+    save_image(tmp_path / "hem" / "P1_b.png", _pixels(seed=2))
+    save_image(tmp_path / "hem" / "P2_c.png", _pixels(seed=3))
+    m = build_manifest(tmp_path, subject_pattern=r"^(?P<subject>P\d+)_")
+    assert sorted(m.df["subject"]) == ["P1", "P1", "P2"]
+    mixed = [p for p in m.problems if p.kind == "mixed_subject"]
+    assert len(mixed) == 1 and "subject P1" in str(mixed[0]) and "both classes" in str(mixed[0])
+    assert not [p for p in m.problems if p.kind == "no_subject"]
+    with pytest.raises(BlastscanError, match="--subject-pattern"):
+        build_manifest(tmp_path, subject_pattern="(")
+
+
+def test_fifo_and_device_are_refused_without_opening(tmp_path):
+    import os
+
+    save_image(tmp_path / "ok.png")
+    os.mkfifo(tmp_path / "pipe.png")  # opening it for reading would block forever
+    (tmp_path / "zero.png").symlink_to("/dev/zero")  # reading it would never end
+    m = build_manifest(tmp_path)
+    reasons = {Path(p.path).name: p.reason for p in m.problems if p.kind != "no_subject"}
+    assert "named pipe" in reasons["pipe.png"] and "device" in reasons["zero.png"]
+    assert list(m.df["path"].map(lambda p: Path(p).name)) == ["ok.png"]
+
+
+def test_pixel_limit_is_checked_from_the_header(tmp_path, monkeypatch):
+    from blastscan.dataset import images
+
+    save_image(tmp_path / "big.png")
+    monkeypatch.setattr(images, "MAX_PIXELS", 100)
+    decoded = []
+    from PIL import ImageFile
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(1))
+    res = images.inspect_file(str(tmp_path / "big.png"))
+    assert res.problem is not None and "pixel limit" in res.problem.reason and not decoded
+
+
+def test_sixteen_bit_png_is_noted(tmp_path):
+    save_image(tmp_path / "all" / "a.png")
+    (tmp_path / "all" / "b.png").write_bytes(_png16_rgb(np.full((4, 5, 3), 3000, np.uint16)))
+    m = build_manifest(tmp_path)
+    assert "converted to RGB: 1 RGB (16-bit)" in m.notes  # read from the PNG header, whatever Pillow's mode
+
+
+def test_all_refused_names_every_reason_with_counts(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"not an image")
+    (tmp_path / "b.png").write_bytes(b"nor this")
+    save_image(tmp_path / "g.png", mode="L")
+    with pytest.raises(BlastscanError) as info:
+        build_manifest(tmp_path)
+    assert "2 unreadable, 1 mode" in str(info.value)

@@ -4,6 +4,7 @@ and the train / export / score commands."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -128,3 +129,25 @@ def test_cli_train_score_export(cells, trained, run_dir, bad_files, tmp_path):
 def test_score_help_warns_about_untrusted_bundles():
     r = _run("score", "--help")
     assert r.exit_code == 0 and "only load bundles you trust" in " ".join(r.output.split())
+
+
+def test_score_flags_odd_sizes_and_cleans_what_a_killed_run_left(tmp_path):
+    import os
+    import tempfile
+
+    import pandas as pd
+
+    from blastscan.pipelines import score as sc
+
+    rows = pd.DataFrame({"status": ["ok", "ok", "unreadable"], "width": [450, 4500, 0], "height": [450, 4500, 0]})
+    st = sc._flag_odd_sizes(rows)["status"].tolist()
+    assert st[0] == "ok" and st[1].startswith("ok (warning: 4500x4500 px") and st[2] == "unreadable"
+    dead = 2 ** 22 + 12345  # above the usual pid_max, so never a live process
+    leftover = tmp_path / f".pred.csv.{dead}.abc.csv.tmp"
+    leftover.write_text("")
+    stale = Path(tempfile.gettempdir()) / f"{sc.SCORE_TMP_PREFIX}{dead}-xyz"
+    stale.mkdir(exist_ok=True)
+    mine = tmp_path / f".pred.csv.{os.getpid()}.abc.csv.tmp"
+    mine.write_text("")
+    sc._prepare_output(tmp_path / "pred.csv")
+    assert not leftover.exists() and not stale.exists() and mine.exists()

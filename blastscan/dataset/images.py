@@ -12,6 +12,13 @@ Image modes (the same rules in the manifest check and in :func:`load_image`):
   (we do not guess a background); other colour spaces (CMYK, YCbCr, LAB, HSV); multi-frame files;
   unreadable, unidentified or truncated files (Pillow's ``LOAD_TRUNCATED_IMAGES`` stays ``False``, so a
   cut-off file fails its full decode).
+
+Limits, checked before anything is decoded: only regular files are opened (a FIFO, device or socket,
+also behind a symlink, is refused without opening it, so a stray ``/dev/zero`` link or named pipe
+cannot hang or exhaust a run); files over :data:`MAX_FILE_BYTES` (256 MiB) are refused; images over
+:data:`MAX_PIXELS` (50 million pixels, read from the header) are refused before their pixels are decoded.
+A single C-NMC cell is about 450 x 450 pixels; sizes far from that are flagged by ``score``
+(:func:`odd_cell_size`).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -30,8 +38,13 @@ from blastscan._io import atomic_write_bytes
 from blastscan.dataset.problems import Problem
 from blastscan.errors import BlastscanError
 
-__all__ = ["IMAGE_EXTENSIONS", "INSPECT_CACHE", "Inspection", "inspect_cache", "inspect_file", "inspect_files",
-           "load_image"]
+__all__ = ["IMAGE_EXTENSIONS", "INSPECT_CACHE", "MAX_FILE_BYTES", "MAX_PIXELS", "Inspection", "inspect_cache",
+           "inspect_file", "inspect_files", "load_image", "odd_cell_size", "read_image_bytes"]
+
+MAX_FILE_BYTES = 256 << 20
+MAX_PIXELS = 50_000_000
+# a single-cell crop: C-NMC cells are 450 x 450; far outside this range is not what a model was trained on
+CELL_SIDE_RANGE = (32, 2000)
 
 IMAGE_EXTENSIONS = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 INSPECT_CACHE = "inspected.json"  # file-check cache kept in a feature store folder
@@ -51,14 +64,60 @@ _GRAY = {"L": "8-bit grayscale", "LA": "grayscale with alpha", "1": "black-and-w
          "I;16N": "16-bit grayscale", "I": "32-bit integer grayscale", "F": "32-bit float grayscale"}
 
 
+def read_image_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of a regular file of at most :data:`MAX_FILE_BYTES`; :class:`_Refused` otherwise.
+
+    The file is stat-ed (following links) before it is opened: FIFOs, devices and sockets are never
+    opened, so they can neither block nor stream without end.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise _Refused(f"cannot read ({exc.strerror or exc}) (left out)", "unreadable") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else "a device" if
+                stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                else "not a file")
+        raise _Refused(f"not a regular file ({kind}); not opened (left out)", "unreadable")
+    if st.st_size > MAX_FILE_BYTES:
+        raise _Refused(f"file of {st.st_size / 2**20:,.0f} MiB, over the {MAX_FILE_BYTES >> 20} MiB limit for one "
+                       "cell image (left out)", "unreadable")
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise _Refused(f"cannot read ({exc.strerror or exc}) (left out)", "unreadable") from None
+
+
+def _png_bit_depth(data: bytes) -> int | None:
+    # IHDR is the first chunk: 8-byte signature, length, "IHDR", width, height, then the bit depth
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) > 25:
+        return data[24]
+    return None
+
+
+def odd_cell_size(width: int, height: int) -> str | None:
+    """A warning when ``width`` x ``height`` is far from a single-cell image (None when plausible)."""
+    lo, hi = CELL_SIDE_RANGE
+    if min(width, height) < lo or max(width, height) > hi:
+        return (f"{width}x{height} px, far from a single-cell image (C-NMC cells are about 450x450; "
+                f"expected {lo}-{hi} px a side): the score may mean little")
+    return None
+
+
 def _decode(data: bytes):
     """Fully decode ``data``; return ``(RGB PIL image, source mode)`` or raise :class:`_Refused`."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         im = Image.open(io.BytesIO(data))
+        if im.width * im.height > MAX_PIXELS:  # from the header, before any pixel is decoded
+            raise _Refused(f"{im.width}x{im.height} pixels, over the {MAX_PIXELS:,}-pixel limit for one cell "
+                           "image (left out)", "unreadable")
         frames = getattr(im, "n_frames", 1)
         im.load()  # full decode: a truncated file fails here (LOAD_TRUNCATED_IMAGES stays False)
+    except _Refused:
+        raise
     except UnidentifiedImageError:
         raise _Refused("not a recognised image format (left out)", "unreadable") from None
     except Exception as exc:  # Pillow raises many types on damaged files; all mean "cannot use it"
@@ -67,8 +126,8 @@ def _decode(data: bytes):
     if frames > 1:
         raise _Refused(f"holds {frames} frames; one cell image per file is expected (left out)", "mode")
     src = im.mode
-    rawmode = getattr(getattr(im, "png", None), "im_rawmode", "") or ""
-    if rawmode.endswith(";16B") and src in ("RGB", "RGBA"):
+    # from the file header: Pillow's own mode says RGB for a 16-bit PNG (and its raw mode is internal)
+    if _png_bit_depth(data) == 16 and src in ("RGB", "RGBA"):
         src = f"{src} (16-bit)"
     if im.mode in ("P", "PA"):
         im = im.convert("RGBA" if (im.mode == "PA" or "transparency" in im.info) else "RGB")
@@ -104,11 +163,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         ``(path, reason)`` when the file cannot be read or its mode is refused.
     """
     try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise BlastscanError(str(path), f"cannot read ({exc.strerror or exc})") from None
-    try:
-        im, _ = _decode(data)
+        im, _ = _decode(read_image_bytes(path))
     except _Refused as exc:
         raise BlastscanError(str(path), str(exc).removesuffix(" (left out)")) from None
     return np.asarray(im, dtype=np.uint8)
@@ -140,10 +195,9 @@ def inspect_file(path: str) -> Inspection:
         (``sha256`` is None when the file could not be read at all).
     """
     try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        return Inspection(None, 0, 0, "", Problem(path, f"cannot read ({exc.strerror or exc}) (left out)",
-                                                  "unreadable"))
+        data = read_image_bytes(path)
+    except _Refused as exc:
+        return Inspection(None, 0, 0, "", Problem(path, str(exc), exc.kind))
     sha = hashlib.sha256(data).hexdigest()
     try:
         im, src = _decode(data)
@@ -173,7 +227,7 @@ def _stat_key(path: str) -> str | None:
         st = os.stat(path)
     except OSError:
         return None
-    return f"{st.st_size}:{st.st_mtime_ns}"
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_ctime_ns}"
 
 
 def _load_inspect_cache(cache: Path | None) -> dict:

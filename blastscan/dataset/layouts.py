@@ -170,15 +170,30 @@ class _Collector:
         self.problems: list[Problem] = []
         self.notes: list[str] = []
         self._seen: dict[str, str] = {}
+        self._rows_by_key: dict[str, Row] = {}
+
+    def listed(self, path: Path | str) -> bool:
+        """Whether ``path`` (the same real file) was added already."""
+        return os.path.realpath(os.path.abspath(path)) in self._seen
 
     def add(self, path: Path | str, label, subject, split, *, where: str = "") -> None:
         path = os.path.abspath(path)
         key = os.path.realpath(path)
         if key in self._seen:
+            first = self._rows_by_key[key]
+            if label is not None and first.label is not None and label != first.label:
+                # two answers for one image: never pick one silently; the image is left out of training
+                self.problems.append(Problem(path, f"listed twice with two labels ({first.label}, then {label}"
+                                                   f"{where}); left out of training (kept unlabelled)",
+                                             "label_conflict"))
+                first.label = None
+                return
             self.problems.append(Problem(path, f"listed twice{where}; kept once", "listed_twice"))
             return
         self._seen[key] = path
-        self.rows.append(Row(path, label, subject, split))
+        row = Row(path, label, subject, split)
+        self._rows_by_key[key] = row
+        self.rows.append(row)
 
     def problem(self, path, reason, kind) -> None:
         self.problems.append(Problem(os.path.abspath(path), reason, kind))
@@ -213,7 +228,7 @@ def _collect_cnmc(roots: list[Path], col: _Collector) -> None:
                                 "no_label")
                 if subject is None:
                     col.problem(path, "name does not follow UID_<subject>_<image>_<cell>_<all|hem>: no subject "
-                                      "(it becomes its own split group)", "no_subject")
+                                      "(compare/train refuse it unless --per-image-split)", "no_subject")
                 col.add(path, label, subject, split)
             else:
                 low = "/".join(parts).lower()
@@ -354,6 +369,13 @@ def _collect_csv(csv_path: Path, col: _Collector, *, in_list: bool = False) -> N
         subject = str(rec[cols["subject"]]).strip() if "subject" in cols else ""
         split = str(rec[cols["source_split"]]).strip() if "source_split" in cols else ""
         label = None
+        if col.listed(path):  # a repeated row: add() compares its label with the kept one, nothing else
+            try:
+                label = parse_label(rec[cols["label"]]) if has_label else None
+            except ValueError:
+                label = None
+            col.add(path, label, subject, split or "csv", where=f" (again in {where})")
+            continue
         if has_label:
             try:
                 label = parse_label(rec[cols["label"]])

@@ -18,6 +18,7 @@ from blastscan._io import atomic_path
 from blastscan.dataset.images import IMAGE_EXTENSIONS, Inspection, inspect_files
 from blastscan.dataset.layouts import Collected, collect, natural_key
 from blastscan.dataset.problems import Problem
+from blastscan.dataset.subjects import apply_subject_pattern, missing_subject_mask, mixed_subjects
 from blastscan.errors import BlastscanError
 
 __all__ = ["COLUMNS", "Manifest", "assign_groups", "build_manifest", "duplicate_table", "labelled",
@@ -62,7 +63,8 @@ class Manifest:
 
 # -- building ------------------------------------------------------------------------------------------
 def build_manifest(source, *, jobs: int | None = None, progress: bool = False,
-                   cache: str | os.PathLike | None = None, allow_empty: bool = False) -> Manifest:
+                   cache: str | os.PathLike | None = None, allow_empty: bool = False,
+                   subject_pattern: str | None = None) -> Manifest:
     """Find, read and check the images of ``source``; describe them in a :class:`Manifest`.
 
     Parameters
@@ -80,6 +82,9 @@ def build_manifest(source, *, jobs: int | None = None, progress: bool = False,
     allow_empty : bool
         Return a manifest without rows (and with every problem) when no image is usable, instead of
         raising (a scorer reports each refused file as a row).
+    subject_pattern : str, optional
+        Regular expression taking the subject from each file name that carries none (group ``subject``,
+        else group 1, else the whole match), e.g. ``^(P[0-9]+)_``.
 
     Returns
     -------
@@ -97,10 +102,13 @@ def build_manifest(source, *, jobs: int | None = None, progress: bool = False,
         When ``source`` does not exist, a CSV cannot be read, or no usable image is found.
     """
     col = collect(source)
+    if subject_pattern:
+        n_found = apply_subject_pattern(col.rows, subject_pattern)
+        col.notes.append(f"--subject-pattern {subject_pattern}: subject taken from {n_found:,} file names")
     if not col.rows and allow_empty:
         return _empty(col)
     if not col.rows:
-        hint = f" ({len(col.problems)} problems, e.g. {col.problems[0]})" if col.problems else ""
+        hint = f" ({_problem_counts(col.problems)})" if col.problems else ""
         raise BlastscanError(col.what, f"no images found (looked for {', '.join(IMAGE_EXTENSIONS)} files){hint}")
     results = inspect_files([r.path for r in col.rows], jobs, progress, Path(cache) if cache else None)
     df = _usable_rows(col, results, allow_empty)
@@ -108,6 +116,7 @@ def build_manifest(source, *, jobs: int | None = None, progress: bool = False,
         return _empty(col)
     df = df.sort_values("path", kind="stable").reset_index(drop=True)
     df = assign_groups(df, col.problems)
+    _subject_problems(df, col)
     return Manifest(df=_coerce(df[COLUMNS]), problems=col.problems, layout=col.layout, root=col.root,
                     notes=col.notes)
 
@@ -130,10 +139,28 @@ def _usable_rows(col: Collected, results: list[Inspection], allow_empty: bool = 
     if converted:
         col.notes.append("converted to RGB: " + ", ".join(f"{n} {m}" for m, n in sorted(converted.items())))
     if not records and not allow_empty:
-        raise BlastscanError(col.what, f"no usable images: every image file found ({len(col.rows)}) was refused, "
-                                       f"e.g. {col.problems[-1]}")
+        raise BlastscanError(col.what, f"no usable images: every image file found ({len(col.rows)}) was refused "
+                                       f"({_problem_counts(col.problems)})")
     return pd.DataFrame.from_records(records, columns=["path", "sha256", "label", "subject", "source_split",
                                                       "width", "height"])
+
+
+def _problem_counts(problems: list[Problem]) -> str:
+    """``"3 unreadable, 2 mode, e.g. <first>"``: every reason counted, one example."""
+    counts = Counter(p.kind for p in problems)
+    text = ", ".join(f"{n} {kind}" for kind, n in counts.most_common())
+    return f"{text}; e.g. {problems[0]}" if problems else text
+
+
+def _subject_problems(df: pd.DataFrame, col: Collected) -> None:
+    """Labelled images without a subject and subjects holding both classes are listed problems."""
+    if col.layout != "files":  # scored inputs need no subject
+        flagged = {p.path for p in col.problems if p.kind == "no_subject"}
+        for path in df.loc[missing_subject_mask(df), "path"]:
+            if path not in flagged:
+                col.problems.append(Problem(path, "no subject (from a 'subject' column or --subject-pattern): "
+                                                  "evaluation cannot be subject-disjoint", "no_subject"))
+    col.problems.extend(mixed_subjects(df))
 
 
 def assign_groups(df: pd.DataFrame, problems: list[Problem] | None = None) -> pd.DataFrame:
@@ -187,11 +214,14 @@ def assign_groups(df: pd.DataFrame, problems: list[Problem] | None = None) -> pd
     for sha, rows in df[df["dup_group"] >= 0].groupby("sha256", sort=False):
         rows = rows[rows["label"].notna()]  # an unlabelled copy (test phase) contradicts nothing
         if rows["label"].nunique() > 1:
+            # never resolved silently: every copy is left out of training (kept unlabelled)
+            df.loc[df["sha256"] == sha, "label"] = None
             first = rows.iloc[0]
             for _, r in rows.iloc[1:].iterrows():
                 if r["label"] != first["label"] and problems is not None:
                     problems.append(Problem(r["path"], f"identical to {first['path']}, which is labelled "
-                                                       f"{first['label']}, but labelled {r['label']} here",
+                                                       f"{first['label']}, but labelled {r['label']} here; both left out "
+                                                       "of training (kept unlabelled)",
                                             "dup_label"))
     return df
 

@@ -25,7 +25,8 @@ _KIND_TEXT = {
     "label_conflict": "labels disagree (kept unlabelled)",
     "not_an_image": "not an image file (left out)",
     "listed_twice": "listed twice (kept once)",
-    "no_subject": "no subject in the name (own split group)",
+    "no_subject": "no subject (compare/train refuse without --subject-pattern or --per-image-split)",
+    "mixed_subject": "subject with cells of both classes",
     "csv": "unusable CSV",
     "dup_label": "identical images with different labels",
 }

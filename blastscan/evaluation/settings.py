@@ -32,6 +32,9 @@ class EvalSettings:
         Folds of the per-image (leaky) split shown for comparison; 0 skips it.
     n_boot : int
         Subject-bootstrap resamples for the 95% intervals; 0 skips them.
+    per_image_split : bool
+        Evaluate although labelled images lack a subject (each its own split group); every output is then
+        labelled leaky. False (the default) refuses such data (``--per-image-split``).
 
     Raises
     ------
@@ -46,6 +49,7 @@ class EvalSettings:
     inner_folds: int = 3
     leaky_folds: int = 3
     n_boot: int = 1000
+    per_image_split: bool = False
 
     def __post_init__(self):
         if self.threshold_rule not in RULES:
@@ -85,5 +89,6 @@ class EvalSettings:
         """The settings recorded in a compare run's ``run.json`` (missing entries take the defaults)."""
         thr = run.get("threshold") or {}
         base = {"seed": int(run.get("seed", 0)), "threshold_rule": thr.get("rule", "recall"),
-                "target_recall": float(thr.get("target_recall", 0.90))}
+                "target_recall": float(thr.get("target_recall", 0.90)),
+                "per_image_split": bool(run.get("leaky_split"))}
         return cls(**{**base, **overrides})

@@ -1,13 +1,16 @@
 """The extraction engine: compute the rows an extractor's store table lacks and publish them in chunks.
 
 Per-image extractors run over chunks of images in worker processes; batch extractors (deep networks)
-read and process their own batches. Finished rows are buffered and published together, so an
-interrupted run keeps what it finished and a second run recomputes nothing.
+read and process their own batches. Finished rows are buffered for at most :data:`FLUSH_SECONDS` and
+published together, so a run killed even with ``kill -9`` keeps all but the last seconds of its work,
+and a second run recomputes nothing. Worker processes watch their parent and exit when it dies.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -21,11 +24,13 @@ from blastscan.features.store import FeatureStore
 
 __all__ = ["ExtractorRun", "FLUSH_ROWS", "FLUSH_SECONDS", "TASK_IMAGES", "compute_missing"]
 
-# Rows are buffered and published together: fewer, larger Parquet parts, still a bounded loss on a crash.
-FLUSH_ROWS = 512
-FLUSH_SECONDS = 30.0
-# Images per task sent to a worker process: amortises process overhead, keeps memory bounded.
-TASK_IMAGES = 32
+# Rows are buffered and published together: a kill -9 loses at most FLUSH_SECONDS of finished work (plus
+# the tasks in flight); the parts are merged into one file at the end of the run (compact).
+FLUSH_ROWS = 256
+FLUSH_SECONDS = 2.0
+# Images per task sent to a worker process: small, so finished rows come back (and are published) often.
+TASK_IMAGES = 8
+PARENT_POLL_SECONDS = 1.0
 
 
 @dataclass
@@ -55,10 +60,30 @@ def progress_bar(total: int, desc: str, enabled: bool):
 
 
 # -- per-image extractors: chunks of paths to worker processes -----------------------------------------
-def _featurise_chunk(extractor, paths: list[str], shas: list[str]):
+_watching: set[int] = set()
+
+
+def _exit_with_parent(parent_pid: int | None) -> None:
+    """In a worker process: exit as soon as ``parent_pid`` is gone (a kill -9 of the parent runs no
+    clean-up, and loky's idle workers would otherwise linger for minutes)."""
+    if parent_pid is None or parent_pid == os.getpid() or parent_pid in _watching:
+        return
+    _watching.add(parent_pid)
+
+    def watch():
+        while True:
+            if os.getppid() != parent_pid:  # re-parented: the parent died
+                os._exit(1)
+            time.sleep(PARENT_POLL_SECONDS)
+
+    threading.Thread(target=watch, name="blastscan-parent-watch", daemon=True).start()
+
+
+def _featurise_chunk(extractor, paths: list[str], shas: list[str], parent_pid: int | None = None):
     """Run in a worker: load and featurise each image; a bad image becomes a failure, not a crash."""
     from blastscan.dataset import load_image
 
+    _exit_with_parent(parent_pid)
     rows, ok, failures = [], [], {}
     for path, sha in zip(paths, shas):
         try:
@@ -86,7 +111,8 @@ def _per_image_results(extractor, todo: pd.DataFrame, jobs: int) -> Iterator[tup
     from joblib import Parallel, delayed
 
     parallel = Parallel(n_jobs=jobs, return_as="generator_unordered", pre_dispatch="2*n_jobs")
-    yield from parallel(delayed(_featurise_chunk)(extractor, p, s) for p, s in chunks)
+    parent = os.getpid()
+    yield from parallel(delayed(_featurise_chunk)(extractor, p, s, parent) for p, s in chunks)
 
 
 def _featurise_shared_chunk(extractors, paths: list[str], shas: list[str], wanted: list[list[bool]]):
@@ -162,10 +188,17 @@ class _Todo:
 
 def _plan(ext: Extractor, unique: pd.DataFrame, fstore: FeatureStore, retry_failed: bool) -> _Todo:
     identity = fstore.ensure_table(ext.describe(), ext.feature_names)
-    if retry_failed:
-        fstore.forget_failures(identity)
     known = fstore.known_shas(identity)
-    return _Todo(ext, identity, unique[~unique["sha256"].isin(known)])
+    todo = unique[~unique["sha256"].isin(known)]
+    recorded = fstore.failures(identity) if retry_failed else {}
+    if recorded:  # nothing recorded: nothing to forget, and a read-only store stays usable
+        fstore.check_writable(identity, f"--retry-failed would retry {len(recorded)} images")
+        fstore.forget_failures(identity)
+        known = fstore.known_shas(identity)
+        todo = unique[~unique["sha256"].isin(known)]
+    if len(todo):  # refused before any work, never after it (the rows could not be kept)
+        fstore.check_writable(identity, f"{len(todo):,} images need new '{ext.name}' features")
+    return _Todo(ext, identity, todo)
 
 
 def _finish(t: _Todo, unique: pd.DataFrame, fstore: FeatureStore, seconds: float) -> ExtractorRun:

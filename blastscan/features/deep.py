@@ -20,7 +20,7 @@ them explicitly, seeded, and says so in the identity). Nothing is downloaded imp
 download fails only after a delay with a bare ``Exception("URL fetch failure")``. :func:`download_weights`
 (``blastscan weights --download``) fetches Keras' files on purpose and turns that failure into a clear error.
 
-The weight file's sha256 (cached by path, size and mtime) is part of the extractor's config, with the
+The weight file's sha256 (cached by path, size, mtime, inode and ctime) is part of the extractor's config, with the
 backbone, input size, resize method and pooling, so embeddings from other weights or sizes never mix
 in the feature store. The batch size is not: it does not change the output.
 
@@ -189,14 +189,16 @@ _SHA_LOCK = threading.Lock()
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file, cached by (real path, size, mtime) in memory and in the user cache folder.
+    """sha256 of a file, cached by (real path, size, mtime, inode, ctime) in memory and in the user cache folder.
 
     A weight file is ~100 MB; hashing it on every run would cost ~0.3 s per backbone. A changed file
-    (other size or mtime) is hashed again. The on-disk cache is best effort: unwritable means no cache.
+    (other size, mtime, inode or ctime) is hashed again: a replaced file has a new inode, and a rewrite
+    whose mtime was restored (``touch -d``, ``cp -p``) still changes the ctime, which no user can set. The on-disk cache is best effort: unwritable means no cache.
     """
     real = os.path.realpath(path)
     st = os.stat(real)
-    key = (real, st.st_size, st.st_mtime_ns)
+    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "ctime_ns": st.st_ctime_ns}
+    key = (real, *stamp.values())
     with _SHA_LOCK:
         if key in _SHA_MEMO:
             return _SHA_MEMO[key]
@@ -206,7 +208,7 @@ def file_sha256(path: str | os.PathLike) -> str:
         except (OSError, ValueError):
             cache = {}
         entry = cache.get(real) if isinstance(cache, dict) else None
-        if isinstance(entry, dict) and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
+        if isinstance(entry, dict) and all(entry.get(k) == v for k, v in stamp.items()):
             digest = str(entry["sha256"])
         else:
             h = hashlib.sha256()
@@ -215,7 +217,7 @@ def file_sha256(path: str | os.PathLike) -> str:
                     h.update(block)
             digest = h.hexdigest()
             cache = cache if isinstance(cache, dict) else {}
-            cache[real] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+            cache[real] = {**stamp, "sha256": digest}
             try:
                 from blastscan._io import atomic_write_bytes
 

@@ -26,7 +26,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from blastscan._io import atomic_path, atomic_write_bytes
+from blastscan._io import atomic_path, atomic_write_bytes, check_writable_dir
 from blastscan.errors import BlastscanError
 
 __all__ = ["FeatureStore"]
@@ -81,8 +81,21 @@ class FeatureStore:
                     "the extractor changed without a version bump (use another --store or delete this table)",
                 )
             return identity
+        self.check_writable(identity, "it has no table for this extractor yet")
         atomic_write_bytes(self._dir(identity) / "meta.json", json.dumps(meta, indent=2).encode())
         return identity
+
+    def check_writable(self, identity: str, why: str) -> None:
+        """Raise a one-line :class:`BlastscanError` naming the store when a table cannot be written.
+
+        A read-only store is still read (every feature it holds is reused); it is refused up front only
+        when there is something to write (``why`` says what), never after the work is done.
+        """
+        try:
+            check_writable_dir(self._dir(identity), "--store")
+        except BlastscanError as exc:
+            raise BlastscanError(f"feature store {self.root}", f"is not writable ({exc.why}) and {why}; the "
+                                 "features it holds can be reused, new ones need a writable --store") from None
 
     @contextlib.contextmanager
     def _lock(self, identity: str):

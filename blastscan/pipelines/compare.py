@@ -16,6 +16,8 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from blastscan._io import check_writable_dir
+from blastscan.dataset.subjects import mixed_subjects, require_subjects
 from blastscan.errors import BlastscanError
 from blastscan.evaluation import EvalSettings
 from blastscan.features.featureset import DEFAULT_FEATURE_SETS
@@ -157,6 +159,9 @@ def compare(
     run_dir = Path(out_dir) if out_dir is not None else default_run_dir()
     jobs = resolve_jobs(jobs)
 
+    # before any feature is computed: an evaluation is called subject-disjoint only when it is one
+    leaky = require_subjects(manifest_df, settings.per_image_split, "compare")
+    check_writable_dir(run_dir, "--out")
     data = prepare_data(manifest_df, needed, classifiers, store, extractor_options, jobs, progress, dataset)
     splits = plan_splits(data, settings)
     configs = [c for c in configs if c.feature_set in data.Xs]
@@ -167,12 +172,14 @@ def compare(
     add_votes(grid, vote_specs)
     tables = assemble_grid(data, splits, grid, configs + vote_specs, settings)
 
-    notes = data.notes + splits.notes
+    notes = ([leaky] if leaky else []) + [f"{p.path} {p.reason}" for p in mixed_subjects(manifest_df)]
+    notes += data.notes + splits.notes
     skipped = data.skipped + tables.skipped
     run = run_record(manifest_df, data, splits, tables, settings, store=store, dataset=dataset,
                      extractor_options=extractor_options, classifiers=classifiers, notes=notes, skipped=skipped,
                      seconds={"grid": round(grid.wall_seconds, 1), "total": round(time.time() - t_start, 1)},
                      started=started, jobs=jobs, run_dir=run_dir)
+    run["leaky_split"] = leaky
     result = CompareResult(run_dir=run_dir, best=tables.best, metrics=tables.metrics, predictions=tables.predictions,
                            per_subject=tables.per_subject, run=run, skipped=skipped, notes=notes,
                            extracted=data.extracted)

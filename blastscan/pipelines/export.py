@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from blastscan.bundle import Bundle, save_bundle
+from blastscan._io import check_writable_file
 from blastscan.errors import BlastscanError
 from blastscan.evaluation import EvalSettings
 from blastscan.options import clean_options
@@ -60,6 +61,7 @@ def export_run(
     """
     run_dir = Path(run_dir)
     run = read_run(run_dir)
+    check_writable_file(out, "--out")
     configs = {c["name"]: c for c in run.get("configs", [])}
     if config_name not in configs:
         raise BlastscanError(f"--config {config_name}", f"not in this run; choose from: {', '.join(configs) or 'none'}")

@@ -29,10 +29,15 @@ __all__ = ["fmt", "best_sentence", "report_blocks", "render_markdown", "render_h
 def _how_to_read(result: CompareResult) -> list[str]:
     run = result.run
     d = run["data"]
-    return [
-        "Every number outside the section marked **leaky** comes from subject-disjoint splits: no subject "
+    if run.get("leaky_split"):
+        first = (f"**{run['leaky_split']}.** Cells of one patient can be on both sides of a split, so every "
+                 "number below overstates what a model would do on a patient it has not seen.")
+    else:
+        first = ("Every number outside the section marked **leaky** comes from subject-disjoint splits: no subject "
         "(or subjects linked by identical images) has cells on both sides, so the numbers estimate performance "
-        "on new patients, not on new cells of known patients.",
+        "on new patients, not on new cells of known patients.")
+    return [
+        first,
         f"The data hold only {d['n_subjects']} subjects ({d['n_subjects_all']} ALL, {d['n_subjects_hem']} HEM), "
         f"and a few subjects contribute most cells: the 95% intervals (bootstrap over subjects) are wide, and "
         f"differences between configurations that lie inside each other's intervals are not evidence that one "

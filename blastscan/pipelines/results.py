@@ -77,7 +77,7 @@ class CompareResult:
 
     def summary(self) -> str:
         """A few lines for the terminal: the best configuration, what its numbers rest on, where the report is."""
-        lines = []
+        lines = [self.run["leaky_split"]] if self.run.get("leaky_split") else []
         row = self.best_row()
         if row is None:
             lines.append("no configuration could be evaluated")
@@ -139,6 +139,9 @@ def rule_sentence(run: dict) -> str:
 
 def split_sentence(run: dict) -> str:
     d = run["data"]
+    if run.get("leaky_split"):  # images without subject: never called subject-disjoint
+        return (f"{run['leaky_split']}; {run['n_splits']}-fold CV over {d['n_images']} cells "
+                f"({d['n_groups']} split groups)")
     return (f"subject-disjoint {run['n_splits']}-fold cross-validation (StratifiedGroupKFold by subject group), "
             f"pooled out-of-fold over {d['n_images']} cells from {d['n_subjects']} subjects "
             f"({d['n_subjects_all']} ALL, {d['n_subjects_hem']} HEM)")

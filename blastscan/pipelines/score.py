@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from blastscan.errors import BlastscanError
-from blastscan._io import atomic_path
+from blastscan._io import atomic_path, check_writable_file, remove_stale_temp
+from blastscan.dataset.images import odd_cell_size
 from blastscan.bundle import Bundle, load_bundle
 from blastscan.dataset.inputs import input_manifest
 from blastscan.features.compute import TASK_IMAGES
@@ -33,6 +34,29 @@ SUBJECT_COLUMNS = ["subject", "n_cells", "n_scored", "n_pred_all", "fraction_pre
                    "blast_fraction_low", "blast_fraction_high", "mean_p_all", "call", "rule"]
 WITHIN_COLUMNS = ["p_all_within_subject", "pred_within_subject"]
 CHUNK_IMAGES = 512
+
+
+SCORE_TMP_PREFIX = "blastscan-score-"  # + pid: temp stores of a killed run are removed by the next one
+
+
+def _prepare_output(out: Path) -> None:
+    """Before the bundle is loaded or any image read: the output must be writable, and what a killed
+    score left (its temp file beside the output, its temp stores, named by pid) is removed."""
+    check_writable_file(out, "--output")
+    remove_stale_temp(out.parent, f".{out.name}.")
+    remove_stale_temp(tempfile.gettempdir(), SCORE_TMP_PREFIX)
+
+
+def _flag_odd_sizes(rows: pd.DataFrame) -> pd.DataFrame:
+    """Scored cells whose size is far from a single-cell image keep their score, with a warning status."""
+    if not len(rows) or "width" not in rows:
+        return rows
+    status = rows["status"].astype(str).tolist()
+    for i, (st, w, h) in enumerate(zip(status, rows["width"], rows["height"])):
+        warn = odd_cell_size(int(w), int(h)) if st == "ok" and w and h else None
+        if warn:
+            status[i] = f"ok (warning: {warn})"
+    return rows.assign(status=status)
 
 
 def subjects_path(output_csv: str | os.PathLike) -> Path:
@@ -184,7 +208,7 @@ class _Counts:
     def record(self, rows: pd.DataFrame, fh) -> None:
         rows[COLUMNS].to_csv(fh, header=False, index=False)
         self.tally.add(rows)
-        ok = rows["status"] == "ok"
+        ok = rows["status"].astype(str).str.startswith("ok")
         self.scored += int(ok.sum())
         self.all += int((rows["pred"] == "all").sum())
         for path, status in zip(rows.loc[~ok, "path"], rows.loc[~ok, "status"]):
@@ -205,11 +229,11 @@ def _write_predictions(out: Path, bundle: Bundle, built, manifest_df: pd.DataFra
             fh.write(",".join(COLUMNS) + "\n")
             for start in range(0, len(manifest_df), chunk):
                 part = manifest_df.iloc[start:start + chunk]
-                with tempfile.TemporaryDirectory(prefix="blastscan-score-") as chunk_store:
+                with tempfile.TemporaryDirectory(prefix=f"{SCORE_TMP_PREFIX}{os.getpid()}-") as chunk_store:
                     # without a store each chunk gets its own, so nothing grows with the batch
                     rows = bundle.score_manifest(part, store if store is not None else chunk_store,
                                                  extractor_options=extractor_options, jobs=jobs, built=built)
-                counts.record(rows, fh)
+                counts.record(_flag_odd_sizes(rows), fh)
                 bar.update(len(part))
             if len(failed):
                 counts.record(failed, fh)
@@ -277,6 +301,7 @@ def score(
         raise BlastscanError(str(out), "predictions are written as .csv")
     if not 0 < subject_fraction <= 1:
         raise BlastscanError("subject_fraction", f"must be in (0, 1] (got {subject_fraction})")
+    _prepare_output(out)
     bundle = bundle_or_path if isinstance(bundle_or_path, Bundle) else load_bundle(bundle_or_path, trust=trust)
     built = bundle.features(extractor_options)  # a wrong weights file stops here, before any image is read
     manifest_df, failed = input_manifest(inputs, progress=progress, store=store)

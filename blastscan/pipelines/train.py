@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 
 from blastscan.bundle import FORMAT, FORMAT_VERSION, Bundle, save_bundle
+from blastscan._io import check_writable_file
+from blastscan.dataset.subjects import require_subjects
 from blastscan.errors import BlastscanError
 from blastscan.evaluation import (EvalSettings, FoldPlan, choose_threshold, compute_metrics, fit_model, fit_predict,
                                   make_classifier, plan_subject_folds)
@@ -168,6 +170,7 @@ def train_bundle(
         Progress bar over the fits on stderr.
     """
     params = dict(params or {})
+    leaky = require_subjects(manifest_df, settings.per_image_split, "train")
     rows, _ = labelled_rows(manifest_df)
     if len(rows) == 0:
         raise BlastscanError(dataset or "manifest", "no labelled images (labels all/hem) to train on")
@@ -179,7 +182,10 @@ def train_bundle(
     if len(np.unique(data.y)) < 2:
         raise BlastscanError(dataset or "manifest", "the training data holds one class only (need ALL and HEM)")
     fitted = _fit_with_threshold(data, classifier, params, settings, progress)
+    if leaky:  # every record of these numbers says so
+        fitted.split = f"{leaky}; {fitted.split}"
     metadata = _metadata(fs, fm, data, fitted, classifier, params, settings, extractor_options, dataset)
+    metadata["leaky_split"] = leaky
     bundle = Bundle(model=fitted.model, metadata=metadata)
     # what `blastscan view` shows beside a cell: training distributions, importances, reference cells
     from blastscan.pipelines.view_detail import training_reference
@@ -233,6 +239,7 @@ def train(
     jobs: int | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    subject_pattern: str | None = None,
 ) -> Bundle:
     """Fit ``classifier`` on ``feature_set`` features of every labelled image of ``dataset``.
 
@@ -259,11 +266,17 @@ def train(
         Processes for reading images and per-image features.
     echo : callable
         Where progress lines go.
+    subject_pattern : str, optional
+        Regex taking subjects from file names (see :func:`blastscan.dataset.build_manifest`).
     """
     from blastscan.dataset import build_manifest, inspect_cache, labelled
 
     clf_params = params_for(classifier, params, params_file)
-    manifest = build_manifest(dataset, jobs=jobs, progress=progress, cache=inspect_cache(store))
+    if out is not None:
+        check_writable_file(out, "--out")
+    manifest = build_manifest(dataset, jobs=jobs, progress=progress, cache=inspect_cache(store),
+                              subject_pattern=subject_pattern)
+    require_subjects(manifest.df, settings.per_image_split, "train")  # before any feature is computed
     if len(manifest.problems):
         echo(f"{len(manifest.problems)} problems in {dataset} (see `blastscan data`); e.g. {manifest.problems[0]}")
     data = labelled(manifest.df)

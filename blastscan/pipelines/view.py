@@ -188,7 +188,7 @@ class ViewServer:
 
     def detail(self, path: str, sha: str, status: str) -> dict:
         png, note = outline_png(path) if sha else (None, "")
-        out = cell_detail(self.bundle, self._vector(sha) if status == "ok" else None, sha256=sha)
+        out = cell_detail(self.bundle, self._vector(sha) if str(status).startswith("ok") else None, sha256=sha)
         out["image"] = data_url(png, "image/png") if png else None
         out["outline_note"] = note
         return out
