@@ -75,6 +75,18 @@ def jobs_option(f):
     )(f)
 
 
+def scheduler_option(f):
+    """``--scheduler`` (issue 17): where the parallel work runs; the command's call is wrapped in
+    ``blastscan.parallel.session(scheduler)``."""
+    return click.option(
+        "--scheduler", default=None, metavar="ADDRESS",
+        show_default="$BLASTSCAN_SCHEDULER or $DASK_SCHEDULER_ADDRESS, else local processes",
+        help="Run feature chunks and model fits on a Dask cluster: a scheduler address (tcp://host:8786), or "
+             "local[:N] to start N local workers; 'none' forces local processes. Needs "
+             'pip install "blastscan[dask]".',
+    )(f)
+
+
 def dataset_manifest(dataset, store, jobs, quiet):
     """Build DATASET's manifest (file checks cached in the store) and list its problems briefly on stderr."""
     from blastscan.dataset import build_manifest, format_problems, inspect_cache
@@ -196,20 +208,24 @@ def weights(weights_dir, random_weights, download):
 @click.option("--input-size", type=int, default=None, help="Deep backbones' input size (default: each backbone's own).")
 @click.option("--batch-size", type=int, default=None, help="Images per forward pass for deep backbones.")
 @click.option("--retry-failed", is_flag=True, help="Try again the images that failed in an earlier run.")
+@scheduler_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def extract(dataset, features, store, jobs, weights_dir, random_weights, input_size, batch_size, retry_failed, quiet):
+def extract(dataset, features, store, jobs, weights_dir, random_weights, input_size, batch_size, retry_failed,
+            scheduler, quiet):
     """Compute features for DATASET and cache them in the feature store.
 
     Only images missing from the store are computed; a second run over the same data reuses
     everything. An interrupted run keeps every finished chunk. Images that cannot be featurised are
     listed with the reason and do not stop the run.
     """
+    from blastscan.parallel import session
     from blastscan.pipelines.extract import extract as run_extract
 
     manifest = dataset_manifest(dataset, store, jobs, quiet)
     opts = _deep_options(weights_dir, random_weights, input_size=input_size, batch_size=batch_size)
-    summary = run_extract(manifest.df, features.split(","), store, jobs=jobs, extractor_options=opts,
-                          progress=not quiet, retry_failed=retry_failed)
+    with session(scheduler):
+        summary = run_extract(manifest.df, features.split(","), store, jobs=jobs, extractor_options=opts,
+                              progress=not quiet, retry_failed=retry_failed)
     click.echo(f"{len(manifest.df)} images in {dataset} ({manifest.layout} layout)")
     click.echo(summary.format())
 
@@ -242,9 +258,11 @@ def extract(dataset, features, store, jobs, weights_dir, random_weights, input_s
 @click.option("--bootstrap", "n_boot", type=int, default=1000, show_default=True,
               help="Resamples of subjects for the 95% intervals.")
 @click.option("--jobs", "-j", type=int, default=None, show_default="all cores", help="Models fitted in parallel.")
+@scheduler_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def compare(dataset, features, classifiers, out_dir, store, weights_dir, random_weights, input_size, folds, seed,
-            threshold_rule, target_recall, params, params_file, inner_folds, leaky_folds, n_boot, jobs, quiet):
+            threshold_rule, target_recall, params, params_file, inner_folds, leaky_folds, n_boot, jobs, scheduler,
+            quiet):
     """Compare feature sets x classifiers on DATASET with subject-disjoint evaluation.
 
     Writes a run folder with report.html / report.md, metrics.csv/json, out-of-fold predictions,
@@ -253,6 +271,7 @@ def compare(dataset, features, classifiers, out_dir, store, weights_dir, random_
     """
     from blastscan.evaluation import EvalSettings
     from blastscan.options import load_params
+    from blastscan.parallel import session
     from blastscan.pipelines.compare import compare as run_compare, default_classifiers
 
     parsed = load_params(params, params_file)  # bad --param fails before the manifest is built
@@ -260,9 +279,10 @@ def compare(dataset, features, classifiers, out_dir, store, weights_dir, random_
                             inner_folds=inner_folds, leaky_folds=leaky_folds, n_boot=n_boot)
     manifest = dataset_manifest(dataset, store, jobs, quiet)
     opts = _deep_options(weights_dir, random_weights, input_size=input_size)
-    result = run_compare(manifest.df, features, classifiers or default_classifiers(), store, out_dir,
-                         settings=settings, params=parsed, extractor_options=opts, jobs=jobs, progress=not quiet,
-                         dataset=dataset)
+    with session(scheduler):
+        result = run_compare(manifest.df, features, classifiers or default_classifiers(), store, out_dir,
+                             settings=settings, params=parsed, extractor_options=opts, jobs=jobs,
+                             progress=not quiet, dataset=dataset)
     for summary in result.extracted:
         if any(r.computed for r in summary.runs):
             click.echo(summary.format(max_failures=5), err=True)
@@ -300,9 +320,10 @@ _bundle_weights_option = weights_dir_option(
 @click.option("--inner-folds", type=int, default=5, show_default=True,
               help="Subject-disjoint folds of the out-of-fold predictions that set the threshold.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of folds and model.")
+@scheduler_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def train(dataset, features, classifier, params, params_file, out, store, jobs, weights_dir, random_weights, input_size,
-          threshold_rule, target_recall, inner_folds, seed, quiet):
+          threshold_rule, target_recall, inner_folds, seed, scheduler, quiet):
     """Fit one model on every labelled image of DATASET; with --out, save it as a scoring bundle.
 
     Missing features are computed first. The threshold and the printed metrics come from subject-disjoint
@@ -310,13 +331,15 @@ def train(dataset, features, classifier, params, params_file, out, store, jobs, 
     evaluation).
     """
     from blastscan.evaluation import EvalSettings
+    from blastscan.parallel import session
     from blastscan.pipelines.train import train as run_train
 
     settings = EvalSettings(seed=seed, threshold_rule=threshold_rule, target_recall=target_recall,
                             inner_folds=inner_folds)
     opts = _deep_options(weights_dir, random_weights, input_size=input_size)
-    run_train(dataset, features, classifier, store, params=params, params_file=params_file, out=out,
-              extractor_options=opts, settings=settings, jobs=jobs, progress=not quiet, echo=click.echo)
+    with session(scheduler):
+        run_train(dataset, features, classifier, store, params=params, params_file=params_file, out=out,
+                  extractor_options=opts, settings=settings, jobs=jobs, progress=not quiet, echo=click.echo)
 
 
 @main.command()
@@ -353,19 +376,22 @@ def export(run_dir, config_name, out, store, weights_dir, quiet):
 @_bundle_weights_option
 @jobs_option
 @click.option("--trust", is_flag=True, help=_TRUST_HELP)
+@scheduler_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def score(bundle, inputs, output, store, weights_dir, jobs, trust, quiet):
+def score(bundle, inputs, output, store, weights_dir, jobs, trust, scheduler, quiet):
     """Score INPUTS (image files, folders, CSVs with a path column) with a BUNDLE from train/export.
 
     Every input image gets a row; those that cannot be read or featurised get the reason in the status
     column and do not stop the batch. Only load bundles you trust: a bundle is a pickle and loading it
     can run code; its hash is checked against the .json sidecar unless --trust is given.
     """
+    from blastscan.parallel import session
     from blastscan.pipelines.score import score as run_score
 
     opts = {"weights_dir": weights_dir} if weights_dir else None
-    result = run_score(bundle, list(inputs), output, store=store, extractor_options=opts, trust=trust, jobs=jobs,
-                       progress=not quiet)
+    with session(scheduler):
+        result = run_score(bundle, list(inputs), output, store=store, extractor_options=opts, trust=trust,
+                           jobs=jobs, progress=not quiet)
     click.echo(result.summary())
 
 

@@ -16,16 +16,21 @@ import numpy as np
 import pandas as pd
 
 from blastscan.errors import BlastscanError
-from blastscan.features.base import Extractor
+from blastscan.features.base import Extractor, get_extractor
 from blastscan.features.store import FeatureStore
+from blastscan.parallel import executor
 
-__all__ = ["ExtractorRun", "FLUSH_ROWS", "FLUSH_SECONDS", "TASK_IMAGES", "compute_missing"]
+__all__ = ["ExtractorRun", "FLUSH_ROWS", "FLUSH_SECONDS", "TASK_IMAGES", "BATCHES_PER_TASK", "compute_missing",
+           "featurise_batch"]
 
 # Rows are buffered and published together: fewer, larger Parquet parts, still a bounded loss on a crash.
 FLUSH_ROWS = 512
 FLUSH_SECONDS = 30.0
 # Images per task sent to a worker process: amortises process overhead, keeps memory bounded.
 TASK_IMAGES = 32
+# On a cluster a deep extractor's task is this many of its batches: the worker's read-ahead threads keep
+# the network busy within a task, and a worker that dies loses at most this much.
+BATCHES_PER_TASK = 4
 
 
 @dataclass
@@ -79,18 +84,56 @@ def _featurise_chunk(extractor, paths: list[str], shas: list[str]):
 def _per_image_results(extractor, todo: pd.DataFrame, jobs: int) -> Iterator[tuple[list, np.ndarray, dict]]:
     paths, shas = todo["path"].tolist(), todo["sha256"].tolist()
     chunks = [(paths[i:i + TASK_IMAGES], shas[i:i + TASK_IMAGES]) for i in range(0, len(paths), TASK_IMAGES)]
-    if jobs <= 1 or len(chunks) <= 1:
-        for p, s in chunks:
-            yield _featurise_chunk(extractor, p, s)
-        return
-    from joblib import Parallel, delayed
-
-    parallel = Parallel(n_jobs=jobs, return_as="generator_unordered", pre_dispatch="2*n_jobs")
-    yield from parallel(delayed(_featurise_chunk)(extractor, p, s) for p, s in chunks)
+    # issue 17: in this process, a local process pool or a Dask cluster (blastscan.parallel decides)
+    yield from executor(jobs).map_unordered(_featurise_chunk, [(extractor, p, s) for p, s in chunks])
 
 
-def _batch_results(extractor, todo: pd.DataFrame) -> Iterator[tuple[list, np.ndarray, dict]]:
+# -- batch extractors on a cluster: one model per worker, built once, tasks of a few batches (issue 17) --
+_WORKER_EXTRACTORS: dict[tuple, Extractor] = {}
+
+
+def _worker_extractor(extractor) -> Extractor:
+    """The worker's own instance of ``extractor`` (its network is built on first use and then kept).
+
+    Weights are looked for at the client's path, else where this worker finds them (its
+    ``$BLASTSCAN_WEIGHTS_DIR`` or Keras cache); other weights than the client's are refused."""
+    import os
+
+    key = (extractor.identity, getattr(extractor, "batch_size", None))
+    if key not in _WORKER_EXTRACTORS:
+        path = getattr(extractor, "weights_path", None)
+        if path is not None and not os.path.exists(path):
+            options = {**extractor.build_options(), "batch_size": getattr(extractor, "batch_size", None)}
+            rebuilt = get_extractor(extractor.name, **{k: v for k, v in options.items() if v is not None})
+            if rebuilt.identity != extractor.identity:
+                raise BlastscanError(f"worker weights for {extractor.name}", f"give other features "
+                                     f"({rebuilt.identity}) than the client's ({extractor.identity}); "
+                                     "give every worker the client's weight files")
+            extractor = rebuilt
+        _WORKER_EXTRACTORS[key] = extractor
+    return _WORKER_EXTRACTORS[key]
+
+
+def featurise_batch(extractor, paths: list[str], shas: list[str]):
+    """Run on a worker: a batch extractor over ``paths``, as one ``(ok shas, matrix, failures)`` result."""
+    ext = _worker_extractor(extractor)
+    ok, mats, failures = [], [], {}
+    for res in ext.compute_paths(paths):
+        ok += [shas[i] for i in res.indices]
+        mats.append(np.asarray(res.features, dtype=np.float32))
+        failures.update({shas[i]: reason for i, reason in res.failures.items()})
+    mat = np.vstack(mats) if mats else np.zeros((0, len(ext.feature_names)), np.float32)
+    return ok, mat, failures
+
+
+def _batch_results(extractor, todo: pd.DataFrame, jobs: int = 1) -> Iterator[tuple[list, np.ndarray, dict]]:
     shas = todo["sha256"].tolist()
+    ex = executor(jobs)
+    if ex.remote:  # issue 17: batches go to the cluster's workers; results come back here
+        paths, n = todo["path"].tolist(), BATCHES_PER_TASK * getattr(extractor, "batch_size", TASK_IMAGES)
+        yield from ex.map_unordered(featurise_batch, [(extractor, paths[i:i + n], shas[i:i + n])
+                                                      for i in range(0, len(paths), n)])
+        return
     for res in extractor.compute_paths(todo["path"].tolist()):
         ok = [shas[i] for i in res.indices]
         failures = {shas[i]: reason for i, reason in res.failures.items()}
@@ -109,7 +152,8 @@ def compute_missing(ext: Extractor, unique: pd.DataFrame, fstore: FeatureStore, 
     run = ExtractorRun(name=ext.name, identity=identity, n_images=len(unique))
     t0 = time.perf_counter()
     if len(todo):
-        results = _per_image_results(ext, todo, jobs) if ext.kind == "per_image" else _batch_results(ext, todo)
+        results = (_per_image_results(ext, todo, jobs) if ext.kind == "per_image"
+                   else _batch_results(ext, todo, jobs))
         _consume(results, fstore, identity, len(ext.feature_names), progress_bar(len(todo), ext.name, progress))
         fstore.compact(identity)
     run.seconds = time.perf_counter() - t0

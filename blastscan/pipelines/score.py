@@ -24,6 +24,7 @@ from blastscan.bundle import Bundle, load_bundle
 from blastscan.dataset.inputs import input_manifest
 from blastscan.features.compute import TASK_IMAGES
 from blastscan.options import resolve_jobs
+from blastscan.parallel import executor
 
 __all__ = ["COLUMNS", "SUBJECT_COLUMNS", "ScoreResult", "score", "subject_summary", "subjects_path"]
 
@@ -196,7 +197,8 @@ def score(
     manifest_df, failed = input_manifest(inputs, progress=progress, store=store)
     if "subject" not in manifest_df:
         manifest_df = manifest_df.assign(subject="")
-    chunk = chunk_images or max(CHUNK_IMAGES, 2 * resolve_jobs(jobs) * TASK_IMAGES)
+    # issue 17: enough tasks per chunk for every worker of the pool or cluster
+    chunk = chunk_images or max(CHUNK_IMAGES, 2 * executor(resolve_jobs(jobs)).workers * TASK_IMAGES)
     tally = _Tally()
     counts = {"scored": 0, "all": 0}
     failures: dict[str, int] = {}
