@@ -190,3 +190,35 @@ def test_no_dask_import_without_scheduler_and_one_line_error_without_dask(cells2
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == ['error: --scheduler local:2: Dask is not installed; install it '
                                                'with: pip install "blastscan[dask]"']
+
+
+def _n_worker_models() -> int:
+    from blastscan.features import compute
+
+    return len(getattr(compute, "_WORKER_EXTRACTORS"))
+
+
+@pytest.mark.slow
+def test_deep_batches_on_a_cluster_equal_local(manifest24, cluster, tmp_path):
+    import cloudpickle
+    from distributed import Client
+
+    from blastscan.pipelines.extract import extract
+
+    opts = {"random_weights": True, "input_size": 64, "batch_size": 2}  # tasks of 8 images: 3 tasks
+    part = manifest24.iloc[:20]
+    local = extract(part, ["vgg16"], tmp_path / "local", extractor_options=opts, jobs=1, progress=False).runs[0]
+    with parallel.session(cluster.scheduler_address):
+        remote = extract(part, ["vgg16"], tmp_path / "dask", extractor_options=opts, progress=False).runs[0]
+    assert remote.computed == local.computed == part["sha256"].nunique()
+    # TensorFlow's CPU kernels sum in an order that depends on their thread count (1 per Dask worker):
+    # equal to float32 rounding, not bit for bit
+    pd.testing.assert_frame_equal(_table(tmp_path / "local", local.identity)[0],
+                                  _table(tmp_path / "dask", remote.identity)[0], check_exact=False, rtol=1e-3,
+                                  atol=1e-6)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        with Client(cluster.scheduler_address) as probe:  # one network per worker, built once for all its tasks
+            assert set(probe.run(_n_worker_models).values()) <= {0, 1}
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])

@@ -106,9 +106,9 @@ def _worker_extractor(extractor) -> Extractor:
             options = {**extractor.build_options(), "batch_size": getattr(extractor, "batch_size", None)}
             rebuilt = get_extractor(extractor.name, **{k: v for k, v in options.items() if v is not None})
             if rebuilt.identity != extractor.identity:
-                raise BlastscanError(f"worker weights for {extractor.name}", f"give other features "
-                                     f"({rebuilt.identity}) than the client's ({extractor.identity}); "
-                                     "give every worker the client's weight files")
+                raise BlastscanError(f"{extractor.name} weights on a worker", f"they give features "
+                                     f"{rebuilt.identity}, the client's {extractor.identity}; give every "
+                                     "worker the client's weight files")
             extractor = rebuilt
         _WORKER_EXTRACTORS[key] = extractor
     return _WORKER_EXTRACTORS[key]
