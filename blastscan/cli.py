@@ -13,8 +13,8 @@ import click
 
 from blastscan import __version__
 from blastscan.cli_options import (dataset_manifest, deep_options, jobs_option, params_option, per_image_split_option,
-                                   precision_option, store_option, subject_pattern_option, weights_dir_option,
-                                   weights_option)
+                                   precision_option, scheduler_option, store_option, subject_pattern_option,
+                                   weights_dir_option, weights_option)
 from blastscan.errors import BlastscanError
 
 
@@ -165,21 +165,24 @@ def weights(weights_dir, random_weights, download):
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
               help="Also write the per-cell feature table here (.parquet or .csv): path, sha256, subject, label, "
                    "split, status and every feature of the chosen sets.")
+@scheduler_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def extract(dataset, features, store, jobs, weights_dir, random_weights, input_size, batch_size, precision, retry_failed,
-            out, quiet):
+            out, scheduler, quiet):
     """Compute features for DATASET and cache them in the feature store.
 
     Only images missing from the store are computed; a second run over the same data reuses
     everything. An interrupted run keeps every finished chunk. Images that cannot be featurised are
     listed with the reason and do not stop the run.
     """
+    from blastscan.parallel import session
     from blastscan.pipelines.extract import extract as run_extract
 
     manifest = dataset_manifest(dataset, store, jobs, quiet)
     opts = deep_options(weights_dir, random_weights, input_size=input_size, batch_size=batch_size, precision=precision)
-    summary = run_extract(manifest.df, features.split(","), store, jobs=jobs, extractor_options=opts,
-                          progress=not quiet, retry_failed=retry_failed)
+    with session(scheduler):
+        summary = run_extract(manifest.df, features.split(","), store, jobs=jobs, extractor_options=opts,
+                              progress=not quiet, retry_failed=retry_failed)
     click.echo(f"{len(manifest.df)} images in {dataset} ({manifest.layout} layout)")
     click.echo(summary.format())
     if out:
@@ -253,10 +256,11 @@ def masks(inputs, out, n, subjects, seed, columns, tile, store, quiet):
 @click.option("--jobs", "-j", type=int, default=None, show_default="all cores", help="Models fitted in parallel.")
 @subject_pattern_option
 @per_image_split_option
+@scheduler_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def compare(dataset, features, classifiers, ensembles, out_dir, store, weights_dir, random_weights, input_size, precision,
             folds, seed, threshold_rule, target_recall, params, params_file, inner_folds, leaky_folds, n_boot, jobs,
-            subject_pattern, per_image_split, quiet):
+            subject_pattern, per_image_split, scheduler, quiet):
     """Compare feature sets x classifiers on DATASET with subject-disjoint evaluation.
 
     Writes a run folder with report.html / report.md, metrics.csv/json, out-of-fold predictions,
@@ -265,6 +269,7 @@ def compare(dataset, features, classifiers, ensembles, out_dir, store, weights_d
     """
     from blastscan.evaluation import EvalSettings
     from blastscan.options import load_params
+    from blastscan.parallel import session
     from blastscan.pipelines.compare import compare as run_compare, default_classifiers, default_ensembles
 
     parsed = load_params(params, params_file)  # bad --param fails before the manifest is built
@@ -274,9 +279,10 @@ def compare(dataset, features, classifiers, ensembles, out_dir, store, weights_d
     manifest = dataset_manifest(dataset, store, jobs, quiet, subject_pattern)
     opts = deep_options(weights_dir, random_weights, input_size=input_size, precision=precision)
     votes = default_ensembles(features) if not ensembles else [e for e in ensembles if e.lower() != "none"]
-    result = run_compare(manifest.df, features, classifiers or default_classifiers(), store, out_dir,
-                         settings=settings, params=parsed, ensembles=votes, extractor_options=opts, jobs=jobs,
-                         progress=not quiet, dataset=dataset)
+    with session(scheduler):
+        result = run_compare(manifest.df, features, classifiers or default_classifiers(), store, out_dir,
+                             settings=settings, params=parsed, ensembles=votes, extractor_options=opts, jobs=jobs,
+                             progress=not quiet, dataset=dataset)
     for summary in result.extracted:
         if any(r.computed for r in summary.runs):
             click.echo(summary.format(max_failures=5), err=True)
@@ -317,9 +323,11 @@ _bundle_weights_option = weights_dir_option(
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of folds and model.")
 @subject_pattern_option
 @per_image_split_option
+@scheduler_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def train(dataset, features, classifier, params, params_file, out, store, jobs, weights_dir, random_weights, input_size,
-          precision, threshold_rule, target_recall, inner_folds, seed, subject_pattern, per_image_split, quiet):
+          precision, threshold_rule, target_recall, inner_folds, seed, subject_pattern, per_image_split, scheduler,
+          quiet):
     """Fit one model on every labelled image of DATASET; with --out, save it as a scoring bundle.
 
     Missing features are computed first. The threshold and the printed metrics come from subject-disjoint
@@ -327,14 +335,16 @@ def train(dataset, features, classifier, params, params_file, out, store, jobs, 
     evaluation).
     """
     from blastscan.evaluation import EvalSettings
+    from blastscan.parallel import session
     from blastscan.pipelines.train import train as run_train
 
     settings = EvalSettings(seed=seed, threshold_rule=threshold_rule, target_recall=target_recall,
                             inner_folds=inner_folds, per_image_split=per_image_split)
     opts = deep_options(weights_dir, random_weights, input_size=input_size, precision=precision)
-    run_train(dataset, features, classifier, store, params=params, params_file=params_file, out=out,
-              extractor_options=opts, settings=settings, jobs=jobs, progress=not quiet, echo=click.echo,
-              subject_pattern=subject_pattern)
+    with session(scheduler):
+        run_train(dataset, features, classifier, store, params=params, params_file=params_file, out=out,
+                  extractor_options=opts, settings=settings, jobs=jobs, progress=not quiet, echo=click.echo,
+                  subject_pattern=subject_pattern)
 
 
 @main.command()
@@ -374,19 +384,22 @@ def export(run_dir, config_name, out, store, weights_dir, quiet):
 @click.option("--within-subject", is_flag=True,
               help="Also write each cell's P(ALL) combined with the other cells of its subject (columns "
                    "p_all_within_subject, pred_within_subject). It uses other cells of the same patient.")
+@scheduler_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def score(bundle, inputs, output, store, weights_dir, jobs, trust, within_subject, quiet):
+def score(bundle, inputs, output, store, weights_dir, jobs, trust, within_subject, scheduler, quiet):
     """Score INPUTS (image files, folders, CSVs with a path column) with a BUNDLE from train/export.
 
     Every input image gets a row; those that cannot be read or featurised get the reason in the status
     column and do not stop the batch. Only load bundles you trust: a bundle is a pickle and loading it
     can run code; its hash is checked against the .json sidecar unless --trust is given.
     """
+    from blastscan.parallel import session
     from blastscan.pipelines.score import score as run_score
 
     opts = {"weights_dir": weights_dir} if weights_dir else None
-    result = run_score(bundle, list(inputs), output, store=store, extractor_options=opts, trust=trust, jobs=jobs,
-                       progress=not quiet, within_subject=within_subject)
+    with session(scheduler):
+        result = run_score(bundle, list(inputs), output, store=store, extractor_options=opts, trust=trust,
+                           jobs=jobs, progress=not quiet, within_subject=within_subject)
     click.echo(result.summary())
 
 

@@ -8,7 +8,7 @@ import os
 import click
 
 __all__ = ["store_option", "weights_dir_option", "weights_option", "jobs_option", "subject_pattern_option",
-           "per_image_split_option", "dataset_manifest", "params_option", "precision_option", "deep_options"]
+           "per_image_split_option", "scheduler_option", "dataset_manifest", "params_option", "precision_option", "deep_options"]
 
 
 def store_option(f):
@@ -55,6 +55,18 @@ def per_image_split_option(f):
     return click.option("--per-image-split", is_flag=True,
                         help="Evaluate although some images have no subject (each its own group); every output "
                              "is then labelled LEAKY. Without it such data is refused.")(f)
+
+
+def scheduler_option(f):
+    """``--scheduler`` (issue 17): where the parallel work runs; the command's call is wrapped in
+    ``blastscan.parallel.session(scheduler)``."""
+    return click.option(
+        "--scheduler", default=None, metavar="ADDRESS",
+        show_default="$BLASTSCAN_SCHEDULER or $DASK_SCHEDULER_ADDRESS, else local processes",
+        help="Run feature chunks and model fits on a Dask cluster: a scheduler address (tcp://host:8786), or "
+             "local[:N] to start N local workers; 'none' forces local processes. Needs "
+             'pip install "blastscan[dask]".',
+    )(f)
 
 
 def dataset_manifest(dataset, store, jobs, quiet, subject_pattern=None):

@@ -19,10 +19,12 @@ import numpy as np
 import pandas as pd
 
 from blastscan.errors import BlastscanError
-from blastscan.features.base import Extractor
+from blastscan.features.base import Extractor, get_extractor
 from blastscan.features.store import FeatureStore
+from blastscan.parallel import executor
 
-__all__ = ["ExtractorRun", "FLUSH_ROWS", "FLUSH_SECONDS", "TASK_IMAGES", "compute_missing"]
+__all__ = ["ExtractorRun", "FLUSH_ROWS", "FLUSH_SECONDS", "TASK_IMAGES", "BATCHES_PER_TASK", "compute_missing",
+           "featurise_batch"]
 
 # Rows are buffered and published together: a kill -9 loses at most FLUSH_SECONDS of finished work (plus
 # the tasks in flight); the parts are merged into one file at the end of the run (compact).
@@ -31,6 +33,9 @@ FLUSH_SECONDS = 2.0
 # Images per task sent to a worker process: small, so finished rows come back (and are published) often.
 TASK_IMAGES = 8
 PARENT_POLL_SECONDS = 1.0
+# On a cluster a deep extractor's task is this many of its batches: the worker's read-ahead threads keep
+# the network busy within a task, and a worker that dies loses at most this much.
+BATCHES_PER_TASK = 4
 
 
 @dataclass
@@ -104,24 +109,26 @@ def _featurise_chunk(extractor, paths: list[str], shas: list[str], parent_pid: i
 def _per_image_results(extractor, todo: pd.DataFrame, jobs: int) -> Iterator[tuple[list, np.ndarray, dict]]:
     paths, shas = todo["path"].tolist(), todo["sha256"].tolist()
     chunks = [(paths[i:i + TASK_IMAGES], shas[i:i + TASK_IMAGES]) for i in range(0, len(paths), TASK_IMAGES)]
-    if jobs <= 1 or len(chunks) <= 1:
-        for p, s in chunks:
-            yield _featurise_chunk(extractor, p, s)
-        return
-    from joblib import Parallel, delayed
-
-    parallel = Parallel(n_jobs=jobs, return_as="generator_unordered", pre_dispatch="2*n_jobs")
-    parent = os.getpid()
-    yield from parallel(delayed(_featurise_chunk)(extractor, p, s, parent) for p, s in chunks)
+    # issue 17: in this process, a local process pool or a Dask cluster (blastscan.parallel decides)
+    ex = executor(jobs)
+    yield from ex.map_unordered(_featurise_chunk, [(extractor, p, s, _parent(ex)) for p, s in chunks])
 
 
-def _featurise_shared_chunk(extractors, paths: list[str], shas: list[str], wanted: list[list[bool]]):
+def _parent(ex) -> int | None:
+    """This process's pid for local pool workers to watch (they exit when it dies); None on a cluster,
+    whose workers outlive any one client by design."""
+    return None if ex.remote else os.getpid()
+
+
+def _featurise_shared_chunk(extractors, paths: list[str], shas: list[str], wanted: list[list[bool]],
+                            parent_pid: int | None = None):
     """Run in a worker: per image, decode once and build the extractors' shared context once
     (:attr:`PerImageExtractor.context`: e.g. one segmentation for all handcrafted families), then compute
     every extractor that still lacks the image (``wanted[k][i]``). Returns one ``(ok, mat, failures)``
     per extractor."""
     from blastscan.dataset import load_image
 
+    _exit_with_parent(parent_pid)
     rows = [[] for _ in extractors]
     oks = [[] for _ in extractors]
     fails = [{} for _ in extractors]
@@ -161,18 +168,56 @@ def _shared_results(extractors, todos: list[pd.DataFrame], jobs: int):
     for i in range(0, len(paths), TASK_IMAGES):
         p, s = paths[i:i + TASK_IMAGES], shas[i:i + TASK_IMAGES]
         chunks.append((p, s, [[x in n for x in s] for n in need]))
-    if jobs <= 1 or len(chunks) <= 1:
-        for c in chunks:
-            yield _featurise_shared_chunk(extractors, *c)
-        return
-    from joblib import Parallel, delayed
-
-    parallel = Parallel(n_jobs=jobs, return_as="generator_unordered", pre_dispatch="2*n_jobs")
-    yield from parallel(delayed(_featurise_shared_chunk)(extractors, *c) for c in chunks)
+    ex = executor(jobs)
+    yield from ex.map_unordered(_featurise_shared_chunk, [(extractors, *c, _parent(ex)) for c in chunks])
 
 
-def _batch_results(extractor, todo: pd.DataFrame) -> Iterator[tuple[list, np.ndarray, dict]]:
+# -- batch extractors on a cluster: one model per worker, built once, tasks of a few batches (issue 17) --
+_WORKER_EXTRACTORS: dict[tuple, Extractor] = {}
+
+
+def _worker_extractor(extractor) -> Extractor:
+    """The worker's own instance of ``extractor`` (its network is built on first use and then kept).
+
+    Weights are looked for at the client's path, else where this worker finds them (its
+    ``$BLASTSCAN_WEIGHTS_DIR`` or Keras cache); other weights than the client's are refused."""
+    import os
+
+    key = (extractor.identity, getattr(extractor, "batch_size", None))
+    if key not in _WORKER_EXTRACTORS:
+        path = getattr(extractor, "weights_path", None)
+        if path is not None and not os.path.exists(path):
+            options = {**extractor.build_options(), "batch_size": getattr(extractor, "batch_size", None)}
+            rebuilt = get_extractor(extractor.name, **{k: v for k, v in options.items() if v is not None})
+            if rebuilt.identity != extractor.identity:
+                raise BlastscanError(f"{extractor.name} weights on a worker", f"they give features "
+                                     f"{rebuilt.identity}, the client's {extractor.identity}; give every "
+                                     "worker the client's weight files")
+            extractor = rebuilt
+        _WORKER_EXTRACTORS[key] = extractor
+    return _WORKER_EXTRACTORS[key]
+
+
+def featurise_batch(extractor, paths: list[str], shas: list[str]):
+    """Run on a worker: a batch extractor over ``paths``, as one ``(ok shas, matrix, failures)`` result."""
+    ext = _worker_extractor(extractor)
+    ok, mats, failures = [], [], {}
+    for res in ext.compute_paths(paths):
+        ok += [shas[i] for i in res.indices]
+        mats.append(np.asarray(res.features, dtype=np.float32))
+        failures.update({shas[i]: reason for i, reason in res.failures.items()})
+    mat = np.vstack(mats) if mats else np.zeros((0, len(ext.feature_names)), np.float32)
+    return ok, mat, failures
+
+
+def _batch_results(extractor, todo: pd.DataFrame, jobs: int = 1) -> Iterator[tuple[list, np.ndarray, dict]]:
     shas = todo["sha256"].tolist()
+    ex = executor(jobs)
+    if ex.remote:  # issue 17: batches go to the cluster's workers; results come back here
+        paths, n = todo["path"].tolist(), BATCHES_PER_TASK * getattr(extractor, "batch_size", TASK_IMAGES)
+        yield from ex.map_unordered(featurise_batch, [(extractor, paths[i:i + n], shas[i:i + n])
+                                                      for i in range(0, len(paths), n)])
+        return
     for res in extractor.compute_paths(todo["path"].tolist()):
         ok = [shas[i] for i in res.indices]
         failures = {shas[i]: reason for i, reason in res.failures.items()}
@@ -247,7 +292,8 @@ def compute_missing(extractors: list[Extractor], unique: pd.DataFrame, fstore: F
             continue
         t0 = time.perf_counter()
         ext = t.ext
-        results = (_per_image_results(ext, t.todo, jobs) if ext.kind == "per_image" else _batch_results(ext, t.todo))
+        results = (_per_image_results(ext, t.todo, jobs) if ext.kind == "per_image"
+                   else _batch_results(ext, t.todo, jobs))
         _consume(results, fstore, t.identity, len(ext.feature_names), progress_bar(len(t.todo), ext.name, progress))
         fstore.compact(t.identity)
         seconds[i] = time.perf_counter() - t0

@@ -15,6 +15,7 @@ from blastscan.errors import BlastscanError
 from blastscan.evaluation import (EvalSettings, FitTask, FoldPlan, HoldoutPlan, InnerPlan, TaskKey, holdout_tasks,
                                   leaky_folds, plan_subject_folds, run_fit, subject_cv_tasks)
 from blastscan.features.featureset import ExtractSummary, FeatureMatrix
+from blastscan.parallel import executor
 from blastscan.pipelines import extract as _extract
 from blastscan.pipelines.train import labelled_rows
 
@@ -167,16 +168,11 @@ def _task(name: str, spec, params, X, y, groups, task: FitTask, seed: int, one_t
 
 
 def _run_tasks(tasks, jobs: int, seed: int):
-    if jobs <= 1 or len(tasks) <= 1:
-        for t in tasks:
-            yield _task(*t, seed)
-        return
-    from joblib import Parallel, delayed, parallel_config
-
-    # Models inside the pool use one thread each: jobs processes x many threads would oversubscribe.
-    with parallel_config(backend="loky", inner_max_num_threads=1):
-        par = Parallel(n_jobs=jobs, return_as="generator_unordered")
-        yield from par(delayed(_task)(*t, seed, one_thread=True) for t in tasks)
+    # issue 17: in this process, a local loky pool or a Dask cluster (blastscan.parallel decides). Models
+    # in a pool or on a cluster use one thread each: workers x many threads would oversubscribe.
+    ex = executor(jobs)
+    one_thread = ex.is_parallel(len(tasks))
+    yield from ex.map_unordered(_task, [(*t, seed, one_thread) for t in tasks], one_thread=one_thread)
 
 
 def run_grid(data: CompareData, splits: SplitPlan, configs: list[ConfigSpec], jobs: int, seed: int,

@@ -25,6 +25,7 @@ from blastscan.bundle import Bundle, load_bundle
 from blastscan.dataset.inputs import input_manifest
 from blastscan.features.compute import TASK_IMAGES
 from blastscan.options import resolve_jobs
+from blastscan.parallel import executor
 
 __all__ = ["COLUMNS", "SUBJECT_COLUMNS", "WITHIN_COLUMNS", "ScoreResult", "score", "subject_summary",
            "subjects_path", "training_rates"]
@@ -307,7 +308,8 @@ def score(
     manifest_df, failed = input_manifest(inputs, progress=progress, store=store)
     if "subject" not in manifest_df:
         manifest_df = manifest_df.assign(subject="")
-    chunk = chunk_images or max(CHUNK_IMAGES, 2 * resolve_jobs(jobs) * TASK_IMAGES)
+    # issue 17: enough tasks per chunk for every worker of the pool or cluster
+    chunk = chunk_images or max(CHUNK_IMAGES, 2 * executor(resolve_jobs(jobs)).workers * TASK_IMAGES)
     counts = _Counts()
     _write_predictions(out, bundle, built, manifest_df, failed, counts, store=store, chunk=chunk, jobs=jobs,
                        extractor_options=extractor_options, progress=progress)
