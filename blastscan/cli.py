@@ -256,11 +256,14 @@ def masks(inputs, out, n, subjects, seed, columns, tile, store, quiet):
 @click.option("--jobs", "-j", type=int, default=None, show_default="all cores", help="Models fitted in parallel.")
 @subject_pattern_option
 @per_image_split_option
+@click.option("--tune", is_flag=True,
+              help="Search each classifier's small grid inside every training part on subject-grouped inner folds "
+                   "(the chosen values are recorded per fold); votes are not built then.")
 @scheduler_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def compare(dataset, features, classifiers, ensembles, out_dir, store, weights_dir, random_weights, input_size, precision,
             folds, seed, threshold_rule, target_recall, params, params_file, inner_folds, leaky_folds, n_boot, jobs,
-            subject_pattern, per_image_split, scheduler, quiet):
+            subject_pattern, per_image_split, tune, scheduler, quiet):
     """Compare feature sets x classifiers on DATASET with subject-disjoint evaluation.
 
     Writes a run folder with report.html / report.md, metrics.csv/json, out-of-fold predictions,
@@ -281,8 +284,8 @@ def compare(dataset, features, classifiers, ensembles, out_dir, store, weights_d
     votes = default_ensembles(features) if not ensembles else [e for e in ensembles if e.lower() != "none"]
     with session(scheduler):
         result = run_compare(manifest.df, features, classifiers or default_classifiers(), store, out_dir,
-                             settings=settings, params=parsed, ensembles=votes, extractor_options=opts, jobs=jobs,
-                             progress=not quiet, dataset=dataset)
+                             settings=settings, params=parsed, ensembles=votes, tune=tune, extractor_options=opts,
+                             jobs=jobs, progress=not quiet, dataset=dataset)
     for summary in result.extracted:
         if any(r.computed for r in summary.runs):
             click.echo(summary.format(max_failures=5), err=True)
@@ -323,11 +326,14 @@ _bundle_weights_option = weights_dir_option(
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of folds and model.")
 @subject_pattern_option
 @per_image_split_option
+@click.option("--tune", is_flag=True,
+              help="Search the classifier's small grid on subject-grouped inner folds of the training data; the "
+                   "chosen values are recorded in the bundle.")
 @scheduler_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def train(dataset, features, classifier, params, params_file, out, store, jobs, weights_dir, random_weights, input_size,
-          precision, threshold_rule, target_recall, inner_folds, seed, subject_pattern, per_image_split, scheduler,
-          quiet):
+          precision, threshold_rule, target_recall, inner_folds, seed, subject_pattern, per_image_split, tune,
+          scheduler, quiet):
     """Fit one model on every labelled image of DATASET; with --out, save it as a scoring bundle.
 
     Missing features are computed first. The threshold and the printed metrics come from subject-disjoint
@@ -344,7 +350,7 @@ def train(dataset, features, classifier, params, params_file, out, store, jobs, 
     with session(scheduler):
         run_train(dataset, features, classifier, store, params=params, params_file=params_file, out=out,
                   extractor_options=opts, settings=settings, jobs=jobs, progress=not quiet, echo=click.echo,
-                  subject_pattern=subject_pattern)
+                  subject_pattern=subject_pattern, tune=tune)
 
 
 @main.command()

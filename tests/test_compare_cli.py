@@ -119,3 +119,20 @@ def test_params_file_is_overridden_by_param_and_bad_files_are_one_line_errors(tm
     res = _blastscan("compare", tmp_path, "--params-file", f)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [res.stderr.strip()] and "not valid JSON" in res.stderr
+
+
+@pytest.mark.slow
+def test_compare_tune_records_the_choice_per_fold_and_export_refits_it(small_cnmc, tmp_path):
+    store, run_dir = tmp_path / "store", tmp_path / "run"
+    res = _blastscan("compare", small_cnmc, "--features", "size", "--classifiers", "logreg", "--tune",
+                     "--store", store, "--out", run_dir, "--bootstrap", 0, "--leaky-folds", 0, "-q")
+    assert res.returncode == 0, res.stderr
+    run = json.loads((run_dir / "run.json").read_text())
+    rec = next(r for r in run["results"] if r["name"] == "size/logreg")
+    assert rec["tune"] is True and set(rec["chosen_params"]) == {str(k) for k in range(run["n_splits"])}
+    assert all(set(v) == {"C"} for v in rec["chosen_params"].values())
+    out = tmp_path / "tuned.joblib"
+    exp = _blastscan("export", run_dir, "--config", "size/logreg", "--out", out, "-q")
+    assert exp.returncode == 0, exp.stderr
+    meta = json.loads(out.with_suffix(".json").read_text())["metadata"]
+    assert meta["tuned"]["chosen"]["C"] in (0.001, 0.01, 0.1, 1.0)

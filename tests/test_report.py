@@ -267,3 +267,12 @@ def test_provenance_records_versions_without_importing_tensorflow():
     assert rec["config_sha256"] == prov.config_hash({"seed": 0}) and len(rec["manifest_sha256"]) == 64
     assert rec["created"].endswith("Z")
     assert ("tensorflow" in sys.modules) == before
+
+
+def test_report_screens_narrow_feature_sets(run):
+    _, result = run
+    assert set(result.screening) == {"full", "half"}  # both synthetic sets are narrow
+    table = result.screening["full"]
+    assert {"auc_cells", "auc_subjects", "flag"} <= set(table.columns) and len(table) == 4
+    assert (result.run_dir / "screening.csv").is_file()
+    assert "## Feature screening" in (result.run_dir / "report.md").read_text()

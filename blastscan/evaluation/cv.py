@@ -49,10 +49,15 @@ def fit_model(est, X, y, groups):
     return fit_classifier(est, X, y, groups=groups)
 
 
-def fit_predict(spec, params, X, y, groups, train, test, seed: int = 0) -> np.ndarray:
-    """Fit a fresh classifier on ``train`` rows and return P(ALL) for ``test`` rows."""
+def fit_predict(spec, params, X, y, groups, train, test, seed: int = 0, info: dict | None = None) -> np.ndarray:
+    """Fit a fresh classifier on ``train`` rows and return P(ALL) for ``test`` rows; ``info`` (when given)
+    receives what the fit chose (``best_params_`` of a tuned model)."""
     est = make_classifier(spec, params, seed)
     est = fit_model(est, X[train], y[train], groups[train]) or est
+    if info is not None:
+        final = est.steps[-1][1] if hasattr(est, "steps") else est
+        if hasattr(final, "best_params_"):
+            info["best_params"] = dict(final.best_params_)
     col = list(getattr(est, "classes_", [0, 1])).index(1)  # the P(ALL) column, whatever the class order
     return np.asarray(est.predict_proba(X[test]))[:, col].astype(float)
 
@@ -144,9 +149,9 @@ class HoldoutPlan:
         return out + ([f"official phase: {self.note}"] if self.note else [])
 
 
-def run_fit(spec, params, X, y, groups, task: FitTask, seed: int = 0) -> np.ndarray:
+def run_fit(spec, params, X, y, groups, task: FitTask, seed: int = 0, info: dict | None = None) -> np.ndarray:
     """Execute a :class:`FitTask`; returns P(ALL) of ``task.predict`` rows (same order)."""
-    return fit_predict(spec, params, X, y, groups, task.train, task.predict, seed)
+    return fit_predict(spec, params, X, y, groups, task.train, task.predict, seed, info)
 
 
 def _pairs_possible(plan: FoldPlan, y: np.ndarray, inner_splits: int) -> bool:

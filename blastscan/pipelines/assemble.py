@@ -186,7 +186,8 @@ def assemble_grid(data: CompareData, splits: SplitPlan, grid: GridRun, configs: 
         cfg.within_subject(rows, cv)
         official = cfg.official(rows)
         cfg.leaky(rows, cv)
-        records.append({"name": name, "feature_set": fs, "classifier": c, "params": spec.params,
+        records.append({"name": name, "feature_set": fs, "classifier": c, "params": spec.params, "tune": spec.tune,
+                        "chosen_params": {str(k): v for k, v in sorted(grid.chosen.get(name, {}).items())},
                         "fold_thresholds": cv.fold_thresholds, "official": official,
                         "fit_seconds": round(grid.seconds[name], 2)})
     metrics = pd.DataFrame(rows.metrics)

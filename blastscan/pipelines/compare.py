@@ -71,13 +71,32 @@ def parse_ensembles(specs: Sequence[str] | str | None) -> list[list[tuple[str, s
 
 
 def _plan_configs(feature_sets: list[str], classifiers: list[str], votes: list[list[tuple[str, str]]],
-                  params: Mapping[str, Mapping[str, Any]]) -> tuple[list[ConfigSpec], list[str]]:
+                  params: Mapping[str, Mapping[str, Any]], tune: bool = False) -> tuple[list[ConfigSpec], list[str]]:
     """The grid's configurations (feature sets x classifiers, plus each vote's members) and every
     feature set they need."""
     pairs = [(fs, c) for fs in feature_sets for c in classifiers]
     pairs += [m for v in votes for m in v if m not in pairs]
     sets = list(dict.fromkeys([fs for fs, _ in pairs]))
-    return [ConfigSpec(f"{fs}/{c}", fs, c, dict(params.get(c, {}))) for fs, c in pairs], sets
+    return [ConfigSpec(f"{fs}/{c}", fs, c, dict(params.get(c, {})), tune=tune) for fs, c in pairs], sets
+
+
+#: Feature sets up to this width get a feature-screening table in the report (handcrafted families).
+SCREEN_MAX_FEATURES = 400
+
+
+def _screening(data) -> dict:
+    """Per feature of each narrow feature set: subject-grouped AUC on cells and on per-subject means."""
+    from blastscan.evaluation.screening import feature_screening
+
+    out = {}
+    for fs, fm in data.matrices.items():
+        if fm.X.shape[1] > SCREEN_MAX_FEATURES:
+            continue
+        try:
+            out[fs] = feature_screening(data.Xs[fs], data.y, data.subjects, fm.feature_names)
+        except BlastscanError as exc:  # e.g. a subject with cells of both classes: say so, do not guess
+            data.notes.append(f"feature screening of {fs} skipped: {exc.why}")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -111,6 +130,7 @@ def compare(
     settings: EvalSettings | None = None,
     params: Mapping[str, Mapping[str, Any]] | Sequence[str] | None = None,
     ensembles: Sequence[str] | str | None = None,
+    tune: bool = False,
     extractor_options: Mapping[str, Any] | None = None,
     jobs: int | None = None,
     progress: bool = True,
@@ -136,6 +156,10 @@ def compare(
         Soft votes to rank beside the single models, e.g. ``["inception_v3/svm_pca+size/logreg"]``: P(ALL)
         is the mean of the members' (each fitted on its own feature set); members not in the grid are
         added to it.
+    tune : bool
+        Search each classifier's small grid (:data:`blastscan.evaluation.tuning.GRIDS`) inside every
+        training part on subject-grouped inner folds; the chosen values are recorded per outer fold.
+        Votes are not built then (their members' values would differ per fold).
     extractor_options : dict, optional
         ``weights_dir``, ``input_size``, ... (as for ``extract``).
     jobs : int, optional
@@ -153,9 +177,9 @@ def compare(
 
     t_start, started = time.time(), prov.timestamp()
     settings = settings or EvalSettings()
-    votes = parse_ensembles(ensembles)
+    votes = [] if tune else parse_ensembles(ensembles)
     feature_sets, classifiers, params = _check_names(feature_sets, classifiers, params, votes)
-    configs, needed = _plan_configs(feature_sets, classifiers, votes, params)
+    configs, needed = _plan_configs(feature_sets, classifiers, votes, params, tune)
     run_dir = Path(out_dir) if out_dir is not None else default_run_dir()
     jobs = resolve_jobs(jobs)
 
@@ -164,6 +188,7 @@ def compare(
     check_writable_dir(run_dir, "--out")
     data = prepare_data(manifest_df, needed, classifiers, store, extractor_options, jobs, progress, dataset)
     splits = plan_splits(data, settings)
+    screening = _screening(data)
     configs = [c for c in configs if c.feature_set in data.Xs]
     by_name = {c.name: c for c in configs}
     vote_specs = [vote_spec([by_name[f"{fs}/{c}"] for fs, c in v], data) for v in votes
@@ -180,7 +205,7 @@ def compare(
                      seconds={"grid": round(grid.wall_seconds, 1), "total": round(time.time() - t_start, 1)},
                      started=started, jobs=jobs, run_dir=run_dir)
     run["leaky_split"] = leaky
-    result = CompareResult(run_dir=run_dir, best=tables.best, metrics=tables.metrics, predictions=tables.predictions,
+    result = CompareResult(screening=screening, run_dir=run_dir, best=tables.best, metrics=tables.metrics, predictions=tables.predictions,
                            per_subject=tables.per_subject, run=run, skipped=skipped, notes=notes,
                            extracted=data.extracted)
     write_outputs(result, used_manifest(manifest_df, data))

@@ -73,6 +73,7 @@ def export_run(
     options = {**(run.get("extractor_options") or {}), **clean_options(extractor_options)}
     settings = EvalSettings.from_run(run, inner_folds=inner_splits)
     bundle = train_bundle(used, config["feature_set"], config["classifier"], store, params=config.get("params"),
+                          tune=bool(config.get("tune")),
                           extractor_options=options, settings=settings, dataset=run.get("dataset"),
                           progress=progress)
     run_hash = (run.get("data") or {}).get("manifest_sha256")

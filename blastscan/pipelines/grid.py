@@ -32,6 +32,18 @@ class ConfigSpec:
     classifier: str
     params: dict = field(default_factory=dict, hash=False, compare=False)
     members: tuple = ()  # a vote's member configuration names
+    tune: bool = False  # search the classifier's grid on grouped inner folds of each training part
+
+    def spec(self):
+        """What each fit builds: the classifier's name, or a :class:`~blastscan.evaluation.tuning.Tuned` one."""
+        if not self.tune:
+            return self.classifier
+        from blastscan.evaluation.tuning import Tuned
+
+        return Tuned(classifier=self.classifier, params=dict(self.params))
+
+    def fit_params(self) -> dict:
+        return {} if self.tune else dict(self.params)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -150,6 +162,7 @@ class GridRun:
     seconds: dict[str, float]
     errors: dict[str, str]
     wall_seconds: float
+    chosen: dict[str, dict[int, dict]] = field(default_factory=dict)  # tuned: outer fold -> chosen values
 
 
 def _task(name: str, spec, params, X, y, groups, task: FitTask, seed: int, one_thread: bool = False):
@@ -160,11 +173,12 @@ def _task(name: str, spec, params, X, y, groups, task: FitTask, seed: int, one_t
         # OpenMP/BLAS (XGBoost, numpy) to one thread per worker.
         os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
         os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    info: dict = {}
     try:
-        p = run_fit(spec, params, X, y, groups, task, seed)
+        p = run_fit(spec, params, X, y, groups, task, seed, info)
     except BlastscanError as exc:
-        return name, task.key, None, time.perf_counter() - t0, exc.why or str(exc)
-    return name, task.key, p, time.perf_counter() - t0, None
+        return name, task.key, None, time.perf_counter() - t0, exc.why or str(exc), None
+    return name, task.key, p, time.perf_counter() - t0, None, info.get("best_params")
 
 
 def _run_tasks(tasks, jobs: int, seed: int):
@@ -181,16 +195,17 @@ def run_grid(data: CompareData, splits: SplitPlan, configs: list[ConfigSpec], jo
     from tqdm.auto import tqdm
 
     configs = [c for c in configs if not c.members]
-    tasks = [(c.name, c.classifier, c.params, data.Xs[c.feature_set], data.y, data.groups, t)
+    tasks = [(c.name, c.spec(), c.fit_params(), data.Xs[c.feature_set], data.y, data.groups, t)
              for c in configs for t in splits.tasks]
     preds: dict[str, dict[TaskKey, np.ndarray]] = {c.name: {} for c in configs}
     seconds = {name: 0.0 for name in preds}
     errors: dict[str, str] = {}
+    chosen: dict[str, dict[int, dict]] = {}
     bar = tqdm(total=len(tasks), desc="compare", unit="fit", file=sys.stderr, disable=not progress,
                dynamic_ncols=True)
     t0 = time.perf_counter()
     try:
-        for name, key, p, secs, err in _run_tasks(tasks, jobs, seed):
+        for name, key, p, secs, err, chose in _run_tasks(tasks, jobs, seed):
             bar.update(1)
             bar.set_postfix_str(name, refresh=False)
             seconds[name] += secs
@@ -198,9 +213,11 @@ def run_grid(data: CompareData, splits: SplitPlan, configs: list[ConfigSpec], jo
                 errors.setdefault(name, err)
             else:
                 preds[name][key] = p
+                if chose is not None and key.role == "outer":
+                    chosen.setdefault(name, {})[key.a] = chose
     finally:
         bar.close()
-    return GridRun(preds=preds, seconds=seconds, errors=errors, wall_seconds=time.perf_counter() - t0)
+    return GridRun(preds=preds, seconds=seconds, errors=errors, wall_seconds=time.perf_counter() - t0, chosen=chosen)
 
 
 def vote_spec(members: list[ConfigSpec], data: CompareData) -> ConfigSpec:

@@ -66,7 +66,7 @@ def report_blocks(result: CompareResult) -> list[tuple]:
     ranked = rank_configs(m)
     order = _Order(ranked)
     for section in (_ranking_blocks, _patient_blocks, _fold_blocks, _official_blocks, _within_blocks, _leaky_blocks,
-                    _other_rule_blocks, _subject_blocks):
+                    _other_rule_blocks, _subject_blocks, _screening_blocks):
         blocks += section(result, ranked, order)
     blocks += [("h2", "Run details"), ("ul", _details(result))]
     return blocks
@@ -153,6 +153,27 @@ def _within_blocks(result: CompareResult, ranked: pd.DataFrame, order: _Order) -
                   "patient, so it only applies when a patient's cells are scored together (`blastscan score "
                   "--within-subject`), and on this data it mostly turns a few large subjects into single "
                   "decisions. Thresholds are chosen the same way on each training part."), ("table", table)]
+
+
+def _screening_blocks(result: CompareResult, ranked: pd.DataFrame, order: _Order) -> list[tuple]:
+    if not result.screening:
+        return []
+    fs = "handcrafted" if "handcrafted" in result.screening else next(iter(result.screening))
+    t = result.screening[fs]
+    n_flag = int(t["flag"].sum())
+    top = t.head(25)
+    table = pd.DataFrame({"feature": top["feature"], "AUC cells": top["auc_cells"].map(fmt),
+                          "AUC cells (subjects weighted alike)": top["auc_cells_weighted"].map(fmt),
+                          "AUC per-subject means": top["auc_subjects"].map(fmt),
+                          "flag": np.where(top["flag"], "subject?", "") + np.where(top["flipped"], " flips", "")})
+    others = ", ".join(f for f in result.screening if f != fs)
+    return [("h2", f"Feature screening: {fs}"),
+            ("p", f"Per feature, ROC-AUC over cells and over per-subject means ({int(t['n_subjects_all'].iloc[0])} ALL, "
+                  f"{int(t['n_subjects_hem'].iloc[0])} HEM subjects), strongest at subject level first. "
+                  f"**{n_flag} of {len(t)}** features are flagged: a cell-level signal that does not survive at "
+                  "subject level (weaker or reversed), i.e. probably the subject's stain rather than the cell. "
+                  "Every row of every screened set is in screening.csv" + (f" (also: {others})." if others else ".")),
+            ("table", table)]
 
 
 def _fold_blocks(result: CompareResult, ranked: pd.DataFrame, order: _Order) -> list[tuple]:

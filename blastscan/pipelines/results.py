@@ -66,6 +66,7 @@ class CompareResult:
     skipped: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     extracted: list = field(default_factory=list)
+    screening: dict = field(default_factory=dict)  # feature set -> per-feature cell / subject AUCs
 
     def best_row(self) -> pd.Series | None:
         """The pooled subject-disjoint metrics row of the best configuration."""
@@ -88,7 +89,7 @@ class CompareResult:
                 lines.append("ranking (pooled subject-disjoint weighted F1 [95% CI], ROC-AUC):")
                 for _, r in ranked.iterrows():
                     lines.append(f"  {r['config']:<34} {fmt(r['weighted_f1'])} "
-                                 f"[{fmt(r['weighted_f1_ci_low'])}, {fmt(r['weighted_f1_ci_high'])}]  "
+                                 f"[{fmt(r.get('weighted_f1_ci_low'))}, {fmt(r.get('weighted_f1_ci_high'))}]  "
                                  f"ROC-AUC {fmt(r['roc_auc'])}")
         for s in self.skipped:
             lines.append(f"skipped {s['name']}: {s['reason']}")

@@ -89,7 +89,7 @@ def run_record(manifest_df: pd.DataFrame, data: CompareData, splits: SplitPlan, 
         "n_boot": int(settings.n_boot),
         "threshold": settings.threshold_record(),
         "configs": [{"name": r["name"], "feature_set": r["feature_set"], "classifier": r["classifier"],
-                     "params": prov.to_jsonable(r["params"])} for r in records],
+                     "params": prov.to_jsonable(r["params"]), "tune": bool(r.get("tune"))} for r in records],
         "best": tables.best,
         "feature_sets": {fs: {"extractors": prov.to_jsonable(fm.extractors), "n_features": int(fm.X.shape[1]),
                               "n_dropped": int(len(fm.dropped))} for fs, fm in data.matrices.items()},
@@ -135,6 +135,9 @@ def write_outputs(result: CompareResult, manifest: pd.DataFrame) -> None:
     _write_table(result.metrics, d / "metrics.csv")
     _write_table(result.predictions, d / "predictions.csv")
     _write_table(result.per_subject, d / "per_subject.csv")
+    if result.screening:
+        frames = [t.assign(feature_set=fs) for fs, t in result.screening.items()]
+        _write_table(pd.concat(frames, ignore_index=True), d / "screening.csv")
     records = prov.to_jsonable(result.metrics.to_dict(orient="records"))
     meta = {"best": result.best, "threshold": result.run["threshold"], "leaky_note": LEAKY_NOTE,
             "split_kinds": SPLIT_KINDS, "metrics": records}

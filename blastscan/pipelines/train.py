@@ -143,6 +143,7 @@ def train_bundle(
     settings: EvalSettings = TRAIN_SETTINGS,
     dataset: str | None = None,
     progress: bool = True,
+    tune: bool = False,
 ) -> Bundle:
     """Fit ``classifier`` on every labelled row of ``manifest_df`` and wrap it as a :class:`Bundle`.
 
@@ -168,6 +169,9 @@ def train_bundle(
         Recorded, and used in the hint of a missing-features error.
     progress : bool
         Progress bar over the fits on stderr.
+    tune : bool
+        Search the classifier's small grid on subject-grouped inner folds of the training data (inside
+        every threshold fold too); the values chosen for the final model are recorded in the bundle.
     """
     params = dict(params or {})
     leaky = require_subjects(manifest_df, settings.per_image_split, "train")
@@ -181,10 +185,18 @@ def train_bundle(
     data = TrainingData.from_features(fm)
     if len(np.unique(data.y)) < 2:
         raise BlastscanError(dataset or "manifest", "the training data holds one class only (need ALL and HEM)")
-    fitted = _fit_with_threshold(data, classifier, params, settings, progress)
+    spec, fit_params = classifier, params
+    if tune:
+        from blastscan.evaluation.tuning import Tuned
+
+        spec, fit_params = Tuned(classifier=classifier, params=params), {}
+    fitted = _fit_with_threshold(data, spec, fit_params, settings, progress)
     if leaky:  # every record of these numbers says so
         fitted.split = f"{leaky}; {fitted.split}"
     metadata = _metadata(fs, fm, data, fitted, classifier, params, settings, extractor_options, dataset)
+    if tune:
+        metadata["tuned"] = {"grid": "blastscan.evaluation.tuning.GRIDS", "chosen": fitted.model.best_params_,
+                             "scores": [[c, s] for c, s in fitted.model.scores_]}
     metadata["leaky_split"] = leaky
     bundle = Bundle(model=fitted.model, metadata=metadata)
     # what `blastscan view` shows beside a cell: training distributions, importances, reference cells
@@ -239,6 +251,7 @@ def train(
     jobs: int | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    tune: bool = False,
     subject_pattern: str | None = None,
 ) -> Bundle:
     """Fit ``classifier`` on ``feature_set`` features of every labelled image of ``dataset``.
@@ -286,7 +299,7 @@ def train(
     echo(summary.format(max_failures=5))
     bundle = train_bundle(data, feature_set, classifier, store, params=clf_params,
                           extractor_options=extractor_options, settings=settings, dataset=str(dataset),
-                          progress=progress)
+                          progress=progress, tune=tune)
     echo(bundle.summary())
     if out is not None:
         save_bundle(bundle, out)
