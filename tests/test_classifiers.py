@@ -204,8 +204,12 @@ def test_fcn_early_stopping_holds_out_whole_subjects():
 def test_fcn_svm_passes_groups_to_both_parts():
     X, y, groups = subjects_data(seed=4)
     model = fit_classifier(get_classifier("fcn_svm", **SMALL["fcn_svm"]), X, y, groups)[-1]
-    assert "group-disjoint" in model.fcn_.early_stopping_note_
-    _assert_group_disjoint(model.svm_.calibration_folds_, groups, len(y))
+    assert "group-disjoint" in model.fcn_.early_stopping_note_ and "group-disjoint" in model.split_note_
+    held = model.svm_rows_
+    _assert_group_disjoint(model.svm_.calibration_folds_, np.asarray(groups)[held], len(held))
+    # the SVM learns from activations of subjects the FCN never saw
+    fcn_groups = set(np.asarray(groups)[np.setdiff1d(np.arange(len(y)), held)])
+    assert fcn_groups and not fcn_groups & set(np.asarray(groups)[held])
 
 
 def test_inner_folds_fall_back_when_a_class_has_one_subject():
