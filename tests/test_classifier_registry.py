@@ -107,7 +107,8 @@ def test_default_lists_and_libraries_come_from_the_registry():
 
 
 def test_fcn_svm_takes_its_parts_parameters():
-    parts = {**FCNClassifier().get_params(), **GroupCalibratedSVC().get_params()}
+    # its own parameter (which subjects the SVM learns from) plus its parts', none restated
+    parts = {"svm_share": 0.34, **FCNClassifier().get_params(), **GroupCalibratedSVC().get_params()}
     assert FCNSVMClassifier().get_params() == parts
     est = FCNSVMClassifier(hidden=8, C=3.0, random_state=7)
     assert est._part(FCNClassifier).get_params() == {**FCNClassifier().get_params(), "hidden": 8, "random_state": 7}

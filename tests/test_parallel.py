@@ -108,14 +108,14 @@ def test_a_killed_worker_loses_nothing_finished(manifest24, cluster, tmp_path, m
 
     monkeypatch.setattr(compute, "TASK_IMAGES", 2)  # 12 tasks
     monkeypatch.setattr(compute, "FLUSH_ROWS", 1)  # every result is published at once
-    written: list[list[str]] = []
+    written: list[tuple[str, list[str]]] = []
     real_write = FeatureStore.write_chunk
     with Client(cluster.scheduler_address) as probe:
         pids = probe.run(os.getpid)
 
     def write_and_kill(self, identity, shas, mat, failures):
         real_write(self, identity, shas, mat, failures)
-        written.append(list(shas) + list(failures))
+        written.append((identity, list(shas) + list(failures)))
         if len(written) == 1:  # a worker dies while the others' tasks are running
             os.kill(next(iter(pids.values())), signal.SIGKILL)
 
@@ -123,8 +123,9 @@ def test_a_killed_worker_loses_nothing_finished(manifest24, cluster, tmp_path, m
     with parallel.session(cluster.scheduler_address):
         run = _extract(manifest24, tmp_path / "store", jobs=1)
     monkeypatch.undo()
-    shas = [s for chunk in written for s in chunk]
-    assert len(shas) == len(set(shas)) == manifest24["sha256"].nunique()  # every image once, none twice
+    for identity in {i for i, _ in written}:  # each family's table: every image once, none twice
+        shas = [s for i, chunk in written if i == identity for s in chunk]
+        assert len(shas) == len(set(shas)) == manifest24["sha256"].nunique(), identity
     assert run.computed + run.failed == manifest24["sha256"].nunique()
     local = _extract(manifest24, tmp_path / "local", jobs=1)
     pd.testing.assert_frame_equal(_table(tmp_path / "store", run.identity)[0],
