@@ -44,9 +44,11 @@ def test_demo_runs_the_whole_loop_and_says_why_deep_features_were_skipped(sample
     # deep features skipped with the reason, not silently and not with random weights
     assert "skipped inception_v3" in res.stdout and str(no_weights) in res.stdout
     # the comparison names its best configuration and the split behind it
-    assert "Best configuration: handcrafted/" in res.stdout and "subject-disjoint" in res.stdout
+    configs = {f"{s}/{c}" for s in ("size", "handcrafted") for c in ("logreg", "svm")}
+    assert "subject-disjoint" in res.stdout
+    assert any(f"Best configuration: {c}:" in res.stdout for c in configs), res.stdout[-2000:]
     metrics = pd.read_csv(out / "run" / "metrics.csv")
-    assert set(metrics["config"]) == {"handcrafted/logreg", "handcrafted/svm"}
+    assert set(metrics["config"]) == configs  # no deep set, no vote (its members' sets are missing)
     assert (out / "run" / "report.html").stat().st_size > 10_000
     # exported bundle + sidecar, and predictions for every scored image
     assert (out / "model.joblib").is_file() and (out / "model.json").is_file()
@@ -69,7 +71,7 @@ def test_default_sample_is_package_data_and_has_no_missing_images():
     m = build_manifest(root, progress=False)
     assert not m.problems, [p.reason for p in m.problems][:5]
     df = m.df
-    assert len(df) >= 250 and df["label"].notna().all()
+    assert len(df) >= 240 and df["label"].notna().all()
     # whole-CV support: >= 5 subject groups per class, and the training subjects carry real counts
     assert df.groupby("label")["group"].nunique().min() >= 5
     train = df[df["path"].astype(str).str.contains("training_data")]
@@ -104,4 +106,8 @@ def test_wheel_ships_every_file_of_the_sample(tmp_path):
     sample = ROOT / "blastscan" / "sample"
     want = {p.relative_to(ROOT).as_posix() for p in sample.rglob("*") if p.is_file()}
     assert want and want <= names, sorted(want - names)[:5]
+    # and every module: a subpackage without __init__.py is silently left out by `packages = find:`
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "blastscan").rglob("*.py")
+               if "__pycache__" not in p.parts}
+    assert modules <= names, sorted(modules - names)[:5]
     assert wheel.stat().st_size < 12e6
