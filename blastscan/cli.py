@@ -441,7 +441,7 @@ def view(bundle, port, host, store, max_upload_mb, weights_dir, jobs, trust):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="demo-output", show_default=True,
               help="Folder for the store, the comparison report, the bundle and the predictions.")
 @click.option("--data", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Dataset to use instead of the bundled sample (data/sample).")
+              help="Dataset to use instead of the bundled sample (blastscan/sample, shipped in the package).")
 @click.option("--classifiers", default=None, show_default="every registered classifier",
               help="Comma-separated classifiers to compare.")
 @weights_dir_option("$BLASTSCAN_WEIGHTS_DIR, else the Keras cache/download",

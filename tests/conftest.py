@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BLASTSCAN_SHARED", ROOT.parent / "shared"))
 CNMC = SHARED / "data" / "cnmc2019"
 WEIGHTS = SHARED / "weights"
-SAMPLE = ROOT / "data" / "sample"
+SAMPLE = ROOT / "blastscan" / "sample"
 
 # Keep TensorFlow quiet and single-process-friendly in tests.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -35,9 +35,9 @@ def weights_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def sample_root() -> Path:
-    """The small real sample shipped in data/sample."""
+    """The small real sample shipped as package data in blastscan/sample."""
     if not SAMPLE.is_dir():
-        pytest.skip("data/sample not present")
+        pytest.skip("blastscan/sample not present")
     return SAMPLE
 
 

@@ -607,7 +607,7 @@ def test_groups_of_the_full_dataset_from_its_checksums(cnmc_root):
 def test_sample_is_what_make_sample_selects(sample_root, cnmc_root):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("make_sample", sample_root.parent / "make_sample.py")
+    spec = importlib.util.spec_from_file_location("make_sample", Path(__file__).resolve().parents[1] / "data" / "make_sample.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     ref = list(csv.DictReader(open(cnmc_root / "manifest.csv")))

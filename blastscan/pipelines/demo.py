@@ -20,10 +20,11 @@ DEEP = ("inception_v3", "vgg16")
 
 
 def default_sample() -> Path:
-    """The real C-NMC sample shipped in the repository's ``data/sample`` folder."""
-    here = Path(__file__).resolve().parents[2] / "data" / "sample"
-    if not here.is_dir():
-        raise BlastscanError(str(here), "the bundled sample is missing (run from a clone of the repository, or pass --data)")
+    """The real C-NMC sample shipped inside the package (``blastscan/sample``, package data)."""
+    here = Path(__file__).resolve().parents[1] / "sample"
+    if not (here / "C-NMC_Leukemia").is_dir():
+        raise BlastscanError(str(here), "the bundled sample is missing from this installation "
+                                        "(reinstall blastscan from a full wheel or clone, or pass --data)")
     return here
 
 

@@ -1,0 +1,1 @@
+"""Feature extractors (handcrafted families, size, deep embeddings), the feature store and FeatureSet."""
