@@ -111,3 +111,20 @@ def test_wheel_ships_every_file_of_the_sample(tmp_path):
                if "__pycache__" not in p.parts}
     assert modules <= names, sorted(modules - names)[:5]
     assert wheel.stat().st_size < 12e6
+
+
+@pytest.mark.slow
+def test_demo_on_the_packaged_sample_scores_cells_kept_out_of_its_bundle(tmp_path):
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    out = tmp_path / "demo"
+    res = subprocess.run(
+        [sys.executable, "-m", "blastscan.cli", "demo", "--out", str(out), "--classifiers", "logreg",
+         "--weights-dir", str(no_weights), "-q"], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "kept out of the comparison and the bundle" in res.stdout
+    used = pd.read_parquet(out / "run" / "manifest.parquet")
+    trained_on = set(used.loc[used["used"].astype(bool), "sha256"])
+    pred = pd.read_csv(out / "predictions.csv")
+    assert len(pred) == 11 and trained_on  # the sample's preliminary-phase cells
+    assert not set(pred["sha256"].dropna()) & trained_on  # new cells to the model

@@ -80,7 +80,14 @@ def run_demo(
     echo(f"\n== 3/5 compare: {', '.join(feature_sets)} x {', '.join(classifiers)}"
          + (f" and the votes {'; '.join(votes)}" if votes else "") + " (subject-disjoint CV)")
     run_dir = out / "run"
-    result = compare(manifest.df, feature_sets, classifiers, store, run_dir, settings=EvalSettings(seed=seed),
+    # the preliminary-phase cells are scored in step 5: kept out of the comparison and the bundle, they are
+    # new cells to the model, as scoring should show
+    held_out = manifest.df["source_split"].astype(str).isin(["prelim", "final"]).to_numpy()
+    seen = manifest.df[~held_out] if held_out.any() and (~held_out).any() else manifest.df
+    if len(seen) < len(manifest.df):
+        echo(f"{int(held_out.sum())} test-phase cells are kept out of the comparison and the bundle: "
+             "step 5 scores them as new cells")
+    result = compare(seen, feature_sets, classifiers, store, run_dir, settings=EvalSettings(seed=seed),
                      ensembles=votes,
                      extractor_options=options, progress=progress, dataset=str(data), jobs=jobs)
     echo(result.summary())
@@ -90,7 +97,7 @@ def run_demo(
     export_run(run_dir, result.best, bundle_path, progress=progress)
     echo(f"bundle: {bundle_path} (+ {bundle_path.with_suffix('.json').name})")
 
-    echo("\n== 5/5 score the sample's unlabelled-style inputs with the bundle")
+    echo("\n== 5/5 score the sample's held-out test-phase cells (new to the bundle) with it")
     targets = _score_inputs(data)
     predictions = out / "predictions.csv"
     scored = score(bundle_path, targets, predictions, store=store, extractor_options=options, progress=progress)
