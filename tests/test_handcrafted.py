@@ -333,3 +333,21 @@ def test_features_separate_classes_across_subjects(cnmc_root):
         pred[te] = model.predict(X[te])
     bacc = balanced_accuracy_score(y, pred)
     assert bacc > 0.6, f"balanced accuracy {bacc:.3f}"
+
+
+def test_size_reuses_the_shape_measurements_of_the_same_cell(monkeypatch):
+    from blastscan.features import segmentation, shape, size
+
+    img = np.zeros((120, 120, 3), np.uint8)
+    yy, xx = np.mgrid[:120, :120]
+    cell = (yy - 60) ** 2 + (xx - 60) ** 2 < 45 ** 2
+    nucleus = (yy - 60) ** 2 + (xx - 58) ** 2 < 30 ** 2
+    img[cell] = (200, 160, 210)
+    img[nucleus] = (90, 40, 150)
+    ctx = segmentation.build_context(img)
+    calls = []
+    real = shape._measure
+    monkeypatch.setattr(shape, "_measure", lambda c: calls.append(1) or real(c))
+    got_shape, got_size = shape.compute(ctx), size.compute(ctx)
+    assert len(calls) == 1  # one measurement serves both families
+    assert got_size["size_cell_log_area"] == pytest.approx(np.log1p(got_shape["shape_cell_area"]))

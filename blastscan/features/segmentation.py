@@ -254,6 +254,14 @@ class CellContext:
         inner = erode_disc(nucleus, NUCLEUS_ERODE)
         self.nucleus_inner = inner if inner.sum() >= 50 else nucleus
 
+    def memo(self, key: str, compute):
+        """``compute(self)``, computed once per cell under ``key``: families that build on another's values
+        (``size`` on ``shape``) share them instead of measuring twice."""
+        cache = self.__dict__.setdefault("_memo", {})
+        if key not in cache:
+            cache[key] = compute(self)
+        return cache[key]
+
     def nucleus_box(self, margin: int) -> tuple[slice, slice]:
         """The nucleus's bounding box on the crop plus ``margin`` px (clipped): local filters run there only."""
         rows, cols = np.flatnonzero(self.nucleus.any(axis=1)), np.flatnonzero(self.nucleus.any(axis=0))

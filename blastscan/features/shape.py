@@ -151,7 +151,12 @@ def config() -> dict:
 
 
 def compute(ctx: CellContext) -> dict[str, float]:
-    """Shape features of the cell and the nucleus of ``ctx`` (names: :data:`FEATURE_NAMES`)."""
+    """Shape features of the cell and the nucleus of ``ctx`` (names: :data:`FEATURE_NAMES`); measured once
+    per cell, whichever family asks first."""
+    return dict(ctx.memo(FAMILY, _measure))
+
+
+def _measure(ctx: CellContext) -> dict[str, float]:
     out: dict[str, float] = {}
     c_cell, a_cell = _region_features(ctx.cell, out, "cell")
     c_nuc, a_nuc = _region_features(ctx.nucleus, out, "nucleus")
