@@ -259,10 +259,15 @@ def _version_checks(metadata: Mapping) -> list[tuple[str, int]]:
     from blastscan.classifiers import classifier_libraries
 
     checks = [("scikit-learn", 2), ("numpy", 1)]
-    try:
-        checks += [c for c in classifier_libraries(str(metadata.get("classifier", ""))) if c not in checks]
-    except BlastscanError:  # a classifier this blastscan does not know: check every library that may matter
-        checks += [("xgboost", 2), ("tensorflow", 2), ("keras", 2)]
+    clf = str(metadata.get("classifier", ""))
+    # a vote's predictions depend on its members' libraries
+    members = ((metadata.get("params") or {}).get("members") or []) if clf == "vote" else []
+    for name in [m.get("classifier", "") for m in members] or [clf]:
+        try:
+            libs = classifier_libraries(str(name))
+        except BlastscanError:  # a classifier this blastscan does not know: every library the registry names
+            libs = classifier_libraries()
+        checks += [c for c in libs if c not in checks]
     kinds = {e.get("kind") for e in metadata.get("extractors", [])}
     if "batch" in kinds:
         checks += [c for c in (("tensorflow", 2), ("keras", 2)) if c not in checks]

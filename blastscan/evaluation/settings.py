@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 from blastscan.errors import BlastscanError
@@ -79,10 +79,6 @@ class EvalSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    def with_(self, **changes: Any) -> "EvalSettings":
-        """A copy with ``changes`` (validated again)."""
-        return replace(self, **changes)
 
     @classmethod
     def from_run(cls, run: Mapping[str, Any], **overrides: Any) -> "EvalSettings":

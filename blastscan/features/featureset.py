@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,12 +19,8 @@ from blastscan.features.compute import ExtractorRun, compute_missing
 from blastscan.features.store import FeatureStore
 from blastscan.options import clean_options, resolve_jobs
 
-__all__ = ["DEFAULT_FEATURE_SETS", "FeatureSet", "FeatureMatrix", "ExtractSummary", "build_extractor",
+__all__ = ["FeatureSet", "FeatureMatrix", "ExtractSummary", "build_extractor",
            "clear_extractor_cache"]
-
-#: What ``compare`` and the demo evaluate when no feature set is named.
-DEFAULT_FEATURE_SETS = ("handcrafted", "inception_v3", "vgg16", "handcrafted+inception_v3")
-
 
 # -- extractor instances are reused across calls: a deep model is built once per process -------------
 _EXTRACTOR_CACHE: dict[tuple, Extractor] = {}
@@ -240,11 +236,6 @@ class FeatureSet:
 def _check_runtime(extractors: Sequence[Extractor]) -> None:
     for ext in extractors:  # e.g. --precision bf16 on a CPU without bfloat16: one line now, not after an hour
         getattr(ext, "check_runtime", lambda: None)()
-
-
-def feature_sets(specs: Iterable[str], options: Mapping[str, Any] | None = None) -> list[FeatureSet]:
-    """A :class:`FeatureSet` per spec (each parsed and built once)."""
-    return [FeatureSet(s, options or {}) for s in specs]
 
 
 def _identity_mismatch(recorded: Mapping, now: Mapping) -> str:

@@ -20,14 +20,13 @@ from blastscan._io import check_writable_dir
 from blastscan.dataset.subjects import mixed_subjects, require_subjects
 from blastscan.errors import BlastscanError
 from blastscan.evaluation import EvalSettings
-from blastscan.features.featureset import DEFAULT_FEATURE_SETS
 from blastscan.options import parse_params, resolve_jobs, split_list
 from blastscan.pipelines.assemble import assemble_grid
 from blastscan.pipelines.grid import ConfigSpec, add_votes, plan_splits, prepare_data, run_grid, vote_spec
 from blastscan.pipelines.results import CompareResult
 from blastscan.pipelines.runrecord import default_run_dir, run_record, used_manifest, write_outputs
 
-__all__ = ["DEFAULT_FEATURE_SETS", "DEFAULT_ENSEMBLES", "default_classifiers", "default_ensembles", "parse_ensembles", "compare"]
+__all__ = ["DEFAULT_ENSEMBLES", "default_classifiers", "default_ensembles", "parse_ensembles", "compare"]
 
 #: Soft votes compare ranks by default (see benchmarks/bench_accuracy.py): the embedding's model and the
 #: size model, which hold different evidence (texture of the whole cell; how large the cell is).
