@@ -12,9 +12,9 @@ import sys
 import click
 
 from blastscan import __version__
-from blastscan.cli_options import (dataset_manifest, deep_options, jobs_option, params_option, per_image_split_option,
-                                   precision_option, scheduler_option, store_option, subject_pattern_option,
-                                   weights_dir_option, weights_option)
+from blastscan.cli_options import (dataset_manifest, deep_options, engine_option, jobs_option, params_option,
+                                   per_image_split_option, precision_option, scheduler_option, store_option,
+                                   subject_pattern_option, weights_dir_option, weights_option)
 from blastscan.errors import BlastscanError
 
 
@@ -161,14 +161,15 @@ def weights(weights_dir, random_weights, download):
 @click.option("--input-size", type=int, default=None, help="Deep backbones' input size (default: each backbone's own).")
 @click.option("--batch-size", type=int, default=None, help="Images per forward pass for deep backbones.")
 @precision_option
+@engine_option
 @click.option("--retry-failed", is_flag=True, help="Try again the images that failed in an earlier run.")
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
               help="Also write the per-cell feature table here (.parquet or .csv): path, sha256, subject, label, "
                    "split, status and every feature of the chosen sets.")
 @scheduler_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def extract(dataset, features, store, jobs, weights_dir, random_weights, input_size, batch_size, precision, retry_failed,
-            out, scheduler, quiet):
+def extract(dataset, features, store, jobs, weights_dir, random_weights, input_size, batch_size, precision, engine,
+            retry_failed, out, scheduler, quiet):
     """Compute features for DATASET and cache them in the feature store.
 
     Only images missing from the store are computed; a second run over the same data reuses
@@ -179,7 +180,8 @@ def extract(dataset, features, store, jobs, weights_dir, random_weights, input_s
     from blastscan.pipelines.extract import extract as run_extract
 
     manifest = dataset_manifest(dataset, store, jobs, quiet)
-    opts = deep_options(weights_dir, random_weights, input_size=input_size, batch_size=batch_size, precision=precision)
+    opts = deep_options(weights_dir, random_weights, input_size=input_size, batch_size=batch_size, precision=precision,
+                        engine=engine)
     with session(scheduler):
         summary = run_extract(manifest.df, features.split(","), store, jobs=jobs, extractor_options=opts,
                               progress=not quiet, retry_failed=retry_failed)

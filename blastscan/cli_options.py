@@ -8,7 +8,7 @@ import os
 import click
 
 __all__ = ["store_option", "weights_dir_option", "weights_option", "jobs_option", "subject_pattern_option",
-           "per_image_split_option", "scheduler_option", "dataset_manifest", "params_option", "precision_option", "deep_options"]
+           "per_image_split_option", "scheduler_option", "dataset_manifest", "params_option", "precision_option", "engine_option", "deep_options"]
 
 
 def store_option(f):
@@ -95,6 +95,15 @@ def precision_option(f):
         "--precision", type=click.Choice(["float32", "bf16"]), default="float32", show_default=True,
         help="Deep backbones' arithmetic. bf16 (bfloat16) is faster on CPUs with avx512_bf16/amx_bf16, gives "
              "embeddings within cosine 0.999 of float32, and is stored as its own feature table.")(f)
+
+
+def engine_option(f):
+    return click.option(
+        "--engine", type=click.Choice(["auto", "onnxruntime", "tensorflow"]), default=None,
+        show_default="$BLASTSCAN_ENGINE, else auto",
+        help="What runs the deep backbones in float32: auto takes ONNX Runtime (about 1.5x TensorFlow on CPU; "
+             "the network is written as an ONNX graph once and cached) and falls back to TensorFlow. Both give "
+             "the same features up to float32 rounding, so the store shares them; bf16 runs on TensorFlow.")(f)
 
 
 def deep_options(weights_dir, random_weights, **extra):

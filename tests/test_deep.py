@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from blastscan.errors import BlastscanError
-from blastscan.features import deep
+from blastscan.features import backbones, deep
 from blastscan.features.base import get_extractor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,7 +138,7 @@ def test_weights_sha256_is_cached_and_follows_changes(tmp_path):
     # a cached entry (same path, size, mtime) is trusted, not rehashed
     cache[os.path.realpath(f)]["sha256"] = "cached"
     cache_file.write_text(json.dumps(cache))
-    deep._SHA_MEMO.clear()
+    backbones._SHA_MEMO.clear()
     assert deep.file_sha256(f) == "cached"
     # a changed file is hashed again
     f.write_bytes(b"two")
@@ -296,7 +296,7 @@ def test_extractor_pickles_settings_not_its_network():
     ext = built("vgg16", random_weights=True, input_size=48, batch_size=2)
     ext.forward(np.zeros((1, 48, 48, 3), np.uint8))
     clone = pickle.loads(pickle.dumps(ext))
-    assert clone.identity == ext.identity and clone._forward is None
+    assert clone.identity == ext.identity and clone._run is None and clone.engine_used is None
     with pytest.raises(TypeError, match="uint8"):  # float input would be scaled twice: refused
         ext.forward(np.zeros((1, 48, 48, 3), np.float32))
 

@@ -39,7 +39,7 @@ from blastscan.dataset.problems import Problem
 from blastscan.errors import BlastscanError
 
 __all__ = ["IMAGE_EXTENSIONS", "INSPECT_CACHE", "MAX_FILE_BYTES", "MAX_PIXELS", "Inspection", "inspect_cache",
-           "inspect_file", "inspect_files", "load_image", "odd_cell_size", "read_image_bytes"]
+           "inspect_file", "inspect_files", "load_image", "load_pil_image", "odd_cell_size", "read_image_bytes"]
 
 MAX_FILE_BYTES = 256 << 20
 MAX_PIXELS = 50_000_000
@@ -162,11 +162,16 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     BlastscanError
         ``(path, reason)`` when the file cannot be read or its mode is refused.
     """
+    return np.asarray(load_pil_image(path), dtype=np.uint8)
+
+
+def load_pil_image(path: str | os.PathLike):
+    """:func:`load_image` as the decoded RGB PIL image (for resizing without a full-size array copy)."""
     try:
         im, _ = _decode(read_image_bytes(path))
     except _Refused as exc:
         raise BlastscanError(str(path), str(exc).removesuffix(" (left out)")) from None
-    return np.asarray(im, dtype=np.uint8)
+    return im
 
 
 # -- checking files -------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ class ExtractorRun:
     failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     seconds: float = 0.0
+    engine: str = ""  # what ran a deep backbone's forward ("onnxruntime 1.32.0"), when it ran
 
     @property
     def rate(self) -> float:
@@ -187,7 +188,8 @@ def _worker_extractor(extractor) -> Extractor:
     if key not in _WORKER_EXTRACTORS:
         path = getattr(extractor, "weights_path", None)
         if path is not None and not os.path.exists(path):
-            options = {**extractor.build_options(), "batch_size": getattr(extractor, "batch_size", None)}
+            options = {**extractor.build_options(), "batch_size": getattr(extractor, "batch_size", None),
+                       "engine": getattr(extractor, "engine", None)}
             rebuilt = get_extractor(extractor.name, **{k: v for k, v in options.items() if v is not None})
             if rebuilt.identity != extractor.identity:
                 raise BlastscanError(f"{extractor.name} weights on a worker", f"they give features "
@@ -247,7 +249,8 @@ def _plan(ext: Extractor, unique: pd.DataFrame, fstore: FeatureStore, retry_fail
 
 
 def _finish(t: _Todo, unique: pd.DataFrame, fstore: FeatureStore, seconds: float) -> ExtractorRun:
-    run = ExtractorRun(name=t.ext.name, identity=t.identity, n_images=len(unique), seconds=seconds)
+    run = ExtractorRun(name=t.ext.name, identity=t.identity, n_images=len(unique), seconds=seconds,
+                       engine=getattr(t.ext, "engine_used", None) or "")
     failures = fstore.failures(t.identity)
     run.computed = int((~t.todo["sha256"].isin(failures)).sum())
     by_sha = dict(zip(unique["sha256"], unique["path"]))

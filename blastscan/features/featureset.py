@@ -39,7 +39,8 @@ def build_extractor(name: str, options: Mapping[str, Any] | None = None) -> Extr
         # Options spelled differently (e.g. a default input size given explicitly when scoring a bundle)
         # can describe the same extractor: reuse the instance whose network may already be built.
         same = (e for e in _EXTRACTOR_CACHE.values() if e.name == ext.name and e.identity == ext.identity
-                and getattr(e, "batch_size", None) == getattr(ext, "batch_size", None))
+                and getattr(e, "batch_size", None) == getattr(ext, "batch_size", None)
+                and getattr(e, "engine", None) == getattr(ext, "engine", None))
         _EXTRACTOR_CACHE[key] = next(same, ext)
     return _EXTRACTOR_CACHE[key]
 
@@ -60,6 +61,7 @@ class ExtractSummary:
         lines = [f"feature store: {self.store}"]
         for r in self.runs:
             rate = f", {r.rate:.1f} images/s" if r.computed else ""
+            rate += f", {r.engine}" if r.computed and r.engine else ""
             lines.append(f"{r.name:<14} {r.identity}: {r.n_images} images: computed {r.computed}, "
                          f"reused {r.reused}, failed {r.failed} ({r.seconds:.1f} s{rate})")
             for path, reason in r.failures[:max_failures]:

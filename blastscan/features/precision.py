@@ -1,5 +1,6 @@
-"""Arithmetic of the deep backbones: float32, or bfloat16 where the CPU runs it natively (checked from
-/proc/cpuinfo; elsewhere TensorFlow emulates it, slower than float32, so it is refused)."""
+"""How the deep backbones run: their arithmetic (float32, or bfloat16 where the CPU runs it natively,
+checked from /proc/cpuinfo; elsewhere TensorFlow emulates it, slower than float32, so it is refused) and
+their engine (ONNX Runtime or TensorFlow for float32; bf16 runs on TensorFlow)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ from pathlib import Path
 
 from blastscan.errors import BlastscanError
 
-__all__ = ["PRECISIONS", "BF16_EMULATED_ENV", "bf16_support", "check_precision"]
+__all__ = ["PRECISIONS", "ENGINES", "ENGINE_ENV", "BF16_EMULATED_ENV", "bf16_support", "check_engine",
+           "check_precision"]
 
 PRECISIONS = ("float32", "bf16")
+# auto: ONNX Runtime for float32 where it is installed and the network exports, else TensorFlow
+ENGINES = ("auto", "onnxruntime", "tensorflow")
+ENGINE_ENV = "BLASTSCAN_ENGINE"
 # Set to 1 to run bf16 on a CPU without bfloat16 instructions (emulated, slower than float32): for tests
 # and for checking the embeddings on any machine, never for speed.
 BF16_EMULATED_ENV = "BLASTSCAN_BF16_EMULATED"
@@ -54,3 +59,18 @@ def check_precision(precision: str | None) -> str:
     if p not in PRECISIONS:
         raise BlastscanError("--precision", f"'{precision}' is not one of {', '.join(PRECISIONS)}")
     return p
+
+
+def check_engine(engine: str | None, precision: str) -> str:
+    """The engine asked for (``engine``, else ``$BLASTSCAN_ENGINE``, else ``"auto"``), checked against
+    ``precision``: ONNX Runtime runs float32 only."""
+    import os
+
+    e = str(engine or os.environ.get(ENGINE_ENV) or "auto").lower()
+    e = {"onnx": "onnxruntime", "ort": "onnxruntime", "tf": "tensorflow"}.get(e, e)
+    if e not in ENGINES:
+        where = "--engine" if engine else f"${ENGINE_ENV}"
+        raise BlastscanError(where, f"'{engine or os.environ.get(ENGINE_ENV)}' is not one of {', '.join(ENGINES)}")
+    if e == "onnxruntime" and precision != "float32":
+        raise BlastscanError("--engine onnxruntime", f"runs float32 only; {precision} runs on --engine tensorflow")
+    return e
