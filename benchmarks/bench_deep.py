@@ -1,4 +1,4 @@
-"""Deep extraction, side by side: the seeds' loop, the bare forward, blastscan float32 and bf16 end to end.
+"""Deep extraction, side by side: the seeds' loop, the bare forwards, blastscan float32 and bf16 end to end.
 
 Usage::
 
@@ -12,16 +12,18 @@ figures to quote, absolute rates are not):
 
 * ``seeds``: what the seed projects did: per batch, load + PIL resize + float32 + ``preprocess_input`` +
   ``model.predict`` on a plain Keras model;
-* ``bare``: blastscan's compiled forward alone (uint8 -> preprocess_input -> network) over preloaded,
-  decoded and resized batches;
-* ``float32`` / ``bf16``: ``blastscan.pipelines.extract.extract`` into a fresh store (read, decode,
-  resize, forward, write the store). bf16 runs only on CPUs with bfloat16 instructions, unless
-  ``--emulated-bf16`` (then its speed means nothing, but its cosine to float32 is real).
+* ``bare``: blastscan's forward alone (uint8 -> preprocess_input -> network) over preloaded, decoded
+  and resized batches, on each engine: onnxruntime (the float32 default) and TensorFlow's compiled graph;
+* ``float32`` / ``float32 --engine tensorflow`` / ``bf16``: ``blastscan.pipelines.extract.extract`` into
+  a fresh store (read, decode, resize, forward, write the store), each compared with its own engine's
+  bare forward. bf16 runs only on CPUs with bfloat16 instructions, unless ``--emulated-bf16`` (then its
+  speed means nothing, but its cosine to float32 is real).
 
-Then: the cosine of bf16 to float32 embeddings on those cells, the peak resident memory of float32
-extract over ``n`` and ``2n`` images (flat: batches are streamed, the store written in chunks), and
-"as a user sees it": ``blastscan extract`` as a fresh process on ``--user-n`` cells, build and trace
-included, against the seeds' loop as a fresh process, both timed from start to end.
+Then: the cosine between the engines' embeddings (and of bf16 to float32), the peak resident memory of
+float32 extract over ``n`` and ``2n`` images (flat: batches are streamed, the store written in chunks),
+and "as a user sees it": ``blastscan extract`` as a fresh process on ``--user-n`` cells, imports and
+build included, with the ONNX graph not yet cached and then cached, against the seeds' loop as a fresh
+process, all timed from start to end.
 """
 
 from __future__ import annotations
@@ -127,19 +129,22 @@ def bench_backbone(name: str, paths: list[str], args) -> dict:
     first = manifest.iloc[:n]
     opts = {"weights_dir": args.weights_dir, "batch_size": args.batch_size}
     opts = {k: v for k, v in opts.items() if v is not None}
+    engines = {"onnxruntime": dict(opts, engine="onnxruntime"), "tensorflow": dict(opts, engine="tensorflow")}
     bf16_opts = dict(opts, precision="bf16")
-    f32 = _extractor(name, opts)  # the instances extract() uses: same compiled forward
-    bs = f32.batch_size
+    ort, tf = (_extractor(name, o) for o in engines.values())  # the instances extract() uses
+    bs = ort.batch_size
     ok, why = bf16_support()
     run_bf16 = ok or args.emulated_bf16
     if args.emulated_bf16:
         os.environ["BLASTSCAN_BF16_EMULATED"] = "1"
 
-    t0 = time.perf_counter()
-    images = [f32.resize(load_image(p)) for p in first["path"]]
+    images = [ort.resize(load_image(p)) for p in first["path"]]
     batches = [np.stack(images[i:i + bs]) for i in range(0, n, bs)]
-    f32.forward(batches[0])  # build, load weights, trace the graph
-    warm = time.perf_counter() - t0
+    warm = {}
+    for label, ext in (("onnxruntime", ort), ("tensorflow", tf)):
+        t0 = time.perf_counter()
+        ext.forward(batches[0])  # build, load weights, trace (TensorFlow) or load the cached graph (ORT)
+        warm[label] = time.perf_counter() - t0
     if run_bf16:
         _extractor(name, bf16_opts).forward(batches[0])
     model, pre, size = seeds_model(name, args.weights_dir)
@@ -153,13 +158,16 @@ def bench_backbone(name: str, paths: list[str], args) -> dict:
         assert summary.runs[0].computed == n, summary.format()
         stores[label] = store
 
-    def bare():
-        for b in batches:
-            f32.forward(b)
+    def bare(ext):
+        def run():
+            for b in batches:
+                ext.forward(b)
+        return run
 
     paths_n = list(first["path"])
-    fns = {"seeds": lambda: seeds_loop(model, pre, size, paths_n, bs), "bare": bare,
-           "float32": lambda: run_extract("float32", opts)}
+    fns = {"seeds": lambda: seeds_loop(model, pre, size, paths_n, bs), "bare_ort": bare(ort), "bare_tf": bare(tf),
+           "float32": lambda: run_extract("float32", opts),
+           "float32_tf": lambda: run_extract("float32_tf", engines["tensorflow"])}
     if run_bf16:
         fns["bf16"] = lambda: run_extract("bf16", bf16_opts)
     rates = {k: [] for k in fns}
@@ -170,27 +178,40 @@ def bench_backbone(name: str, paths: list[str], args) -> dict:
             rates[k].append(n / (time.perf_counter() - t0))
     med = {k: statistics.median(v) for k, v in rates.items()}
 
-    # memory: float32 extract of n and of 2n images
+    # memory: float32 extract (the default engine) of n and of 2n images
     peaks = {}
     for label, df in (("n", first), ("2n", manifest)):
         with tempfile.TemporaryDirectory(prefix="bench-deep-mem-") as store, peak_rss({}) as mem:
             extract(df, [name], store, extractor_options=opts, progress=False)
         peaks[label] = mem["peak_mb"]
 
-    print(f"\n{name} (input {f32.input_size}, batch {bs}); {n} real cells, {args.rounds} interleaved rounds, "
-          f"medians; build + load + trace {warm:.1f} s")
-    print(f"  {'path':<34} {'images/s':>9} {'vs bare':>8} {'vs seeds':>9}   rounds")
-    labels = {"seeds": "seeds' loop (predict per batch)", "bare": "bare compiled forward",
-              "float32": "blastscan extract float32", "bf16": "blastscan extract bf16"}
-    for k in fns:
-        print(f"  {labels[k]:<34} {med[k]:9.1f} {100 * med[k] / med['bare']:7.0f}% {med[k] / med['seeds']:8.2f}x"
+    print(f"\n{name} (input {ort.input_size}, batch {bs}); {n} real cells, {args.rounds} interleaved rounds, "
+          f"medians; first forward (build/load/trace): onnxruntime {warm['onnxruntime']:.1f} s, "
+          f"tensorflow {warm['tensorflow']:.1f} s")
+    print(f"  {'path':<44} {'images/s':>9} {'vs its bare':>11} {'vs seeds':>9}   rounds")
+    rows = [("seeds", "seeds' loop (model.predict per batch)", None),
+            ("bare_ort", "bare forward, onnxruntime (blastscan's)", None),
+            ("bare_tf", "bare forward, tensorflow (compiled graph)", None),
+            ("float32", f"blastscan extract float32 ({ort.engine_used})", "bare_ort"),
+            ("float32_tf", "blastscan extract float32 --engine tensorflow", "bare_tf"),
+            ("bf16", "blastscan extract bf16 (tensorflow)", "bare_tf")]
+    for k, label, base in rows:
+        if k not in med:
+            continue
+        vs = f"{100 * med[k] / med[base]:10.0f}%" if base else f"{'':>11}"
+        print(f"  {label:<44} {med[k]:9.1f} {vs} {med[k] / med['seeds']:8.2f}x"
               f"   {' '.join(f'{r:.1f}' for r in rates[k])}")
+    print(f"  onnxruntime / tensorflow, bare forward: {med['bare_ort'] / med['bare_tf']:.2f}x")
+    a = load_features(first, name, stores["float32"], extractor_options=opts).X
+    b = load_features(first, name, stores["float32_tf"], extractor_options=engines["tensorflow"]).X
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    print(f"  cosine onnxruntime vs tensorflow on {n} cells: min {cos.min():.7f}; max |diff| {np.abs(a - b).max():.2e}")
     if run_bf16:
-        print(f"  bf16 / float32 end to end: {med['bf16'] / med['float32']:.2f}x"
+        print(f"  bf16 / float32 (tensorflow) end to end: {med['bf16'] / med['float32_tf']:.2f}x, / float32 "
+              f"default {med['bf16'] / med['float32']:.2f}x"
               + ("  (EMULATED bf16: this CPU lacks it, the speed means nothing)" if not ok else ""))
-        a = load_features(first, name, stores["float32"], extractor_options=opts).X
-        b = load_features(first, name, stores["bf16"], extractor_options=bf16_opts).X
-        cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        c = load_features(first, name, stores["bf16"], extractor_options=bf16_opts).X
+        cos = (b * c).sum(1) / np.linalg.norm(b, axis=1) / np.linalg.norm(c, axis=1)
         print(f"  cosine bf16 vs float32 on {n} cells: min {cos.min():.5f}, median {np.median(cos):.5f}")
     else:
         print(f"  bf16: not run ({why})")
@@ -201,7 +222,9 @@ def bench_backbone(name: str, paths: list[str], args) -> dict:
 
 
 def user_view(name: str, data: Path, m: int, args) -> None:
-    """Fresh processes on ``m`` cells, from start to end (imports, build and trace included)."""
+    """Fresh processes on ``m`` cells, from start to end (imports, build and trace included): the seeds'
+    loop, then ``blastscan extract`` with an empty user cache (the ONNX graph is written) and again with
+    the graph cached (each into a new store, so every cell is computed)."""
     paths = cell_paths(data, m)
     with tempfile.TemporaryDirectory(prefix="bench-deep-user-") as tmp:
         ds = Path(tmp) / "cells"
@@ -209,22 +232,27 @@ def user_view(name: str, data: Path, m: int, args) -> None:
             label = Path(p).parent.name
             (ds / label).mkdir(parents=True, exist_ok=True)
             (ds / label / Path(p).name).symlink_to(p)
+        env = dict(os.environ, PYTHONPATH=str(ROOT), XDG_CACHE_HOME=str(Path(tmp) / "cache"))
         cmd_seeds = [sys.executable, __file__, "--seeds-only", name, "--weights-dir", args.weights_dir, str(ds)]
-        cmd_ext = [sys.executable, "-m", "blastscan.cli", "extract", str(ds), "-f", name, "-q", "--store",
-                   str(Path(tmp) / "store"), "--weights-dir", args.weights_dir]
-        walls = {}
-        for label, cmd in (("seeds", cmd_seeds), ("extract", cmd_ext)):
+
+        def cmd_ext(store):
+            return [sys.executable, "-m", "blastscan.cli", "extract", str(ds), "-f", name, "-q", "--store",
+                    str(Path(tmp) / store), "--weights-dir", args.weights_dir]
+
+        walls, lines = {}, {}
+        for label, cmd in (("seeds", cmd_seeds), ("cold", cmd_ext("s1")), ("warm", cmd_ext("s2"))):
             t0 = time.perf_counter()
-            res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+            res = subprocess.run(cmd, capture_output=True, text=True, env=env)
             walls[label] = time.perf_counter() - t0
             if res.returncode:
                 raise SystemExit(f"{label} failed: {res.stderr[-2000:]}")
-            if label == "extract":
-                line = next((ln for ln in res.stdout.splitlines() if ln.startswith(name)), "")
+            lines[label] = next((ln for ln in res.stdout.splitlines() if ln.startswith(name)), "").strip()
     print(f"\nas a user sees it: {name} on {m} cells, fresh processes, imports + build + trace included")
-    print(f"  seeds' loop        {m / walls['seeds']:6.1f} images/s ({walls['seeds']:.1f} s)")
-    print(f"  blastscan extract  {m / walls['extract']:6.1f} images/s ({walls['extract']:.1f} s) = "
-          f"{walls['seeds'] / walls['extract']:.2f}x the seeds' loop; its summary: {line.strip()}")
+    print(f"  seeds' loop                           {m / walls['seeds']:6.1f} images/s ({walls['seeds']:.1f} s)")
+    for label, what in (("cold", "blastscan extract, graph not cached"), ("warm", "blastscan extract, graph cached")):
+        print(f"  {what:<37} {m / walls[label]:6.1f} images/s ({walls[label]:.1f} s) = "
+              f"{walls['seeds'] / walls[label]:.2f}x the seeds' loop")
+        print(f"      its summary: {lines[label]}")
 
 
 def seeds_only(name: str, weights_dir: str, folder: str) -> None:

@@ -20,8 +20,6 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -51,10 +49,8 @@ __all__ = [
 
 DEFAULT_BATCH_SIZE = 32
 RANDOM_SEED = 0
-# Threads that read, decode and resize the next batches while the current one runs: a cell
-# takes a few ms to prepare against 60-250 ms of forward pass, so one thread two batches ahead suffices;
-# more only compete with the forward's own threads for the cores.
-PREP_THREADS = 1
+# Batches a low-priority thread prepares ahead (read, decode, resize) while the current one runs: a cell
+# takes a few ms to prepare against 60-250 core-ms of forward pass.
 PREFETCH_BATCHES = 2
 RESIZE = "bilinear"  # PIL's antialiased bilinear; part of the config because it changes the output
 
@@ -277,51 +273,37 @@ class DeepExtractor(BatchExtractor):
         (the step both engines run inside their graph; computed with TensorFlow, for inspection and tests)."""
         return self._scale_fn()(np.stack([self.resize(im) for im in images])).numpy()
 
-    def _prepare(self, paths: Sequence[str], lo: int, hi: int):
-        """Load and resize ``paths[lo:hi]`` into one uint8 batch (runs in a worker thread)."""
+    def _prepare_one(self, path: str):
+        """One resized uint8 image, or the reason it cannot be read (a str)."""
         from blastscan.dataset.images import load_pil_image
 
-        indices, images, failures = [], [], {}
-        for i in range(lo, hi):
-            try:
-                images.append(self.resize(load_pil_image(paths[i])))  # no full-size array copy
-            except BlastscanError as exc:
-                failures[i] = exc.why or str(exc)
-                continue
-            except Exception as exc:  # one odd file must not end a long run; the reason names it
-                failures[i] = f"unexpected error ({type(exc).__name__}: {exc}); please report it"
-                continue
-            indices.append(i)
-        return indices, (np.stack(images) if images else None), failures
+        try:
+            return self.resize(load_pil_image(path))  # no full-size array copy
+        except BlastscanError as exc:
+            return exc.why or str(exc)
+        except Exception as exc:  # one odd file must not end a long run; the reason names it
+            return f"unexpected error ({type(exc).__name__}: {exc}); please report it"
 
     def compute_paths(self, paths: Sequence[str]) -> Iterator[BatchResult]:
         """Yield one :class:`BatchResult` per batch of ``paths``, in order, covering every position.
 
-        A worker thread reads, decodes and resizes the next batches while the current one runs through
-        the network. An image that cannot be read becomes a failure with its reason.
+        A low-priority thread reads, decodes and resizes the next batches while the current one runs
+        through the network (:mod:`blastscan.features.prefetch`). An image that cannot be read becomes a
+        failure with its reason.
         """
+        from blastscan.features.prefetch import Prefetcher
+
         self._build()
         paths = [str(p) for p in paths]
-        starts = iter(range(0, len(paths), self.batch_size))
-        pending: deque = deque()
-        with ThreadPoolExecutor(max_workers=PREP_THREADS, thread_name_prefix="blastscan-prep") as pool:
-
-            def submit_next() -> None:
-                lo = next(starts, None)
-                if lo is not None:
-                    pending.append(pool.submit(self._prepare, paths, lo, min(lo + self.batch_size, len(paths))))
-
-            try:
-                for _ in range(PREFETCH_BATCHES):
-                    submit_next()
-                while pending:
-                    indices, batch, failures = pending.popleft().result()
-                    submit_next()
-                    feats = self.forward(batch) if indices else np.zeros((0, self.backbone.dim), np.float32)
-                    yield BatchResult(indices, feats, failures)
-            finally:
-                for fut in pending:  # stopped early (Ctrl-C, error): do not prepare batches nobody reads
-                    fut.cancel()
+        batches = [range(lo, min(lo + self.batch_size, len(paths))) for lo in range(0, len(paths), self.batch_size)]
+        with Prefetcher(lambda i: self._prepare_one(paths[i]), batches, ahead=PREFETCH_BATCHES) as pf:
+            for b, items in enumerate(batches):
+                prepared = pf.take(b)
+                indices = [i for i, x in zip(items, prepared) if not isinstance(x, str)]
+                failures = {i: x for i, x in zip(items, prepared) if isinstance(x, str)}
+                feats = (self.forward(np.stack([x for x in prepared if not isinstance(x, str)])) if indices
+                         else np.zeros((0, self.backbone.dim), np.float32))
+                yield BatchResult(indices, feats, failures)
 
 
 def _uint8_batch(batch: np.ndarray) -> np.ndarray:

@@ -215,9 +215,8 @@ def export_keras(model, input_size: int, preprocess: str) -> bytes:
 class OnnxRunner:
     """An onnxruntime session over a graph from :func:`export_keras`; call it with a uint8 batch.
 
-    ``threads`` is the intra-op thread count (default: every core this process may use). Spinning
-    (busy-waiting between operators) is left on only for the forward's own threads: it is faster when
-    nothing else needs the cores, and the preparation of the next batch happens between forwards.
+    ``threads`` is the intra-op thread count (default: every core this process may use); operators run
+    one after another (Inception's branches gain nothing from running side by side on a few cores).
     """
 
     def __init__(self, model: bytes | str | os.PathLike, threads: int | None = None):

@@ -1,0 +1,87 @@
+"""The low-priority preparation of the next deep batches (blastscan.features.prefetch)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+import pytest
+
+from blastscan.features.prefetch import Prefetcher
+
+
+def batches_of(n: int, size: int) -> list[list[int]]:
+    return [list(range(lo, min(lo + size, n))) for lo in range(0, n, size)]
+
+
+def test_results_come_back_in_order_for_every_batch():
+    with Prefetcher(lambda i: i * 10, batches_of(23, 5), ahead=2) as pf:
+        got = [pf.take(b) for b in range(5)]
+    assert got == [[i * 10 for i in b] for b in batches_of(23, 5)]
+
+
+def test_the_consumer_prepares_what_a_starved_thread_has_not_started():
+    gate, who = threading.Event(), {}
+
+    def prepare(i):
+        if threading.current_thread().name == "blastscan-prep":
+            gate.wait(10)  # the thread is stuck (e.g. starved by other jobs) on the first item it took
+        who[i] = threading.current_thread().name
+        return i
+
+    threading.Timer(0.5, gate.set).start()
+    with Prefetcher(prepare, batches_of(8, 4), ahead=1) as pf:
+        assert pf.take(0) == [0, 1, 2, 3]
+        assert pf.take(1) == [4, 5, 6, 7]
+    by_thread = [i for i in range(4) if who[i] == "blastscan-prep"]
+    assert len(by_thread) <= 1, who  # the item in its hands; the consumer did the rest of the batch
+
+
+def test_the_thread_stays_within_its_batches_ahead():
+    seen, lock = [], threading.Lock()
+
+    def prepare(i):
+        with lock:
+            seen.append(i)
+        return i
+
+    with Prefetcher(prepare, batches_of(40, 4), ahead=2) as pf:
+        time.sleep(0.3)  # the consumer is busy: the thread fills batches 0, 1, 2 and waits
+        assert max(seen) < 12, seen
+        pf.take(0)
+        time.sleep(0.3)
+        assert max(seen) < 16  # one batch more once the consumer took one
+    n = len(seen)
+    time.sleep(0.1)
+    assert len(seen) == n  # closed: nothing more is prepared
+
+
+def test_an_exception_reaches_the_consumer_with_its_batch():
+    def prepare(i):
+        if i == 6:
+            raise ValueError("bad item 6")
+        return i
+
+    with Prefetcher(prepare, batches_of(12, 4)) as pf:
+        assert pf.take(0) == [0, 1, 2, 3]
+        with pytest.raises(ValueError, match="bad item 6"):
+            pf.take(1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_the_preparation_thread_runs_at_the_lowest_priority_and_the_caller_keeps_its_own():
+    tids = {}
+
+    def prepare(i):
+        tids[threading.current_thread().name] = threading.get_native_id()
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    with Prefetcher(prepare, batches_of(64, 8), ahead=8) as pf:
+        time.sleep(0.2)  # let the thread prepare several batches
+        out = [x for b in range(8) for x in pf.take(b)]
+    assert pf.lowered and "blastscan-prep" in tids
+    assert 19 in out  # items the thread prepared ran at nice 19 ...
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # ... this thread did not change
