@@ -122,7 +122,8 @@ def bench_backbone(name: str, paths: list[str], args) -> dict:
 
     from blastscan.dataset import build_manifest, load_image
     from blastscan.features.deep import bf16_support
-    from blastscan.pipelines.extract import _extractor, extract, load_features
+    from blastscan.features.featureset import build_extractor as _extractor
+    from blastscan.pipelines.extract import extract, load_features
 
     n = args.n
     manifest = build_manifest(paths[:2 * n], progress=False).df

@@ -49,10 +49,14 @@ def test_changed_feature_names_under_same_identity_is_refused(store):
 
 
 def test_failed_write_leaves_no_file(store, monkeypatch):
-    def boom(*a, **k):
+    import pyarrow.parquet as pq
+
+    def boom(table, where, **k):  # half a file written, then the disk fills up
+        with open(where, "wb") as fh:
+            fh.write(b"PAR1 half")
         raise OSError("disk full")
 
-    monkeypatch.setattr(pd.DataFrame, "to_parquet", boom)
+    monkeypatch.setattr(pq, "write_table", boom)
     with pytest.raises(OSError):
         store.write_chunk("fake@1", _shas("a", 2), np.ones((2, 3)))
     leftovers = [p.name for p in (store.root / "fake@1").iterdir() if p.name not in ("meta.json",)]
@@ -80,6 +84,21 @@ def test_compaction_merges_parts_without_losing_rows(store):
     assert len(parts) == 1
     pd.testing.assert_frame_equal(store.read("fake@1").sort_index(), before)
     assert len(store.failures("fake@1")) == 4
+
+
+def test_compaction_waits_for_enough_parts_and_keeps_the_last_row_of_a_sha(store):
+    shas = _shas("r", 3)
+    store.write_chunk("fake@1", shas, np.zeros((3, 3), np.float32))
+    store.write_chunk("fake@1", shas[:1], np.full((1, 3), 7, np.float32))  # the same image again, later
+    store.compact("fake@1", min_parts=3)
+    assert len(list((store.root / "fake@1").glob("part-*.parquet"))) == 2  # left alone: too few parts
+    store.write_chunk("fake@1", _shas("s", 1), np.ones((1, 3), np.float32))
+    before = store.read("fake@1")
+    store.compact("fake@1", min_parts=3)
+    assert len(list((store.root / "fake@1").glob("part-*.parquet"))) == 1
+    after = store.read("fake@1")
+    pd.testing.assert_frame_equal(after.sort_index(), before.sort_index())
+    assert len(after) == 4 and (after.loc[shas[0]] == 7).all() and after.dtypes.eq(np.float32).all()
 
 
 def _writer(root: str, prefix: str, n: int) -> None:

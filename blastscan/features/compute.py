@@ -30,6 +30,8 @@ __all__ = ["ExtractorRun", "FLUSH_ROWS", "FLUSH_SECONDS", "TASK_IMAGES", "BATCHE
 # the tasks in flight); the parts are merged into one file at the end of the run (compact).
 FLUSH_ROWS = 256
 FLUSH_SECONDS = 2.0
+# a table is merged into one file after a run that leaves it this many part files (or more)
+COMPACT_MIN_PARTS = 8
 # Images per task sent to a worker process: small, so finished rows come back (and are published) often.
 TASK_IMAGES = 8
 PARENT_POLL_SECONDS = 1.0
@@ -288,7 +290,7 @@ def compute_missing(extractors: list[Extractor], unique: pd.DataFrame, fstore: F
         _consume_shared(_shared_results([t.ext for t in group], [t.todo for t in group], jobs), fstore,
                         [t.identity for t in group], [len(t.ext.feature_names) for t in group], bar)
         for i in members:
-            fstore.compact(plans[i].identity)
+            fstore.compact(plans[i].identity, COMPACT_MIN_PARTS)
             seconds[i] = time.perf_counter() - t0
     for i, t in enumerate(plans):
         if i in seconds or not len(t.todo):
@@ -298,7 +300,7 @@ def compute_missing(extractors: list[Extractor], unique: pd.DataFrame, fstore: F
         results = (_per_image_results(ext, t.todo, jobs) if ext.kind == "per_image"
                    else _batch_results(ext, t.todo, jobs))
         _consume(results, fstore, t.identity, len(ext.feature_names), progress_bar(len(t.todo), ext.name, progress))
-        fstore.compact(t.identity)
+        fstore.compact(t.identity, COMPACT_MIN_PARTS)
         seconds[i] = time.perf_counter() - t0
     return [_finish(t, unique, fstore, seconds.get(i, 0.0)) for i, t in enumerate(plans)]
 

@@ -25,6 +25,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from blastscan._io import atomic_path, atomic_write_bytes, check_writable_dir
 from blastscan.errors import BlastscanError
@@ -148,32 +150,48 @@ class FeatureStore:
         d = self._dir(identity)
         if len(shas):
             features = np.asarray(features, dtype=np.float32).reshape(len(shas), len(names))
-            df = pd.DataFrame(features, columns=names)
-            df.insert(0, "sha256", list(shas))
             with atomic_path(d / f"part-{stamp}.parquet") as tmp:
-                df.to_parquet(tmp, index=False)
+                _write_table(_feature_table(shas, features, names), tmp)
         if failures:
             fdf = pd.DataFrame({"sha256": list(failures), "reason": [str(v) for v in failures.values()]})
             with atomic_path(d / f"fail-{stamp}.parquet") as tmp:
                 fdf.to_parquet(tmp, index=False)
 
-    def compact(self, identity: str) -> None:
-        """Merge all parts of a table into one file (under a lock; readers stay consistent)."""
+    def compact(self, identity: str, min_parts: int = 2) -> None:
+        """Merge all parts of a table into one file when it has ``min_parts`` or more (under a lock;
+        readers stay consistent). ``extract`` passes ``compute.COMPACT_MIN_PARTS``: a few new rows (a
+        ``score`` of some cells) do not rewrite a large table; the parts are merged once they add up."""
         with self._lock(identity):
             for prefix in ("part", "fail"):
                 parts = self._parts(identity, prefix)
-                if len(parts) <= 1:
+                if len(parts) < max(2, min_parts):
                     continue
-                df = self._read_parts(identity, prefix)
                 if prefix == "fail":
+                    df = self._read_parts(identity, prefix)
                     done = self.known_shas(identity, include_failures=False)
-                    df = df[~df["sha256"].isin(done)]
+                    table = pa.Table.from_pandas(df[~df["sha256"].isin(done)], preserve_index=False)
+                else:  # in Arrow, column by column: a 2048-wide table through pandas costs seconds
+                    table = self._merged_parts(parts)
                 stamp = f"{time.time_ns():x}-{uuid.uuid4().hex[:8]}"
                 with atomic_path(self._dir(identity) / f"{prefix}-{stamp}.parquet") as tmp:
-                    df.to_parquet(tmp, index=False)
+                    _write_table(table, tmp)
                 for p in parts:
                     with contextlib.suppress(FileNotFoundError):
                         p.unlink()
+
+    @staticmethod
+    def _merged_parts(parts: list[Path]) -> "pa.Table":
+        """The rows of ``parts`` as one table, the last part's row kept for a sha256 found twice."""
+        try:
+            tables = [pq.read_table(p) for p in parts]
+        except Exception as exc:  # a damaged part: name it rather than fail obscurely
+            raise BlastscanError(str(parts), f"unreadable feature-store part ({exc}); delete it and re-run extract") from None
+        schema = tables[-1].schema.remove_metadata()
+        table = pa.concat_tables([t.replace_schema_metadata(None).select(schema.names).cast(schema) for t in tables])
+        shas = table.column("sha256").to_numpy(zero_copy_only=False)
+        _, first_from_end = np.unique(shas[::-1], return_index=True)
+        keep = np.sort(len(shas) - 1 - first_from_end)
+        return table.take(pa.array(keep)) if len(keep) < len(shas) else table
 
     # -- reading ------------------------------------------------------------------------------
     def known_shas(self, identity: str, include_failures: bool = True) -> set[str]:
@@ -220,3 +238,15 @@ class FeatureStore:
             wanted = pd.Index(pd.unique(pd.Series(list(shas), dtype=object)))
             df = df.loc[wanted.intersection(df.index)]
         return df
+
+
+def _feature_table(shas: Sequence[str], features: np.ndarray, names: Sequence[str]) -> pa.Table:
+    """``sha256`` then one float32 column per feature, built in Arrow (no 2048-column DataFrame)."""
+    cols = np.ascontiguousarray(features.T)
+    return pa.Table.from_arrays([pa.array(list(shas), pa.string()), *(pa.array(c) for c in cols)],
+                                names=["sha256", *names])
+
+
+def _write_table(table: pa.Table, path) -> None:
+    # no dictionaries or statistics for 2048 float columns: 2.5x faster to write, and smaller
+    pq.write_table(table, path, use_dictionary=False, write_statistics=False)
