@@ -203,6 +203,21 @@ def bench_backbone(name: str, paths: list[str], args) -> dict:
         print(f"  {label:<44} {med[k]:9.1f} {vs} {med[k] / med['seeds']:8.2f}x"
               f"   {' '.join(f'{r:.1f}' for r in rates[k])}")
     print(f"  onnxruntime / tensorflow, bare forward: {med['bare_ort'] / med['bare_tf']:.2f}x")
+    cmd = [sys.executable, __file__, "--clean-process", name, "--n", str(n), "--rounds", str(args.rounds),
+           "--weights-dir", args.weights_dir, "--data", str(args.data)] + (
+        ["--batch-size", str(args.batch_size)] if args.batch_size else [])
+    res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    line = next((ln for ln in res.stdout.splitlines() if ln.startswith("CLEAN ")), None)
+    if line is None:
+        print(f"  clean process failed: {res.stderr[-1000:]}")
+    else:
+        import json
+
+        c = json.loads(line[6:])
+        print(f"  in a fresh process without TensorFlow (as extract runs with the graph cached; "
+              f"TensorFlow imported: {c['tensorflow_imported']}): bare {c['bare']:.1f}, extract {c['extract']:.1f} "
+              f"images/s = {100 * c['extract'] / c['bare']:.0f}% of bare; rounds "
+              f"{' '.join(f'{r:.1f}' for r in c['rounds']['extract'])} vs {' '.join(f'{r:.1f}' for r in c['rounds']['bare'])}")
     a = load_features(first, name, stores["float32"], extractor_options=opts).X
     b = load_features(first, name, stores["float32_tf"], extractor_options=engines["tensorflow"]).X
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
@@ -220,6 +235,39 @@ def bench_backbone(name: str, paths: list[str], args) -> dict:
           f"{2 * n} ({peaks['2n'] - peaks['n']:+.0f} MB)")
     sys.stdout.flush()
     return med
+
+
+def clean_process(name: str, paths: list[str], args) -> dict:
+    """Run in a fresh process without TensorFlow (as ``extract`` runs once the ONNX graph is cached):
+    the bare onnxruntime forward and ``extract`` into a fresh store, interleaved; medians in images/s."""
+    import json
+
+    import numpy as np
+
+    from blastscan.dataset import build_manifest, load_image
+    from blastscan.features.featureset import build_extractor
+    from blastscan.pipelines.extract import extract
+
+    df = build_manifest(paths, progress=False).df
+    opts = {k: v for k, v in {"weights_dir": args.weights_dir, "batch_size": args.batch_size}.items() if v}
+    ext = build_extractor(name, opts)
+    images = [ext.resize(load_image(p)) for p in df["path"]]
+    batches = [np.stack(images[i:i + ext.batch_size]) for i in range(0, len(images), ext.batch_size)]
+    ext.forward(batches[0])
+    rates = {"bare": [], "extract": []}
+    for _ in range(args.rounds):
+        t0 = time.perf_counter()
+        for b in batches:
+            ext.forward(b)
+        rates["bare"].append(len(df) / (time.perf_counter() - t0))
+        with tempfile.TemporaryDirectory(prefix="bench-deep-clean-") as store:
+            t0 = time.perf_counter()
+            extract(df, [name], store, extractor_options=opts, progress=False)
+            rates["extract"].append(len(df) / (time.perf_counter() - t0))
+    out = {k: statistics.median(v) for k, v in rates.items()}
+    out.update(rounds=rates, engine=ext.engine_used, tensorflow_imported="tensorflow" in sys.modules)
+    print("CLEAN " + json.dumps(out))
+    return out
 
 
 def user_view(name: str, data: Path, m: int, args) -> None:
@@ -273,9 +321,12 @@ def main() -> None:
     ap.add_argument("--weights-dir", default=os.environ.get("BLASTSCAN_WEIGHTS_DIR", "/work/shared/weights"))
     ap.add_argument("--emulated-bf16", action="store_true",
                     help="Run bf16 even where the CPU lacks it (cosine is real, speed is not).")
+    ap.add_argument("--clean-process", nargs=1, metavar="BACKBONE", help=argparse.SUPPRESS)
     ap.add_argument("--seeds-only", nargs=1, metavar="BACKBONE", help=argparse.SUPPRESS)
     ap.add_argument("folder", nargs="?", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.clean_process:
+        return clean_process(args.clean_process[0], cell_paths(args.data, 2 * args.n)[:args.n], args)
     if args.seeds_only:
         return seeds_only(args.seeds_only[0], args.weights_dir, args.folder)
 
