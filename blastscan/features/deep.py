@@ -212,9 +212,9 @@ class DeepExtractor(BatchExtractor):
             self._build_tensorflow()
 
     def _build_tensorflow(self) -> None:
+        model = self._keras_model()  # imports TensorFlow with its start-up chatter silenced
         import tensorflow as tf
 
-        model = self._keras_model()
         spec = [tf.TensorSpec([None, self.input_size, self.input_size, 3], tf.uint8)]  # open batch: no retrace
         scale = self._scale_fn()
 
@@ -234,11 +234,10 @@ class DeepExtractor(BatchExtractor):
         if self._scale is None:
             import importlib
 
-            import tensorflow as tf
-
             from blastscan._tf import import_keras
 
-            import_keras()
+            import_keras()  # first: TensorFlow's start-up chatter silenced
+            import tensorflow as tf
             b, s = self.backbone, self.input_size
             preprocess_input = importlib.import_module(f"keras.applications.{b.preprocess_module}").preprocess_input
             self._scale = tf.function(lambda x: preprocess_input(tf.cast(x, tf.float32)),
