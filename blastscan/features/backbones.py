@@ -32,7 +32,7 @@ from pathlib import Path
 from blastscan.errors import BlastscanError
 
 __all__ = ["Backbone", "BACKBONES", "WEIGHTS_ENV", "WeightsLookup", "download_weights", "file_sha256", "find_weights",
-           "keras_cache_dir"]
+           "keras_cache_dir", "user_cache_dir"]
 
 WEIGHTS_ENV = "BLASTSCAN_WEIGHTS_DIR"
 _KERAS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
@@ -142,9 +142,14 @@ def find_weights(backbone: str | Backbone, weights_dir: str | os.PathLike | None
     return WeightsLookup(b, None, searched)
 
 
-def _sha_cache_file() -> Path:
+def user_cache_dir() -> Path:
+    """blastscan's folder in the user cache: ``$XDG_CACHE_HOME/blastscan``, else ``~/.cache/blastscan``."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "blastscan" / "weights-sha256.json"
+    return Path(base) / "blastscan"
+
+
+def _sha_cache_file() -> Path:
+    return user_cache_dir() / "weights-sha256.json"
 
 
 _SHA_MEMO: dict[tuple, str] = {}

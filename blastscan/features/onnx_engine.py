@@ -48,19 +48,20 @@ class UnsupportedLayer(Exception):
 
 
 def available() -> tuple[bool, str]:
-    """``(True, "")`` when onnxruntime and onnx can be imported, else ``(False, why)``."""
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError as exc:
-        return False, f"onnxruntime is not installed ({exc.name}); pip install onnxruntime onnx"
+    """``(True, "")`` when onnxruntime and onnx are installed, else ``(False, why)`` (nothing is imported:
+    a run over a cached graph never imports onnx)."""
+    import importlib.util
+
+    missing = [m for m in ("onnxruntime", "onnx") if importlib.util.find_spec(m) is None]
+    if missing:
+        return False, f"{' and '.join(missing)} not installed; pip install onnxruntime onnx"
     return True, ""
 
 
 def cache_path(backbone: str, input_size: int, weights_sha256: str) -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "blastscan" / "onnx" / (f"{backbone}-{input_size}px-{weights_sha256[:16]}-"
-                                                f"x{EXPORTER_VERSION}.onnx")
+    from blastscan.features.backbones import user_cache_dir
+
+    return user_cache_dir() / "onnx" / f"{backbone}-{input_size}px-{weights_sha256[:16]}-x{EXPORTER_VERSION}.onnx"
 
 
 # -- writing the graph ---------------------------------------------------------------------------------
