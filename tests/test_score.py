@@ -66,6 +66,13 @@ def test_scores_match_the_bundle_whatever_the_chunk_size(cells, trained, tmp_pat
     subj = pd.read_csv(whole.subjects_csv, dtype={"subject": str}).set_index("subject")
     assert subj["n_cells"].to_dict() == counts.to_dict()
     assert len(subj) == 8
+    # a bundle made now records the operating point's subject bootstrap at its shipped threshold, and the
+    # blast fractions use it (no "old bundle" note)
+    boot = bundle.metadata["training_metrics"]["operating_point_bootstrap"]
+    assert boot["threshold"] == pytest.approx(bundle.threshold) and len(boot["beta"]) == boot["n_boot"]
+    assert sum(n for _, n, _ in boot["per_subject"]) == bundle.metadata["training_data"]["n_images"]
+    assert not subj["blast_fraction_status"].str.startswith("old bundle").any()
+    assert (subj["blast_fraction_high"] > subj["blast_fraction_low"]).all()
 
 
 def test_subject_summary_by_hand():
