@@ -8,12 +8,13 @@ Usage::
 1. Out-of-fold P(ALL) of every labelled dev cell for each configuration, from the project's own
    subject-disjoint CV (``blastscan.evaluation.oof_predict``, 5 folds by subject, seed 0), on features
    already in the store (``extract`` them first).
-2. A simulated patient: one ALL subject and one HEM subject of the dev data, picked at random; k = round(f n)
-   of its n cells drawn (with replacement) from the ALL subject's out-of-fold scores, n - k from the HEM
-   subject's. Its true blast fraction is k / n.
+2. A simulated patient: one ALL subject and one HEM subject of the dev data, picked at random among those
+   with at least 20 cells (a subject of 1-3 cells cannot stand for a patient's spread of cells; most dev
+   subjects have so few); k = round(f n) of its n cells drawn (with replacement) from the ALL subject's
+   out-of-fold scores, n - k from the HEM subject's. Its true blast fraction is k / n.
 3. The model "shipped" for that patient knows nothing of those two subjects: its threshold (ALL recall
-   0.90) and its operating-point record (``operating_point_bootstrap``) come from the out-of-fold scores
-   of the other 47 subjects only.
+   0.90) and its operating-point record (``operating_point_bootstrap``, 200 subject resamples) come from
+   the out-of-fold scores of the other 47 subjects only.
 4. ``blast_fraction`` on the patient's count of cells called ALL; covered when the 95% interval holds k / n.
 
 Prints the coverage and mean width per blast fraction and per cell count, for the interval blastscan
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 FRACTIONS = (0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 CELLS = (20, 50, 100, 300)
+MIN_SOURCE_CELLS = 20  # subjects a simulated patient's cells are drawn from
 
 
 def oof_scores(data: Path, store: Path, config: str, weights_dir: str | None, seed: int) -> pd.DataFrame:
@@ -62,7 +64,8 @@ def simulate(oof: pd.DataFrame, reps: int, seed: int, target_recall: float = 0.9
     rng = np.random.default_rng(seed)
     by_subject = {s: g["p"].to_numpy() for s, g in oof.groupby("subject")}
     label = oof.groupby("subject")["y"].max()
-    all_s, hem_s = sorted(label.index[label == 1]), sorted(label.index[label == 0])
+    big = oof.groupby("subject").size() >= MIN_SOURCE_CELLS
+    all_s, hem_s = sorted(label.index[(label == 1) & big]), sorted(label.index[(label == 0) & big])
     shipped: dict[tuple[str, str], tuple[float, dict]] = {}
     rows = []
     for f in FRACTIONS:
@@ -73,7 +76,7 @@ def simulate(oof: pd.DataFrame, reps: int, seed: int, target_recall: float = 0.9
                     rest = oof[~oof["subject"].isin([a, h])]
                     t = float(choose_threshold(rest["y"], rest["p"], rule="recall", target_recall=target_recall))
                     shipped[a, h] = t, operating_point_bootstrap(rest["y"], rest["p"], rest["subject"], t,
-                                                                 n_boot=0, seed=seed)
+                                                                 seed=seed)
                 t, boot = shipped[a, h]
                 k = int(round(f * n))
                 p = np.concatenate([rng.choice(by_subject[a], k), rng.choice(by_subject[h], n - k)])
@@ -123,11 +126,14 @@ def main() -> int:
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 oof.to_csv(cache, index=False)
         n_s = oof.groupby("subject")["y"].max()
+        big = oof.groupby("subject").size() >= MIN_SOURCE_CELLS
         t1 = time.perf_counter()
         df = simulate(oof, args.reps, args.seed)
         print(f"\n== {config}: out-of-fold P(ALL) of {len(oof)} dev cells, {len(n_s)} subjects "
               f"({int(n_s.sum())} ALL, {int((n_s == 0).sum())} HEM), subject-disjoint 5-fold CV "
-              f"({t1 - t0:.0f} s); {len(df)} simulated patients ({time.perf_counter() - t1:.0f} s)")
+              f"({t1 - t0:.0f} s); {len(df)} simulated patients ({time.perf_counter() - t1:.0f} s) drawn from the "
+              f"{int((big & (n_s == 1)).sum())} ALL and {int((big & (n_s == 0)).sum())} HEM subjects with "
+              f">= {MIN_SOURCE_CELLS} cells")
         print(f"nominal 95% interval covers the true blast fraction in {df['covered'].mean():.1%} of cases "
               f"(old interval: {df['old_covered'].mean():.1%}); zero-width intervals: {int(df['zero_width'].sum())}; "
               f"worst cell (fraction x cells): "
