@@ -259,3 +259,18 @@ def test_families_sharing_a_context_build_it_once_per_image(tmp_path, jobs):
     finally:
         base._REGISTRY.pop("fake_ctx_a", None)
         base._REGISTRY.pop("fake_ctx_b", None)
+
+
+def test_a_cell_that_fails_is_one_line_whatever_the_number_of_families():
+    from blastscan.features.compute import ExtractorRun
+    from blastscan.features.featureset import ExtractSummary
+
+    why = "segmentation failed: no nucleus"
+    runs = [ExtractorRun(name, f"{name}@1", 2, computed=0, failed=2, failures=[("a.bmp", why), ("b.bmp", why)])
+            for name in ("shape", "color", "texture", "chromatin")]
+    runs.append(ExtractorRun("vgg16", "vgg16@1", 2, failed=1, failures=[("b.bmp", "unreadable")]))
+    text = ExtractSummary(runs, Path("store")).format()
+    failed = [line for line in text.splitlines() if line.startswith("  failed:")]
+    assert failed == [f"  failed: a.bmp: {why} (chromatin, color, shape, texture)",
+                      f"  failed: b.bmp: shape, color, texture, chromatin: {why}; vgg16: unreadable"]
+    assert ExtractSummary(runs, Path("store")).format(max_failures=1).endswith("... and 1 more image failed")
