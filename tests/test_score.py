@@ -75,6 +75,22 @@ def test_scores_match_the_bundle_whatever_the_chunk_size(cells, trained, tmp_pat
     assert (subj["blast_fraction_high"] > subj["blast_fraction_low"]).all()
 
 
+def test_a_bundle_from_before_the_record_still_scores_with_the_old_interval_and_a_note(cells, trained, tmp_path):
+    from blastscan.evaluation.patient import blast_fraction
+
+    bundle = load_bundle(trained["path"])
+    met = bundle.metadata["training_metrics"]
+    del met["operating_point_bootstrap"]  # as bundles made before issue 23 are
+    res = score(bundle, [str(cells["dataset"])], tmp_path / "old.csv", jobs=1, progress=False)
+    subj = pd.read_csv(res.subjects_csv, dtype={"subject": str})
+    assert len(subj) == 8 and subj["blast_fraction_status"].str.contains("old bundle").all()
+    r = subj.iloc[0]
+    old = blast_fraction(int(r["n_pred_all"]), int(r["n_scored"]), met["metrics"]["recall_all"],
+                         met["metrics"]["specificity"])
+    assert (r["blast_fraction"], r["blast_fraction_low"], r["blast_fraction_high"]) == pytest.approx(old)
+    assert any("predates" in w for w in res.warnings) and "predates" in res.summary()
+
+
 def test_subject_summary_by_hand():
     rows = pd.DataFrame({
         "subject": ["A", "A", "A", "A", "B", "B", "C", "C", "C", "D", None],

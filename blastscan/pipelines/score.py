@@ -132,16 +132,16 @@ class _Tally:
             call = "" if not scored else ("all" if frac >= fraction - 1e-12 else "hem")
             est, lo, hi = blast_fraction(int(n_all), int(scored), rates.recall, rates.specificity,
                                          bootstrap=rates.bootstrap)
+            notes = []
             if not scored:
-                status = "no cells scored"
+                notes.append("no cells scored")
             elif scored < MIN_CELLS_FOR_FRACTION:
-                status = f"too few cells (< {MIN_CELLS_FOR_FRACTION} scored)"
-            elif rates.recall is None or rates.specificity is None:
-                status = "plain share: the bundle has no training recall/specificity"
-            elif not rates.bootstrap:
-                status = "old bundle: interval ignores the uncertainty of recall and specificity"
-            else:
-                status = "ok"
+                notes.append(f"too few cells (< {MIN_CELLS_FOR_FRACTION} scored)")
+            if scored and (rates.recall is None or rates.specificity is None):
+                notes.append("plain share: the bundle has no training recall/specificity")
+            elif scored and not rates.bootstrap:
+                notes.append("old bundle: interval ignores the uncertainty of recall and specificity")
+            status = "; ".join(notes) or "ok"
             rows.append({"subject": s, "n_cells": int(n), "n_scored": int(scored), "n_pred_all": int(n_all),
                          "fraction_pred_all": frac, "blast_fraction": est, "blast_fraction_low": lo,
                          "blast_fraction_high": hi, "blast_fraction_status": status,
