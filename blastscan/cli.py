@@ -209,16 +209,19 @@ def masks(inputs, out, n, subjects, seed, columns, tile, store, quiet):
     """Draw a contact sheet of cells with their cell and nucleus outlines.
 
     INPUTS is a dataset (as for `blastscan data`), or images, folders and CSVs with a path column (e.g.
-    the predictions.csv of `blastscan score`). Cells are picked across classes and subjects; a cell whose
-    mask quality is flagged is shown in red. Look at the masks before trusting the features.
+    the predictions.csv of `blastscan score`, whose tiles then show each cell's call and P(ALL)). Cells are
+    picked across classes (or calls) and subjects; outlines: cell yellow, nucleus cyan, as in `blastscan
+    view`; a cell whose mask quality is flagged is shown in red. Look at the masks before trusting the
+    features.
     """
     from blastscan.dataset import build_manifest, inspect_cache
-    from blastscan.pipelines.masks import masks_sheet
+    from blastscan.pipelines.masks import masks_sheet, with_scores
 
     source = inputs[0] if len(inputs) == 1 else list(inputs)
     manifest = build_manifest(source, progress=not quiet, cache=inspect_cache(store))
     chosen = [s.strip() for s in subjects.split(",") if s.strip()] if subjects else None
-    result = masks_sheet(manifest.df, out, n=n, subjects=chosen, seed=seed, columns=columns, tile=tile)
+    result = masks_sheet(with_scores(manifest.df, inputs), out, n=n, subjects=chosen, seed=seed, columns=columns,
+                         tile=tile)
     click.echo(result.summary())
 
 

@@ -71,15 +71,13 @@ def scheduler_option(f):
 
 def dataset_manifest(dataset, store, jobs, quiet, subject_pattern=None):
     """Build DATASET's manifest (file checks cached in the store) and list its problems briefly on stderr."""
-    from blastscan.dataset import build_manifest, format_problems, inspect_cache
+    from blastscan.dataset import build_manifest, inspect_cache
+    from blastscan.dataset.summary import problems_note
 
     manifest = build_manifest(dataset, jobs=jobs, progress=not quiet, cache=inspect_cache(store),
                               subject_pattern=subject_pattern)
-    if manifest.problems:
-        counts = format_problems(manifest.problems, 0)[1:-1]  # "  <n>  <kind>" lines, no file list
-        kinds = "; ".join(" ".join(line.split()) for line in counts)
-        click.echo(f"note: {len(manifest.problems):,} problems in the dataset ({kinds}); "
-                   f"`blastscan data {dataset} --problems FILE` lists them", err=True)
+    if manifest.problems:  # one line, however many problems and of whatever kinds
+        click.echo(problems_note(manifest.problems, dataset), err=True)
     return manifest
 
 

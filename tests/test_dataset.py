@@ -525,9 +525,13 @@ def test_manifest_io_errors(tmp_path):
         read_manifest(tmp_path / "bad.csv")
 
 
-def test_summary_truncates_problems(tmp_path):
+def test_summary_says_rows_without_images_once_per_csv_and_truncates_other_problems(tmp_path):
+    from blastscan.dataset.summary import problems_note
+
     root = tmp_path / "C-NMC_Leukemia"
     save_image(root / "training_data" / "fold_0" / "all" / "UID_1_1_1_all.png")
+    for k in range(30):  # 30 unreadable files: listed 20 by 20
+        (root / "training_data" / "fold_0" / "all" / f"UID_3_{k}_1_all.png").write_bytes(b"not an image")
     save_image(root / "validation_data" / "C-NMC_test_prelim_phase_data" / "1.bmp")
     lines = ["Patient_ID,new_names,labels", "UID_2_1_1_all.bmp,1.bmp,1"]
     lines += [f"UID_2_{k}_1_all.bmp,{k}.bmp,1" for k in range(2, 27)]  # 25 rows without an image
@@ -536,10 +540,16 @@ def test_summary_truncates_problems(tmp_path):
     text = summarize(m)
     assert "2 images: 2 all, 0 hem, 0 unlabelled" in text
     assert "subjects: 2 all, 0 hem" in text
-    assert "problems: 25" in text and "... and 5 more" in text
-    assert "prelim: 1 image labelled" in text and "25 rows have no image here" in text
-    shown = [ln for ln in text.splitlines() if ": listed in" in ln]
-    assert len(shown) == 20
+    assert "prelim: 1 image labelled from" in text and "(of its 26 rows)" in text
+    # the 25 rows without an image: one line, with the count, the CSV and its lines; not one line per row
+    said = [ln for ln in text.splitlines() if "C-NMC_test_prelim_phase_data_labels.csv" in ln]
+    assert said[-1] == "  C-NMC_test_prelim_phase_data_labels.csv: 25 rows (lines 3-27) list an image that is not here"
+    assert len(said) == 2 and not [ln for ln in text.splitlines() if ": listed in" in ln]
+    assert "problems: 55" in text and "... and 11 more" in text  # 20 lines in all: the CSV's and 19 files
+    # what the other commands say: one line
+    note = problems_note(m.problems, "DATA")
+    assert note.count("\n") == 0 and "25 rows (lines 3-27)" in note and "30 unreadable" in note
+    assert note.endswith("`blastscan data DATA --problems FILE` writes the list")
 
 
 def test_problem_str():

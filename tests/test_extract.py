@@ -259,3 +259,36 @@ def test_families_sharing_a_context_build_it_once_per_image(tmp_path, jobs):
     finally:
         base._REGISTRY.pop("fake_ctx_a", None)
         base._REGISTRY.pop("fake_ctx_b", None)
+
+
+def test_a_cell_that_fails_is_one_line_whatever_the_number_of_families():
+    from blastscan.features.compute import ExtractorRun
+    from blastscan.features.featureset import ExtractSummary
+
+    why = "segmentation failed: no nucleus"
+    runs = [ExtractorRun(name, f"{name}@1", 2, computed=0, failed=2, failures=[("a.bmp", why), ("b.bmp", why)])
+            for name in ("shape", "color", "texture", "chromatin")]
+    runs.append(ExtractorRun("vgg16", "vgg16@1", 2, failed=1, failures=[("b.bmp", "unreadable")]))
+    text = ExtractSummary(runs, Path("store")).format()
+    failed = [line for line in text.splitlines() if line.startswith("  failed:")]
+    assert failed == [f"  failed: a.bmp: {why} (chromatin, color, shape, texture)",
+                      f"  failed: b.bmp: shape, color, texture, chromatin: {why}; vgg16: unreadable"]
+    assert ExtractSummary(runs, Path("store")).format(max_failures=1).endswith("... and 1 more image failed")
+
+
+def test_the_readme_extract_example_holds_every_set_the_default_compare_reads():
+    """After the README's `extract`, the default `compare` must find every feature in the store (issue 23:
+    `extract -f handcrafted` left `size` to be computed from the images again)."""
+    import re
+
+    from blastscan.cli import main
+    from blastscan.features.base import available_extractors
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = re.search(r"^blastscan extract DATASET --features (\S+)", readme, re.M)
+    assert example, "the README's extract example is gone"
+    extracted = set(example[1].replace("+", ",").split(","))
+    compare_cmd = main.commands["compare"]
+    default = next(p.default for p in compare_cmd.params if p.name == "features")
+    needed = {name for fs in str(default).split(",") for name in fs.split("+")} & set(available_extractors())
+    assert needed and needed <= extracted, (needed, extracted)

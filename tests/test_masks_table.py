@@ -37,7 +37,42 @@ def test_masks_draws_a_sheet_of_both_classes(few_cells, tmp_path):
     with Image.open(out) as im:
         assert im.size[0] > 3 * 100 and im.size[1] > 2 * 100
         colours = {tuple(c) for c in np.asarray(im.convert("RGB")).reshape(-1, 3)}
-    assert (60, 230, 60) in colours and (255, 225, 40) in colours  # both outlines are drawn
+    from blastscan.pipelines.masks import CELL_RGB, NUCLEUS_RGB
+
+    assert CELL_RGB in colours and NUCLEUS_RGB in colours  # both outlines are drawn
+
+
+def test_masks_of_a_scored_csv_label_each_tile_with_its_call_and_probability(few_cells, tmp_path):
+    from blastscan.dataset import build_manifest
+    from blastscan.pipelines.masks import masks_sheet, with_scores
+
+    cells = pd.read_csv(few_cells)
+    scored = tmp_path / "predictions.csv"  # the columns `blastscan score` writes
+    p = np.linspace(0.05, 0.95, len(cells))
+    pd.DataFrame({"path": cells["path"], "sha256": "", "subject": "", "p_all": p,
+                  "pred": np.where(p >= 0.5, "all", "hem"), "status": "ok"}).to_csv(scored, index=False)
+    manifest = build_manifest(str(scored), progress=False)
+    result = masks_sheet(with_scores(manifest.df, [str(scored)]), tmp_path / "s.png", n=len(cells))
+    got = result.cells.set_index("path")
+    want = dict(zip(cells["path"], p))
+    assert set(got.index) == set(want)
+    for path, row in got.iterrows():
+        assert row["p_all"] == pytest.approx(want[path]) and row["call"] == ("all" if want[path] >= 0.5 else "hem")
+    # a dataset (no scores) keeps its labels and no call
+    plain = masks_sheet(build_manifest(str(few_cells), progress=False).df, tmp_path / "d.png", n=4)
+    assert (plain.cells["call"] == "").all() and set(plain.cells["label"]) == {"all", "hem"}
+
+
+def test_view_and_masks_draw_outlines_in_the_same_colours():
+    from pathlib import Path as P
+
+    from blastscan.pipelines import view_detail
+    from blastscan.pipelines.masks import CELL_RGB, NUCLEUS_RGB
+
+    css = (P(view_detail.__file__).resolve().parents[1] / "view_static" / "style.css").read_text()
+    for cls, rgb in (("cell", CELL_RGB), ("nucleus", NUCLEUS_RGB)):
+        assert f".sw.{cls} {{ background: #{bytes(rgb).hex()}; }}" in css
+    assert view_detail.CELL_RGB == CELL_RGB and view_detail.NUCLEUS_RGB == NUCLEUS_RGB
 
 
 @pytest.mark.parametrize("args, message", [

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 
 import pytest
 
@@ -40,22 +39,36 @@ def test_the_consumer_prepares_what_a_starved_thread_has_not_started():
 
 
 def test_the_thread_stays_within_its_batches_ahead():
-    seen, lock = [], threading.Lock()
+    """The window is checked on every item the thread prepares, against what the consumer has taken at that
+    moment, and the test waits for events, not for time: a thread the scheduler starves only delays it."""
+    lock = threading.Lock()
+    seen, beyond, taken = [], [], [0]  # items prepared; items outside the window when prepared; batches taken
+    reached = {12: threading.Event(), 16: threading.Event()}
 
     def prepare(i):
         with lock:
             seen.append(i)
+            if threading.current_thread().name == "blastscan-prep" and i >= 4 * (taken[0] + 1 + 2):
+                beyond.append(i)  # past the batch being taken + 2 ahead
+            for n, ev in reached.items():
+                if len(seen) >= n:
+                    ev.set()
         return i
 
-    with Prefetcher(prepare, batches_of(40, 4), ahead=2) as pf:
-        time.sleep(0.3)  # the consumer is busy: the thread fills batches 0, 1, 2 and waits
-        assert max(seen) < 12, seen
-        pf.take(0)
-        time.sleep(0.3)
-        assert max(seen) < 16  # one batch more once the consumer took one
+    # nice 0: the window is what is tested here, not the priority (tested below)
+    with Prefetcher(prepare, batches_of(40, 4), ahead=2, nice=0) as pf:
+        assert reached[12].wait(60), seen  # the thread fills batches 0, 1, 2 ...
+        with lock:
+            taken[0] = 1  # batch 3 enters the window during take(0); an overrun before this line is caught
+        assert pf.take(0) == [0, 1, 2, 3]
+        assert reached[16].wait(60), seen  # ... and one batch more once the consumer took one
+        with lock:
+            assert sorted(seen) == list(range(len(seen)))  # in order, each once
+    assert not beyond, beyond
     n = len(seen)
-    time.sleep(0.1)
-    assert len(seen) == n  # closed: nothing more is prepared
+    assert n <= 16  # the consumer took one batch: at most 4 batches were ever prepared
+    pf.close()  # closing again joins the (finished) thread: nothing more is prepared after close
+    assert len(seen) == n
 
 
 def test_an_exception_reaches_the_consumer_with_its_batch():
@@ -72,15 +85,17 @@ def test_an_exception_reaches_the_consumer_with_its_batch():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
 def test_the_preparation_thread_runs_at_the_lowest_priority_and_the_caller_keeps_its_own():
-    tids = {}
+    tids, by_thread = {}, threading.Event()
 
     def prepare(i):
         tids[threading.current_thread().name] = threading.get_native_id()
+        if threading.current_thread().name == "blastscan-prep":
+            by_thread.set()
         return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
     before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     with Prefetcher(prepare, batches_of(64, 8), ahead=8) as pf:
-        time.sleep(0.2)  # let the thread prepare several batches
+        assert by_thread.wait(60)  # however long a nice-19 thread waits for a core on a busy machine
         out = [x for b in range(8) for x in pf.take(b)]
     assert pf.lowered and "blastscan-prep" in tids
     assert 19 in out  # items the thread prepared ran at nice 19 ...

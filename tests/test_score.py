@@ -66,6 +66,29 @@ def test_scores_match_the_bundle_whatever_the_chunk_size(cells, trained, tmp_pat
     subj = pd.read_csv(whole.subjects_csv, dtype={"subject": str}).set_index("subject")
     assert subj["n_cells"].to_dict() == counts.to_dict()
     assert len(subj) == 8
+    # a bundle made now records the operating point's subject bootstrap at its shipped threshold, and the
+    # blast fractions use it (no "old bundle" note)
+    boot = bundle.metadata["training_metrics"]["operating_point_bootstrap"]
+    assert boot["threshold"] == pytest.approx(bundle.threshold) and len(boot["beta"]) == boot["n_boot"]
+    assert sum(n for _, n, _ in boot["per_subject"]) == bundle.metadata["training_data"]["n_images"]
+    assert not subj["blast_fraction_status"].str.startswith("old bundle").any()
+    assert (subj["blast_fraction_high"] > subj["blast_fraction_low"]).all()
+
+
+def test_a_bundle_from_before_the_record_still_scores_with_the_old_interval_and_a_note(cells, trained, tmp_path):
+    from blastscan.evaluation.patient import blast_fraction
+
+    bundle = load_bundle(trained["path"])
+    met = bundle.metadata["training_metrics"]
+    del met["operating_point_bootstrap"]  # as bundles made before issue 23 are
+    res = score(bundle, [str(cells["dataset"])], tmp_path / "old.csv", jobs=1, progress=False)
+    subj = pd.read_csv(res.subjects_csv, dtype={"subject": str})
+    assert len(subj) == 8 and subj["blast_fraction_status"].str.contains("old bundle").all()
+    r = subj.iloc[0]
+    old = blast_fraction(int(r["n_pred_all"]), int(r["n_scored"]), met["metrics"]["recall_all"],
+                         met["metrics"]["specificity"])
+    assert (r["blast_fraction"], r["blast_fraction_low"], r["blast_fraction_high"]) == pytest.approx(old)
+    assert any("predates" in w for w in res.warnings) and "predates" in res.summary()
 
 
 def test_subject_summary_by_hand():

@@ -303,10 +303,9 @@ def _collect_phases(root: Path, phase_images: dict[str, list[Path]], col: _Colle
                         label = None
                     n_labelled += label is not None
                     col.add(path, label, subject, phase)
-            n_missing = sum(stem not in by_stem for stem in table)
+            # the rows without an image are problems of their own (said once, in one line per CSV)
             col.notes.append(f"{phase}: {n_labelled} image{'s' if n_labelled != 1 else ''} labelled from "
-                             f"{csv_path.relative_to(root)} ({len(table):,} rows; {n_missing:,} rows have no "
-                             "image here)")
+                             f"{csv_path.relative_to(root)} (of its {len(table):,} rows)")
         listed = set().union(*(t.keys() for _, t in tables))
         for stem, paths in sorted(by_stem.items()):
             if stem not in listed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from typing import Sequence
 
@@ -12,7 +13,7 @@ from blastscan.dataset.layouts import natural_key
 from blastscan.dataset.manifest import Manifest, duplicate_table
 from blastscan.dataset.problems import Problem
 
-__all__ = ["format_problems", "summarize"]
+__all__ = ["format_problems", "missing_rows_by_csv", "problems_note", "summarize"]
 
 _LAYOUT_TEXT = {"cnmc": "C-NMC 2019 layout", "folders": "class folders (all/, hem/)", "csv": "CSV list",
                 "files": "plain files"}
@@ -61,9 +62,18 @@ def format_problems(problems: Sequence[Problem], limit: int | None = 20,
         return ["problems: none"]
     lines = [f"problems: {len(problems):,}"]
     rank = {k: i for i, k in enumerate(_KIND_ORDER)}
-    for kind, n in sorted(Counter(p.kind for p in problems).items(), key=lambda kv: rank.get(kv[0], -1)):
-        lines.append(f"  {n:>7,}  {_KIND_TEXT.get(kind, kind)}")
     ordered = sorted(problems, key=lambda p: rank.get(p.kind, -1))  # stable: file order within a kind
+    # rows of a CSV whose images are not here (a subset of a dataset): one line per CSV, not one per row
+    by_csv = missing_rows_by_csv(ordered) if limit is not None else {}
+    grouped = {id(p) for rows in by_csv.values() for p in rows}
+    ordered = [p for p in ordered if id(p) not in grouped]
+    kinds = Counter(p.kind for p in ordered)
+    for kind, n in sorted(kinds.items(), key=lambda kv: rank.get(kv[0], -1)):
+        lines.append(f"  {n:>7,}  {_KIND_TEXT.get(kind, kind)}")
+    for name, rows in by_csv.items():
+        lines.append(f"  {name}: {_missing_text(rows)}")
+    if limit is not None:
+        limit = max(0, limit - len(by_csv))
     shown = ordered if limit is None else ordered[:limit]
     base = os.path.abspath(root) if root is not None else None
     for p in shown:
@@ -71,9 +81,43 @@ def format_problems(problems: Sequence[Problem], limit: int | None = 20,
         if base and os.path.isabs(path) and (path + os.sep).startswith(base + os.sep) and path != base:
             path = os.path.relpath(path, base)
         lines.append(f"  {path}: {p.reason}")
-    if len(shown) < len(problems):
-        lines.append(f"  ... and {len(problems) - len(shown):,} more")
+    if len(shown) < len(ordered):
+        lines.append(f"  ... and {len(ordered) - len(shown):,} more")
     return lines
+
+
+_LISTED = re.compile(r"^listed in (?P<csv>.+?)(?: \(line (?P<a>\d+)\)| line (?P<b>\d+)), but no image file$")
+
+
+def missing_rows_by_csv(problems: Sequence[Problem]) -> dict[str, list[Problem]]:
+    """The ``missing_image`` problems that are rows of a CSV, per CSV name (in order of first appearance)."""
+    out: dict[str, list[Problem]] = {}
+    for p in problems:
+        m = _LISTED.match(p.reason) if p.kind == "missing_image" else None
+        if m:
+            out.setdefault(m["csv"], []).append(p)
+    return out
+
+
+def _missing_text(rows: Sequence[Problem]) -> str:
+    """``"1,856 rows (lines 12-1,867) list an image that is not here"``."""
+    lines = [int(m["a"] or m["b"]) for p in rows if (m := _LISTED.match(p.reason))]
+    span = f" (lines {min(lines):,}-{max(lines):,})" if len(lines) > 1 else f" (line {lines[0]:,})"
+    return f"{_plural(len(rows), 'row')}{span} list{'s' if len(rows) == 1 else ''} an image that is not here"
+
+
+def problems_note(problems: Sequence[Problem], dataset) -> str:
+    """The one line a command other than ``data`` says about a dataset's problems."""
+    by_csv = missing_rows_by_csv(problems)
+    n_rows = sum(len(v) for v in by_csv.values())
+    parts = [f"{name}: {_missing_text(rows)}" for name, rows in by_csv.items()]
+    rest = [p for p in problems if not (p.kind == "missing_image" and _LISTED.match(p.reason))]
+    if rest:
+        rank = {k: i for i, k in enumerate(_KIND_ORDER)}
+        counts = sorted(Counter(p.kind for p in rest).items(), key=lambda kv: rank.get(kv[0], -1))
+        parts.append("; ".join(f"{n:,} {_KIND_TEXT.get(k, k)}" for k, n in counts))
+    head = f"{len(problems):,} problems in the dataset: " if rest else ""
+    return f"note: {head}{'; '.join(parts)}; `blastscan data {dataset} --problems FILE` writes the list"
 
 
 def summarize(manifest: Manifest, *, max_problems: int = 20) -> str:

@@ -58,16 +58,26 @@ class ExtractSummary:
     store: Path
 
     def format(self, max_failures: int = 20) -> str:
+        """One line per extractor, then one line per image that failed (whatever the number of extractors
+        it failed in: a cell that cannot be segmented fails every handcrafted family for one reason)."""
         lines = [f"feature store: {self.store}"]
+        failed: dict[str, dict[str, list[str]]] = {}  # path -> reason -> extractors
         for r in self.runs:
             rate = f", {r.rate:.1f} images/s" if r.computed else ""
             rate += f", {r.engine}" if r.computed and r.engine else ""
             lines.append(f"{r.name:<14} {r.identity}: {r.n_images} images: computed {r.computed}, "
                          f"reused {r.reused}, failed {r.failed} ({r.seconds:.1f} s{rate})")
-            for path, reason in r.failures[:max_failures]:
-                lines.append(f"  failed: {path}: {reason}")
-            if len(r.failures) > max_failures:
-                lines.append(f"  ... and {len(r.failures) - max_failures} more failures")
+            for path, reason in r.failures:
+                failed.setdefault(path, {}).setdefault(reason, []).append(r.name)
+        for path, reasons in list(failed.items())[:max_failures]:
+            why = "; ".join(reason if len(reasons) == 1 else f"{', '.join(names)}: {reason}"
+                            for reason, names in reasons.items())
+            names = sorted({n for ns in reasons.values() for n in ns})
+            where = f" ({', '.join(names)})" if len(reasons) == 1 and len(self.runs) > 1 else ""
+            lines.append(f"  failed: {path}: {why}{where}")
+        if len(failed) > max_failures:
+            more = len(failed) - max_failures
+            lines.append(f"  ... and {more} more image{'s' if more != 1 else ''} failed")
         return "\n".join(lines)
 
     @property

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 from blastscan.errors import BlastscanError
 
-__all__ = ["default_sample", "run_demo"]
+__all__ = ["default_sample", "run_demo", "check_against_labels", "format_check"]
 
 DEEP = ("inception_v3", "vgg16")
 
@@ -97,18 +97,68 @@ def run_demo(
     export_run(run_dir, result.best, bundle_path, progress=progress)
     echo(f"bundle: {bundle_path} (+ {bundle_path.with_suffix('.json').name})")
 
-    echo("\n== 5/5 score the sample's held-out test-phase cells (new to the bundle) with it")
-    targets = _score_inputs(data)
+    # the manifest rows are scored (not the folder), so each cell keeps the subject and label that the
+    # dataset's labels CSV gives it
+    targets = manifest.df[held_out] if held_out.any() and (~held_out).any() else manifest.df
+    what = "held-out test-phase cells" if len(targets) < len(manifest.df) else "cells (no held-out cells in this data)"
+    echo(f"\n== 5/5 score the sample's {what} with it")
     predictions = out / "predictions.csv"
-    scored = score(bundle_path, targets, predictions, store=store, extractor_options=options, progress=progress)
+    scored = score(bundle_path, targets.reset_index(drop=True), predictions, store=store,
+                   extractor_options=options, progress=progress)
     echo(scored.summary())
 
+    check = check_against_labels(predictions, targets)
     echo(f"\ndone in {time.perf_counter() - t0:.0f} s. Open {run_dir / 'report.html'} (or report.md) for the comparison.")
-    return {"run_dir": run_dir, "bundle": bundle_path, "predictions": predictions, "store": store}
+    echo("\n" + format_check(check, held_out=len(targets) < len(manifest.df), labels_from=_labels_source(data)))
+    return {"run_dir": run_dir, "bundle": bundle_path, "predictions": predictions, "store": store, "check": check}
 
 
-def _score_inputs(data: Path) -> list[str]:
-    """Score the preliminary-phase folder when the sample has one, else the whole sample."""
-    prelim = sorted(data.rglob("C-NMC_test_prelim_phase_data"))
-    prelim = [p for p in prelim if p.is_dir()]
-    return [str(prelim[0])] if prelim else [str(data)]
+def check_against_labels(predictions_csv: str | os.PathLike, labelled: "pd.DataFrame") -> dict:
+    """The calls of ``predictions_csv`` against the labels of the manifest rows ``labelled`` (matched by
+    path): ``{"n", "right", "n_all", "right_all", "n_hem", "right_hem", "not_scored", "per_subject"}``,
+    ``per_subject`` a DataFrame (``subject, label, n, right``)."""
+    import pandas as pd
+
+    pred = pd.read_csv(predictions_csv, dtype={"subject": str, "pred": str, "status": str})
+    truth = labelled[["path", "label", "subject"]].rename(columns={"subject": "subject_label"})
+    df = truth.merge(pred[["path", "pred"]], on="path", how="left")
+    df = df[df["label"].isin(["all", "hem"])]
+    df["pred"] = df["pred"].fillna("")
+    scored = df[df["pred"].isin(["all", "hem"])].assign(right=lambda d: d["pred"] == d["label"])
+    per = (scored.groupby(["subject_label", "label"], sort=False)["right"].agg(n="size", right="sum")
+           .reset_index().rename(columns={"subject_label": "subject"}))
+    from blastscan.dataset import natural_key
+
+    per = per.sort_values("subject", key=lambda s: s.map(natural_key)).reset_index(drop=True)
+    out = {"n": len(scored), "right": int(scored["right"].sum()), "not_scored": int(len(df) - len(scored)),
+           "per_subject": per}
+    for c in ("all", "hem"):
+        part = scored[scored["label"] == c]
+        out[f"n_{c}"], out[f"right_{c}"] = len(part), int(part["right"].sum())
+    return out
+
+
+def format_check(check: dict, *, held_out: bool = True, labels_from: str = "the dataset's labels") -> str:
+    """The demo's last lines: how many scored cells the bundle called right, per class and per subject."""
+    what = "held-out cells" if held_out else "cells (training cells, seen by the model: not a test)"
+    n, right = check["n"], check["right"]
+    lines = [f"== the calls against {labels_from}"]
+    per = check["per_subject"]
+    if len(per):
+        lines.append("per subject (class: right of scored): " + ", ".join(
+            f"{r.subject} ({r.label.upper()}): {int(r.right)}/{int(r.n)}" for r in per.itertuples()))
+    lines.append(f"ALL cells called ALL: {check['right_all']} of {check['n_all']}; HEM cells called HEM: "
+                 f"{check['right_hem']} of {check['n_hem']}"
+                 + (f"; {check['not_scored']} not scored" if check["not_scored"] else ""))
+    share = f" ({right / n:.0%})" if n else ""
+    lines.append(f"{what} called right: {right} of {n}{share}, wrong: {n - right}"
+                 + (f", from {len(per)} subjects" if len(per) else "")
+                 + ("; a handful of cells: this shows the loop, not the model's accuracy "
+                    "(the report's subject-disjoint figures do)" if held_out else ""))
+    return "\n".join(lines)
+
+
+def _labels_source(data: Path) -> str:
+    """Where the held-out cells' labels come from, for the demo's last lines."""
+    csvs = sorted(p for p in data.rglob("*_labels.csv") if p.is_file())
+    return f"the labels the sample ships ({csvs[0].relative_to(data)})" if csvs else "the dataset's labels"

@@ -1,9 +1,10 @@
-"""Contact sheets of the segmentation: cells with their cell (green) and nucleus (yellow) outlines.
+"""Contact sheets of the segmentation: cells with their cell (yellow) and nucleus (cyan) outlines.
 
 CellProfiler users look at their masks before trusting the measurements; ``blastscan masks`` does the
-same for the masks every handcrafted family reads. Each tile is captioned with the subject, the label
-and the N:C area ratio; a cell whose mask quality is flagged gets a red caption and frame, a cell that
-cannot be segmented a red "failed" tile with the reason.
+same for the masks every handcrafted family reads. Each tile is captioned with the label (or, for the
+predictions CSV of ``blastscan score``, the call and P(ALL)), the subject and the N:C area ratio; a cell
+whose mask quality is flagged gets a red caption and frame, a cell that cannot be segmented a red
+"failed" tile with the reason. ``blastscan view`` draws the same outlines in the same colours.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ import pandas as pd
 
 from blastscan.errors import BlastscanError
 
-__all__ = ["SheetResult", "pick_cells", "render_tile", "contact_sheet", "masks_sheet"]
+__all__ = ["SheetResult", "CELL_RGB", "NUCLEUS_RGB", "pick_cells", "render_tile", "contact_sheet", "masks_sheet",
+           "with_scores"]
 
-CELL_RGB = (60, 230, 60)
-NUCLEUS_RGB = (255, 225, 40)
+#: Outline colours of the cell and its nucleus, on contact sheets and in ``blastscan view`` (its CSS
+#: swatches use the same values).
+CELL_RGB = (255, 215, 0)  # yellow
+NUCLEUS_RGB = (0, 229, 255)  # cyan
 FLAG_RGB = (255, 60, 60)
 BACKGROUND_RGB = (34, 34, 34)
 
@@ -32,7 +36,7 @@ class SheetResult:
     """What :func:`masks_sheet` drew: the file, the cells (with N:C and flags) and summary numbers."""
 
     path: Path
-    cells: pd.DataFrame  # path, subject, label, nc_ratio, flags (";"-joined), failed (reason or "")
+    cells: pd.DataFrame  # path, subject, label, call, p_all, nc_ratio, flags (";"-joined), failed (reason or "")
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -59,7 +63,7 @@ def pick_cells(df: pd.DataFrame, n: int = 48, subjects: Sequence[str] | None = N
     if len(df) == 0:
         raise BlastscanError("masks", "no images to show")
     df = df.sample(frac=1.0, random_state=seed)
-    labels = df["label"].fillna("?")
+    labels = df["label"].fillna(df["pred"] if "pred" in df else "?").fillna("?")
     per_label = {lab: g for lab, g in df.groupby(labels, sort=True)}
     quota = {lab: n // len(per_label) + (i < n % len(per_label)) for i, lab in enumerate(per_label)}
     picked = []
@@ -111,7 +115,7 @@ def contact_sheet(tiles: list[tuple[np.ndarray | None, str, bool]], columns: int
     rows = max(1, -(-len(tiles) // columns))
     sheet = Image.new("RGB", (columns * (tile + 4) + 4, rows * (tile + caption_h + 6) + 22 + 4), BACKGROUND_RGB)
     draw = ImageDraw.Draw(sheet)
-    draw.text((6, 5), "cell outline: green   nucleus outline: yellow   red: mask flagged or failed", fill=(220, 220, 220))
+    draw.text((6, 5), "cell outline: yellow   nucleus outline: cyan   red: mask flagged or failed", fill=(220, 220, 220))
     for k, (img, caption, flagged) in enumerate(tiles):
         r, c = divmod(k, columns)
         x, y = 4 + c * (tile + 4), 22 + 4 + r * (tile + caption_h + 6)
@@ -149,17 +153,21 @@ def masks_sheet(manifest_df: pd.DataFrame, out: str | os.PathLike, *, n: int = 4
         raise BlastscanError(str(out), "the contact sheet is a PNG: give a file name ending in .png")
     rows = pick_cells(manifest_df, n, subjects, seed)
     tiles, records = [], []
-    for row in rows.itertuples():
-        subject = "?" if pd.isna(row.subject) else str(row.subject)
-        label = "?" if pd.isna(row.label) else str(row.label)
+    for row in rows.to_dict("records"):
+        subject = "?" if pd.isna(row.get("subject")) else str(row["subject"])
+        label = "?" if pd.isna(row.get("label")) else str(row["label"])
+        call = "" if pd.isna(row.get("pred")) else str(row["pred"])
+        p = float(row["p_all"]) if pd.notna(row.get("p_all")) else np.nan
+        # a scored cell shows its call and P(ALL) (and its label when known); a dataset's cell its label
+        head = f"{call.upper()} P={p:.2f}" + (f" ({label})" if label != "?" else "") if call else label
         try:
-            img, nc, reasons = render_tile(load_image(row.path), tile)
+            img, nc, reasons = render_tile(load_image(row["path"]), tile)
         except BlastscanError as exc:
-            tiles.append((None, f"{label} {subject}: failed", True))
-            records.append((row.path, subject, label, np.nan, "", exc.why or str(exc)))
+            tiles.append((None, f"{head} {subject}: failed", True))
+            records.append((row["path"], subject, label, call, p, np.nan, "", exc.why or str(exc)))
             continue
-        tiles.append((img, f"{label} {subject} N:C {nc:.2f}" + (" !" if reasons else ""), bool(reasons)))
-        records.append((row.path, subject, label, nc, "; ".join(reasons), ""))
+        tiles.append((img, f"{head} {subject} N:C {nc:.2f}" + (" !" if reasons else ""), bool(reasons)))
+        records.append((row["path"], subject, label, call, p, nc, "; ".join(reasons), ""))
     data = contact_sheet(tiles, columns, tile)
     try:
         if out.parent and not out.parent.exists():
@@ -167,8 +175,32 @@ def masks_sheet(manifest_df: pd.DataFrame, out: str | os.PathLike, *, n: int = 4
         atomic_write_bytes(out, data)
     except OSError as exc:
         raise BlastscanError(str(out), f"cannot write ({exc.strerror or exc})") from None
-    cells = pd.DataFrame(records, columns=["path", "subject", "label", "nc_ratio", "flags", "failed"])
+    cells = pd.DataFrame(records, columns=["path", "subject", "label", "call", "p_all", "nc_ratio", "flags", "failed"])
     notes = []
     if len(rows) < n:
         notes.append(f"only {len(rows)} cells available (asked for {n})")
     return SheetResult(path=out, cells=cells, notes=notes)
+
+
+def with_scores(manifest_df: pd.DataFrame, inputs: Sequence[str | os.PathLike]) -> pd.DataFrame:
+    """``manifest_df`` with ``p_all`` and ``pred`` from the inputs that are predictions CSVs of
+    ``blastscan score`` (columns ``path``, ``p_all``, ``pred``), matched by absolute path; unchanged when
+    none is."""
+    scored = []
+    for src in inputs:
+        if str(src).lower().endswith(".csv") and os.path.isfile(src):
+            try:
+                t = pd.read_csv(src, dtype={"pred": str})
+            except (OSError, ValueError, pd.errors.ParserError):
+                continue  # the manifest builder reports an unusable CSV itself
+            if {"path", "p_all", "pred"} <= set(t.columns):
+                base = os.path.dirname(os.path.abspath(src))
+                paths = [p if os.path.isabs(str(p)) else os.path.join(base, str(p)) for p in t["path"]]
+                scored.append(pd.DataFrame({"path": [os.path.abspath(p) for p in paths],
+                                            "p_all": pd.to_numeric(t["p_all"], errors="coerce"),
+                                            "pred": t["pred"].where(t["pred"].isin(["all", "hem"]))}))
+    if not scored:
+        return manifest_df
+    table = pd.concat(scored).drop_duplicates("path", keep="last").set_index("path")
+    key = manifest_df["path"].map(lambda p: os.path.abspath(str(p)))
+    return manifest_df.assign(p_all=key.map(table["p_all"]).to_numpy(), pred=key.map(table["pred"]).to_numpy())

@@ -27,12 +27,12 @@ from blastscan.features.compute import TASK_IMAGES
 from blastscan.options import resolve_jobs
 from blastscan.parallel import executor
 
-__all__ = ["COLUMNS", "SUBJECT_COLUMNS", "WITHIN_COLUMNS", "ScoreResult", "score", "subject_summary",
-           "subjects_path", "training_rates"]
+__all__ = ["COLUMNS", "SUBJECT_COLUMNS", "WITHIN_COLUMNS", "ScoreResult", "TrainingRates", "score",
+           "subject_summary", "subjects_path", "training_rates", "fraction_warnings"]
 
 COLUMNS = ["path", "sha256", "subject", "p_all", "pred", "status"]
 SUBJECT_COLUMNS = ["subject", "n_cells", "n_scored", "n_pred_all", "fraction_pred_all", "blast_fraction",
-                   "blast_fraction_low", "blast_fraction_high", "mean_p_all", "call", "rule"]
+                   "blast_fraction_low", "blast_fraction_high", "blast_fraction_status", "mean_p_all", "call", "rule"]
 WITHIN_COLUMNS = ["p_all_within_subject", "pred_within_subject"]
 CHUNK_IMAGES = 512
 
@@ -71,15 +71,33 @@ def _rule_text(fraction: float, threshold: float) -> str:
             f"(a cell is ALL when P(ALL) >= {threshold:.4f})")
 
 
+@dataclass(frozen=True)
+class TrainingRates:
+    """The model's subject-disjoint out-of-fold ALL recall and specificity on its training data, and the
+    record of their uncertainty (``operating_point_bootstrap``; None in bundles made before it existed)."""
+
+    recall: float | None = None
+    specificity: float | None = None
+    bootstrap: dict | None = None
+
+    @classmethod
+    def of(cls, rates) -> "TrainingRates":
+        """``rates`` as a TrainingRates: itself, or a ``(recall, specificity)`` pair."""
+        return rates if isinstance(rates, cls) else cls(*tuple(rates or (None, None))[:2])
+
+
 def subject_summary(cells: pd.DataFrame, threshold: float, fraction: float = 0.5,
-                    rates: tuple[float | None, float | None] = (None, None)) -> pd.DataFrame:
+                    rates: "TrainingRates | tuple[float | None, float | None]" = (None, None)) -> pd.DataFrame:
     """Per-subject counts and call from per-cell rows (``subject, p_all, pred``; NaN ``p_all`` = not scored).
 
     A subject is called ALL when at least ``fraction`` of its scored cells are predicted ALL, HEM
     otherwise, and gets no call without scored cells. Cells without a subject are left out.
     ``blast_fraction`` (with a 95% interval) corrects the share of cells called ALL for the model's
-    ``rates`` = (ALL recall, specificity) measured subject-disjoint on its training data (adjusted
-    classify-and-count); without rates it is the plain share.
+    ``rates`` (:class:`TrainingRates`: ALL recall and specificity measured subject-disjoint on its training
+    data, and their bootstrap record): see :func:`blastscan.evaluation.patient.blast_fraction`. Without
+    rates it is the plain share. ``blast_fraction_status`` says ``ok``, ``too few cells (< 20 scored)``
+    (the numbers are still given, with their wide interval), or that the bundle predates the honest
+    interval.
     """
     return _Tally().add(cells).frame(threshold, fraction, rates)
 
@@ -104,17 +122,30 @@ class _Tally:
 
     def frame(self, threshold: float, fraction: float, rates=(None, None)) -> pd.DataFrame:
         from blastscan.dataset import natural_key
-        from blastscan.evaluation.patient import blast_fraction
+        from blastscan.evaluation.patient import MIN_CELLS_FOR_FRACTION, blast_fraction
 
+        rates = TrainingRates.of(rates)
         rows = []
         for s in sorted(self.sums, key=natural_key):
             n, scored, n_all, p_sum = self.sums[s]
             frac = n_all / scored if scored else np.nan
             call = "" if not scored else ("all" if frac >= fraction - 1e-12 else "hem")
-            est, lo, hi = blast_fraction(int(n_all), int(scored), *rates)
+            est, lo, hi = blast_fraction(int(n_all), int(scored), rates.recall, rates.specificity,
+                                         bootstrap=rates.bootstrap)
+            notes = []
+            if not scored:
+                notes.append("no cells scored")
+            elif scored < MIN_CELLS_FOR_FRACTION:
+                notes.append(f"too few cells (< {MIN_CELLS_FOR_FRACTION} scored)")
+            if scored and (rates.recall is None or rates.specificity is None):
+                notes.append("plain share: the bundle has no training recall/specificity")
+            elif scored and not rates.bootstrap:
+                notes.append("old bundle: interval ignores the uncertainty of recall and specificity")
+            status = "; ".join(notes) or "ok"
             rows.append({"subject": s, "n_cells": int(n), "n_scored": int(scored), "n_pred_all": int(n_all),
                          "fraction_pred_all": frac, "blast_fraction": est, "blast_fraction_low": lo,
-                         "blast_fraction_high": hi, "mean_p_all": p_sum / scored if scored else np.nan,
+                         "blast_fraction_high": hi, "blast_fraction_status": status,
+                         "mean_p_all": p_sum / scored if scored else np.nan,
                          "call": call, "rule": _rule_text(fraction, threshold)})
         return pd.DataFrame(rows, columns=SUBJECT_COLUMNS)
 
@@ -168,16 +199,39 @@ class ScoreResult:
             lines.append(f"{len(s)} subjects: {n_all} called ALL, {int((s['call'] == 'hem').sum())} HEM "
                          f"({_rule_text(self.subject_fraction, self.threshold)}); blast_fraction in the per-subject "
                          "file corrects the share of cells called ALL for the model's training recall and "
-                         "specificity, with a 95% interval")
+                         "specificity, with a 95% interval that carries their patient-to-patient spread")
+            few = int(s["blast_fraction_status"].astype(str).str.startswith("too few").sum())
+            if few:
+                lines.append(f"{few} subject{'s have' if few != 1 else ' has'} too few scored cells for a blast "
+                             "fraction to act on (blast_fraction_status)")
         lines += [f"warning: {w}" for w in self.warnings]
         lines.append(f"predictions: {self.predictions_csv}; per subject: {self.subjects_csv}")
         return "\n".join(lines)
 
 
-def training_rates(bundle: Bundle) -> tuple[float | None, float | None]:
-    """(ALL recall, specificity) of the bundle's subject-disjoint out-of-fold training metrics."""
-    met = (bundle.metadata.get("training_metrics") or {}).get("metrics") or {}
-    return met.get("recall_all"), met.get("specificity")
+def training_rates(bundle: Bundle) -> TrainingRates:
+    """ALL recall and specificity of the bundle's subject-disjoint out-of-fold training metrics, with their
+    bootstrap record when the bundle has one (bundles from before blastscan recorded it have not)."""
+    tm = bundle.metadata.get("training_metrics") or {}
+    met = tm.get("metrics") or {}
+    return TrainingRates(met.get("recall_all"), met.get("specificity"), tm.get("operating_point_bootstrap"))
+
+
+def fraction_warnings(rates: TrainingRates) -> list[str]:
+    """What a reader of the blast fractions must know about the bundle they come from."""
+    from blastscan.evaluation.patient import LOW_SPECIFICITY
+
+    out = []
+    spec = rates.specificity
+    if spec is not None and np.isfinite(spec) and spec < LOW_SPECIFICITY:
+        out.append(f"the model's training specificity is {spec:.3f} (below {LOW_SPECIFICITY}): over "
+                   f"{1 - spec:.0%} of a healthy subject's cells are called ALL, so blast fractions are "
+                   "imprecise (wide intervals)")
+    if rates.recall is not None and rates.specificity is not None and not rates.bootstrap:
+        out.append("this bundle predates the blast-fraction interval that carries the uncertainty of recall "
+                   "and specificity: its intervals are the old, too narrow ones (make the bundle again with "
+                   "blastscan train or export)")
+    return out
 
 
 def _add_within_subject(path: Path, threshold: float) -> None:
@@ -314,7 +368,8 @@ def score(
     _write_predictions(out, bundle, built, manifest_df, failed, counts, store=store, chunk=chunk, jobs=jobs,
                        extractor_options=extractor_options, progress=progress)
     tally, failures, examples = counts.tally, counts.failures, counts.examples
-    subjects = tally.frame(bundle.threshold, subject_fraction, training_rates(bundle))
+    rates = training_rates(bundle)
+    subjects = tally.frame(bundle.threshold, subject_fraction, rates)
     if within_subject:
         _add_within_subject(out, bundle.threshold)
     subj_csv = subjects_path(out)
@@ -324,5 +379,6 @@ def score(
     return ScoreResult(predictions_csv=out, subjects_csv=subj_csv, n_images=n_images, n_scored=counts.scored,
                        n_failed=n_images - counts.scored, n_pred_all=counts.all, threshold=bundle.threshold,
                        subjects=subjects, failures=failures, examples=examples,
-                       seconds=time.perf_counter() - t0, warnings=list(bundle.warnings),
+                       seconds=time.perf_counter() - t0,
+                       warnings=list(bundle.warnings) + (fraction_warnings(rates) if len(subjects) else []),
                        subject_fraction=subject_fraction)

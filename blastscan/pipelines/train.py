@@ -94,6 +94,7 @@ class _Fitted:
     split: str
     plan: FoldPlan | None
     notes: list[str] = field(default_factory=list)
+    operating_point_bootstrap: dict | None = None  # what blast-fraction intervals need (issue 23)
 
 
 def _fit_with_threshold(data: TrainingData, classifier, params: Mapping[str, Any], settings: EvalSettings,
@@ -129,7 +130,10 @@ def _fit_with_threshold(data: TrainingData, classifier, params: Mapping[str, Any
     threshold = float(choose_threshold(y, oof, rule=settings.threshold_rule, target_recall=settings.target_recall))
     metrics = compute_metrics(y, oof, threshold, subjects=data.subjects, groups=groups)
     split = f"training metrics, subject-disjoint {plan.n_splits}-fold OOF on the training data"
-    return _Fitted(est, threshold, metrics, split, plan, notes)
+    from blastscan.evaluation.patient import operating_point_bootstrap
+
+    boot = operating_point_bootstrap(y, oof, data.subjects, threshold, seed=seed)
+    return _Fitted(est, threshold, metrics, split, plan, notes, boot)
 
 
 def train_bundle(
@@ -230,7 +234,8 @@ def _metadata(fs: FeatureSet, fm: FeatureMatrix, data: TrainingData, fitted: _Fi
         "threshold": {"value": fitted.threshold, **settings.threshold_record(),
                       "rule_text": settings.rule_text(on="out-of-fold P(ALL)"), "chosen_on": fitted.split},
         "training_metrics": {"split": fitted.split, "n_splits": fitted.plan.n_splits if fitted.plan else 0,
-                             "metrics": fitted.metrics, "notes": fitted.notes},
+                             "metrics": fitted.metrics, "notes": fitted.notes,
+                             "operating_point_bootstrap": fitted.operating_point_bootstrap},
         "training_data": data.record(dataset),
         "versions": versions,
     }

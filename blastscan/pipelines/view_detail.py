@@ -17,6 +17,7 @@ from blastscan.dataset import load_image
 from blastscan.errors import BlastscanError
 from blastscan.features.handcrafted import feature_dictionary
 from blastscan.features.segmentation import segment
+from blastscan.pipelines.masks import CELL_RGB, NUCLEUS_RGB
 
 __all__ = ["REFERENCE_VERSION", "PERCENTILES", "TOP_FEATURES", "N_NEIGHBOURS", "training_reference", "outline_png",
            "cell_detail", "data_url"]
@@ -160,7 +161,7 @@ def outline_png(path: str | os.PathLike) -> tuple[bytes | None, str]:
     try:
         crop, cell, nucleus = segment(img)
         img = img.copy()
-        for mask, colour in ((cell, (255, 215, 0)), (nucleus, (0, 229, 255))):
+        for mask, colour in ((cell, CELL_RGB), (nucleus, NUCLEUS_RGB)):  # the contact sheets' colours
             edge = mask & ~ndi.binary_erosion(mask, border_value=0)
             edge = ndi.binary_dilation(edge)
             region = img[crop]

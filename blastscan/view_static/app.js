@@ -192,13 +192,17 @@ async function refreshSummary(rows, what) {
 function showSubjects(subjects, what) {
   if (!subjects.length) { $("#summary").hidden = true; return; }
   $("#summary").hidden = false;
-  $("#summary-rule").textContent = `${what}; ${subjects[0].rule}. Blast fraction: share of a subject's scored cells predicted ALL.`;
+  $("#summary-rule").textContent = `${what}; ${subjects[0].rule}. Blast fraction: the share predicted ALL corrected for the model's ` +
+    "training recall and specificity, with an interval that carries how much those vary from patient to patient.";
   const tb = $("#summary-table tbody");
   tb.replaceChildren();
   for (const s of subjects) {
     tb.append(el("tr", {}, el("td", { text: s.subject }), el("td", { class: "num", text: s.n_cells }),
       el("td", { class: "num", text: s.n_scored }), el("td", { class: "num", text: s.n_pred_all }),
-      el("td", { class: "num", text: pct(s.fraction_pred_all) }), el("td", { class: "num", text: fmt(s.mean_p_all) }),
+      el("td", { class: "num", text: pct(s.fraction_pred_all) }),
+      el("td", { class: "num", text: `${pct(s.blast_fraction)} [${pct(s.blast_fraction_low)}, ${pct(s.blast_fraction_high)}]` +
+        (s.blast_fraction_status && s.blast_fraction_status !== "ok" ? ` (${s.blast_fraction_status})` : "") }),
+      el("td", { class: "num", text: fmt(s.mean_p_all) }),
       el("td", { class: `call ${s.call}`, text: (s.call || "none").toUpperCase() })));
   }
 }
