@@ -350,7 +350,12 @@ def load_bundle(path: str | os.PathLike, trust: bool = False) -> Bundle:
     if not path.is_file():
         raise BlastscanError(str(path), "no such bundle file")
     if is_data_only(path):  # JSON + ONNX: no pickle, checked against its own manifest (trust changes nothing)
-        return load_data_only(path)
+        model, metadata, extras = load_data_only(path)
+        own = blastscan_version_check(metadata.get("blastscan_version"), str(path))
+        bundle = Bundle(model=model, metadata=metadata, path=path, extras=extras, warnings=[own] if own else [])
+        for w in bundle.warnings:
+            warnings.warn(f"{path}: {w}", BundleWarning, stacklevel=2)
+        return bundle
     sidecar = None if trust else _check_sidecar(path)
     if sidecar is not None:  # refused before the pickle is opened when the sidecar says so already
         blastscan_version_check((sidecar.get("metadata") or {}).get("blastscan_version"), str(path))

@@ -39,7 +39,6 @@ import hashlib
 import json
 import os
 import re
-import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -368,13 +367,14 @@ def _check_metadata(path, metadata: Any) -> None:
             bad(f"extractor {rec.get('name')}: options and config must be objects")
 
 
-def load_data_only(path: str | os.PathLike):
-    """Load a data-only bundle: JSON and ONNX only, every entry checked against the manifest first.
+def load_data_only(path: str | os.PathLike) -> tuple[Any, dict, dict]:
+    """Read a data-only bundle: JSON and ONNX only, every entry checked against the manifest first.
 
-    Raises ``BlastscanError`` (one line) for anything edited, damaged, unexpected or malformed, and for a
-    bundle made by another major or a newer blastscan.
+    Returns ``(model, metadata, extras)``: an :class:`~blastscan.onnx_model.OnnxModel`, the metadata as
+    written, and the extras (the view's reference; ``"embedded_backbones"``: name ->
+    :class:`~blastscan.features.onnx_engine.EmbeddedGraph`). :func:`blastscan.bundle.load_bundle` makes the
+    Bundle. Raises ``BlastscanError`` (one line) for anything edited, damaged, unexpected or malformed.
     """
-    from blastscan.bundle import Bundle, BundleWarning, blastscan_version_check
     from blastscan.features.onnx_engine import EmbeddedGraph
     from blastscan.onnx_model import OnnxModel
 
@@ -392,7 +392,6 @@ def load_data_only(path: str | os.PathLike):
     _check_model_json(path, model, metadata)
     if not isinstance(extras, dict):
         _refuse(path, "extras.json is not an object")
-    own = blastscan_version_check(metadata.get("blastscan_version"), str(path))
     try:
         estimator = OnnxModel(data["model.onnx"])
     except Exception as exc:  # onnxruntime raises its own types for a graph it cannot run
@@ -410,9 +409,4 @@ def load_data_only(path: str | os.PathLike):
         _refuse(path, f"entries no part of the model uses: {sorted(extra_entries)}")
     if embedded:
         extras["embedded_backbones"] = embedded
-    bundle = Bundle(model=estimator, metadata=metadata, path=path, extras=extras)
-    bundle.warnings = [own] if own else []
-    for w in bundle.warnings:
-        warnings.warn(f"{path}: {w}", BundleWarning, stacklevel=3)
-    return bundle
-
+    return estimator, metadata, extras

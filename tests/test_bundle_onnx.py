@@ -20,7 +20,6 @@ import pandas as pd
 import pytest
 
 from blastscan.bundle import load_bundle, save_bundle
-from blastscan.bundle_onnx import load_data_only
 from blastscan.dataset import build_manifest
 from blastscan.errors import BlastscanError
 from blastscan.evaluation import EvalSettings
@@ -92,7 +91,7 @@ def test_loading_reads_no_pickle(made, monkeypatch):
     import joblib
 
     monkeypatch.setattr(joblib, "load", refuse)
-    bundle = load_data_only(made["bsb"])
+    bundle = load_bundle(made["bsb"])
     assert bundle.threshold == made["bundle"].threshold
 
 

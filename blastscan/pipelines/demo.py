@@ -64,7 +64,10 @@ def run_demo(
     skipped: dict[str, str] = {}
     for name in DEEP:
         try:
-            FeatureSet(name, options)  # builds the extractor: finds (and hashes) its weights
+            fs = FeatureSet(name, options)  # builds the extractor: finds (and hashes) its weights
+            why = _tensorflow_missing(fs.extractors[0])
+            if why:
+                raise BlastscanError(name, why)
             extractors.append(name)
         except BlastscanError as exc:
             skipped[name] = exc.why or str(exc)
@@ -112,3 +115,16 @@ def _score_inputs(data: Path) -> list[str]:
     prelim = sorted(data.rglob("C-NMC_test_prelim_phase_data"))
     prelim = [p for p in prelim if p.is_dir()]
     return [str(prelim[0])] if prelim else [str(data)]
+
+
+def _tensorflow_missing(ext) -> str | None:
+    """Why the deep extractor ``ext`` cannot run here: TensorFlow absent and its ONNX graph not cached yet."""
+    import importlib.util
+
+    from blastscan.features.onnx_engine import cache_path
+
+    if importlib.util.find_spec("tensorflow") is not None or ext.weights_sha256 is None:
+        return None
+    if cache_path(ext.name, ext.input_size, ext.weights_sha256).is_file():
+        return None
+    return "TensorFlow is not installed (pip install 'blastscan[tensorflow]'); it writes the backbone's graph once"
