@@ -205,3 +205,26 @@ def test_deep_bundle_scores_without_tensorflow_or_weights(sample_root, tmp_path)
     want = expected.set_index("path")["p_all"]
     np.testing.assert_allclose(got.loc[want.index].to_numpy(), want.to_numpy(), rtol=0, atol=1e-5)
     assert want.std() > 0.001
+
+
+def test_view_serves_a_data_only_bundle(made):
+    import urllib.request
+
+    from blastscan.pipelines.view import ViewServer
+
+    expected = load_bundle(made["joblib"]).score_frame(made["paths"][:2], made["store"]).set_index("path")
+    srv = ViewServer(made["bsb"], "127.0.0.1", 0, max_upload_mb=1.0, jobs=1).start()
+    try:
+        def request(url, data=None):
+            req = urllib.request.Request(url, data=data, headers={"X-Blastscan": "1"})
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return json.loads(resp.read())
+
+        info = request(srv.url + "api/bundle")
+        assert info["has_reference"] and info["n_reference_cells"] > 0
+        for p in made["paths"][:2]:
+            res = request(f"{srv.url}api/cell?name={os.path.basename(p)}", Path(p).read_bytes())
+            assert res["p_all"] == pytest.approx(expected.loc[p, "p_all"], abs=1e-9)
+            assert res["neighbours"] and res["neighbours"][0]["image"].startswith("data:image/jpeg;base64,")
+    finally:
+        srv.close()
