@@ -26,6 +26,10 @@ is their own attack surface, as for any data file). Entries, all with fixed name
     arrays as ``{"__array__": {"dtype", "shape", "base64"}}`` (little-endian, numeric dtypes only) and
     bytes as ``{"__bytes__": base64}``.
 
+This module sits beside ``bundle.py`` (the joblib format and the Bundle type) rather than in a ``bundle/``
+package: moving ``bundle.py`` now would collide with the other changes made to it at the same time; the
+planned restructuring moves both formats into ``blastscan/bundle/``.
+
 What the hashes protect against: accidental damage and edits of an entry without its manifest, or of the
 manifest without the zip comment. They are not a signature: whoever can write the file can write matching
 hashes, so they say nothing about who made it. What a hostile sender can do is limited by the format, not

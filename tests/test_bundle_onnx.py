@@ -184,6 +184,10 @@ def test_deep_bundle_scores_without_tensorflow_or_weights(sample_root, tmp_path)
     path = save_bundle(bundle, tmp_path / "deep.bsb")
     with zipfile.ZipFile(path) as zf:
         assert "backbones/inception_v3.onnx" in zf.namelist()
+    small = save_bundle(bundle, tmp_path / "small.bsb", embed=False)  # --no-embed: the weights are needed again
+    with zipfile.ZipFile(small) as zf:
+        assert not any(n.startswith("backbones/") for n in zf.namelist())
+    assert "embedded_backbones" not in load_bundle(small).extras
     expected = bundle.score_frame(paths)  # the in-memory model on features computed now
 
     blocker = tmp_path / "blocker"

@@ -90,6 +90,10 @@ class DeepExtractor(BatchExtractor):
         What runs the float32 network (default ``$BLASTSCAN_ENGINE``, else ``"auto"``: ONNX Runtime where
         it is installed and the network exports, else TensorFlow; bf16 always runs on TensorFlow). Not
         part of the identity: both give the same embeddings up to float32 rounding.
+    embedded_backbones : dict of str to EmbeddedGraph, optional
+        Graphs a data-only bundle carries, by backbone name (:mod:`blastscan.bundle_onnx`). When this
+        backbone's is there (float32 only), it runs on ONNX Runtime and no weight file is looked up; its
+        weights' sha256 comes from the graph's record (checked against the bundle's feature identity).
 
     Raises
     ------
