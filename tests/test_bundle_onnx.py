@@ -232,3 +232,27 @@ def test_view_serves_a_data_only_bundle(made):
             assert res["neighbours"] and res["neighbours"][0]["image"].startswith("data:image/jpeg;base64,")
     finally:
         srv.close()
+
+
+def test_extras_json_holds_only_typed_numeric_arrays_and_bytes():
+    from blastscan.bundle_onnx import _decode, _encode, _json_loads
+
+    data = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": b"\xff\xd8jpeg", "c": [np.int64(3), "x", None]}
+    back = _decode(json.loads(json.dumps(_encode(data, "extras"))), "extras")
+    assert back["a"].dtype == np.float32 and back["a"].shape == (2, 3) and (back["a"] == data["a"]).all()
+    assert back["b"] == data["b"] and back["c"] == [3, "x", None]
+    with pytest.raises(TypeError, match="object"):
+        _encode({"bad": np.array([object()])}, "extras")
+    with pytest.raises(TypeError, match="set"):
+        _encode({"bad": {1, 2}}, "extras")
+    bad = [{"__array__": {"dtype": "object", "shape": [1], "base64": ""}},                 # not a numeric dtype
+           {"__array__": {"dtype": "float64", "shape": [3], "base64": "AAAAAAAAAAA="}},   # 8 bytes for 3 values
+           {"__array__": {"dtype": "float64", "shape": [-1], "base64": ""}},
+           {"__array__": {"dtype": "float64", "shape": [0], "base64": ""}, "x": 1},
+           {"__bytes__": "not base64!"}]
+    for value in bad:
+        with pytest.raises(ValueError):
+            _decode({"v": value}, "extras")
+    for text in (b'{"a": 1, "a": 2}', b'{"a": NaN}'):
+        with pytest.raises(ValueError):
+            _json_loads(text)
