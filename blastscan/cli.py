@@ -308,7 +308,8 @@ _no_embed_option = click.option(
 
 
 def _joblib_note(bundle) -> None:
-    """One line on stderr when a joblib bundle is about to be loaded: it runs code; the data-only one does not."""
+    """One line on stderr once a joblib bundle was loaded (a refused one gives only its error line): it runs
+    code when loaded; the data-only one does not."""
     from blastscan.bundle import JOBLIB_NOTE
     from blastscan.bundle_onnx import is_data_only
 
@@ -428,12 +429,11 @@ def score(bundle, inputs, output, store, weights_dir, jobs, trust, within_subjec
     from blastscan.parallel import session
     from blastscan.pipelines.score import score as run_score
 
-    _joblib_note(bundle)
-
     opts = {"weights_dir": weights_dir} if weights_dir else None
     with session(scheduler):
         result = run_score(bundle, list(inputs), output, store=store, extractor_options=opts, trust=trust,
                            jobs=jobs, progress=not quiet, within_subject=within_subject)
+    _joblib_note(bundle)
     click.echo(result.summary())
 
 
@@ -459,10 +459,16 @@ def view(bundle, port, host, store, max_upload_mb, weights_dir, jobs, trust):
     """
     from blastscan.pipelines.view import serve
 
-    _joblib_note(bundle)
     opts = {"weights_dir": weights_dir} if weights_dir else None
+    noted = []
+
+    def echo(line):
+        if not noted:  # the first line comes once the bundle is loaded
+            noted.append(_joblib_note(bundle))
+        click.echo(line)
+
     serve(bundle, host, port, store=store, extractor_options=opts, max_upload_mb=max_upload_mb, jobs=jobs,
-          trust=trust, echo=lambda line: click.echo(line))
+          trust=trust, echo=echo)
 
 
 # ---- demo ------------------------------------------------------------------------------------

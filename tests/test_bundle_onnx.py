@@ -171,13 +171,16 @@ def test_a_family_without_onnx_writer_is_one_line_and_joblib_still_works(made, t
 
 
 @pytest.mark.slow
-def test_deep_bundle_scores_without_tensorflow_or_weights(sample_root, tmp_path):
-    """inception_v3 (seeded random weights at 75 px: the real architecture, a small input) + svm_pca, written
-    with its backbone graph; then `blastscan score` in a process where importing tensorflow or keras fails."""
+@pytest.mark.parametrize("weights", ["random", "imagenet"])
+def test_deep_bundle_scores_without_tensorflow_or_weights(sample_root, tmp_path, request, weights):
+    """inception_v3 (at 75 px: the real architecture, a small input; seeded random weights, and the real
+    ImageNet weights where ../shared has them) + svm_pca, written with its backbone graph; then `blastscan
+    score` in a process where importing tensorflow or keras fails and no weight file can be found."""
     dataset, paths = _cells(sample_root, tmp_path, n_subjects=3, per_subject=4)
     manifest = build_manifest(dataset).df
     store = tmp_path / "store"
-    opts = {"random_weights": True, "input_size": 75}
+    opts = ({"random_weights": True, "input_size": 75} if weights == "random"
+            else {"weights_dir": str(request.getfixturevalue("weights_dir")), "input_size": 75})
     extract(manifest, ["inception_v3"], store, jobs=1, progress=False, extractor_options=opts)
     bundle = train_bundle(manifest, "inception_v3", "svm_pca", store, params={"n_components": 8},
                           extractor_options=opts, progress=False, settings=EvalSettings(inner_folds=2))
@@ -256,3 +259,18 @@ def test_extras_json_holds_only_typed_numeric_arrays_and_bytes():
     for text in (b'{"a": 1, "a": 2}', b'{"a": NaN}'):
         with pytest.raises(ValueError):
             _json_loads(text)
+
+
+def test_score_names_the_data_only_alternative_for_a_joblib_bundle_only(made, tmp_path):
+    from click.testing import CliRunner
+
+    from blastscan.cli import main
+
+    for path in (made["joblib"], made["bsb"]):
+        r = CliRunner().invoke(main, ["score", str(path), made["paths"][0], "-o", str(tmp_path / "p.csv"), "-q",
+                                      "--store", str(made["store"])])
+        assert r.exit_code == 0, r.output
+        notes = [line for line in r.output.splitlines() if "runs code" in line]
+        assert len(notes) == (1 if path.suffix == ".joblib" else 0)
+        if notes:
+            assert ".bsb" in notes[0]
