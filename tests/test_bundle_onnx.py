@@ -274,3 +274,23 @@ def test_score_names_the_data_only_alternative_for_a_joblib_bundle_only(made, tm
         assert len(notes) == (1 if path.suffix == ".joblib" else 0)
         if notes:
             assert ".bsb" in notes[0]
+
+
+def test_cli_export_writes_a_data_only_bundle_of_a_compare_run(made, tmp_path):
+    from click.testing import CliRunner
+
+    from blastscan.cli import main
+    from blastscan.pipelines.compare import compare
+
+    manifest = build_manifest(made["tmp"] / "cells.csv").df
+    run = tmp_path / "run"
+    compare(manifest, ["size"], ["svm"], made["store"], run, jobs=1, progress=False,
+            settings=EvalSettings(folds=3, leaky_folds=0, n_boot=0))
+    out = tmp_path / "e.bsb"
+    r = CliRunner().invoke(main, ["export", str(run), "--config", "size/svm", "--out", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    assert "data-only" in r.output and zipfile.is_zipfile(out)
+    bundle = load_bundle(out)
+    assert bundle.metadata["source_run"]["config"] == "size/svm"
+    p = bundle.predict_proba(made["paths"][:4], store=made["store"])
+    assert np.isfinite(p).all()
