@@ -265,6 +265,8 @@ def _read_entries(path: Path) -> dict[str, bytes]:
                 _refuse(path, f"unexpected entry {info.filename!r}")
             if info.flag_bits & 0x1:
                 _refuse(path, f"entry {info.filename} is encrypted")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                _refuse(path, f"entry {info.filename} uses compression method {info.compress_type}")
             limit = _MAX_ONNX if info.filename.endswith(".onnx") else _MAX_JSON
             if info.file_size > limit:
                 _refuse(path, f"entry {info.filename} is {info.file_size} bytes (limit {limit})")
@@ -329,6 +331,9 @@ def _check_model_json(path, model: Any, metadata: dict) -> None:
         bad("n_features is not a positive integer equal to metadata's")
     if not isinstance(model["classifier"], str) or not isinstance(model["members"], list):
         bad("classifier must be a string and members a list")
+    if not isinstance(model["opset"], int) or not all(isinstance(model[k], (str, type(None)))
+                                                       for k in ("onnxruntime", "onnx")):
+        bad("opset must be an integer and the versions strings")
     backbones = model["backbones"]
     if not isinstance(backbones, dict):
         bad("backbones must be an object")
