@@ -37,7 +37,17 @@ def import_keras():
     if "keras" in sys.modules and "tensorflow" in sys.modules:
         return sys.modules["keras"]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with quiet_stderr():
-        import tensorflow  # noqa: F401
-        import keras
+    try:
+        with quiet_stderr():
+            import tensorflow  # noqa: F401
+            import keras
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in ("tensorflow", "keras"):
+            raise
+        from blastscan.errors import BlastscanError
+
+        raise BlastscanError("tensorflow", "not installed; deep features (once per backbone, to write its ONNX "
+                                           "graph), --engine tensorflow, bf16 and the FCN classifiers need it: "
+                                           "pip install 'blastscan[tensorflow]' (scoring a data-only .bsb bundle "
+                                           "does not)") from None
     return keras

@@ -29,13 +29,16 @@ from blastscan._io import atomic_path, atomic_write_bytes, file_sha256
 from blastscan.errors import BlastscanError
 from blastscan.options import clean_options
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "TRUST_WARNING", "Bundle", "BundleWarning", "save_bundle", "load_bundle",
+__all__ = ["FORMAT", "FORMAT_VERSION", "TRUST_WARNING", "JOBLIB_NOTE", "Bundle", "BundleWarning", "save_bundle", "load_bundle",
            "sidecar_path", "version_warnings", "blastscan_version_check", "p_all"]
 
 FORMAT = "blastscan-bundle"
 FORMAT_VERSION = 2
 TRUST_WARNING = ("A bundle is a pickle (joblib): loading one can run any code. Load only bundles you made or "
                  "got from someone you trust.")
+
+JOBLIB_NOTE = ("note: {path} is a joblib bundle: loading it runs code from the file. To share a model, write the "
+               "data-only bundle (train/export --out model.bsb: JSON + ONNX, no code).")
 
 
 class BundleWarning(UserWarning):
@@ -104,6 +107,8 @@ class Bundle:
         from blastscan.features.featureset import FeatureSet
 
         runtime = {**clean_options(self.metadata.get("extractor_options")), **clean_options(extractor_options)}
+        if self.extras.get("embedded_backbones"):  # a data-only bundle's own backbone graphs: no weight files
+            runtime["embedded_backbones"] = self.extras["embedded_backbones"]
         return FeatureSet.from_specs(self.feature_set, self.metadata["extractors"], runtime, what=self._what())
 
     def _what(self) -> str:
@@ -202,23 +207,31 @@ class Bundle:
         return "\n".join(lines)
 
 
-def save_bundle(bundle: Bundle, path: str | os.PathLike) -> Path:
+def save_bundle(bundle: Bundle, path: str | os.PathLike, *, embed: bool = True,
+                extractor_options: Mapping[str, Any] | None = None) -> Path:
     """Write ``bundle`` to ``path`` (joblib) and its sidecar ``<name>.json``, both atomically.
 
     The sidecar holds the metadata and the sha256 of the bundle file; :func:`load_bundle` checks it.
+    A ``.bsb`` path writes the data-only bundle instead (:mod:`blastscan.bundle_onnx`: JSON + ONNX, no
+    sidecar); ``embed`` (its backbones' graphs inside) and ``extractor_options`` (where the weights are)
+    apply to it only.
     """
     import joblib
 
     from blastscan import provenance as prov
+    from blastscan.bundle_onnx import SUFFIX, save_data_only
 
     path = Path(path)
+    if path.suffix.lower() == SUFFIX:
+        return save_data_only(bundle, path, embed=embed, extractor_options=extractor_options)
     if path.suffix.lower() == ".json":
         raise BlastscanError(str(path), "the bundle needs another suffix than .json (its sidecar is .json)")
     metadata = prov.to_jsonable(bundle.metadata)
     try:
         with atomic_path(path) as tmp:
+            extras = {k: v for k, v in bundle.extras.items() if k != "embedded_backbones"}
             joblib.dump({"format": FORMAT, "format_version": FORMAT_VERSION, "model": bundle.model,
-                         "metadata": metadata, "extras": bundle.extras}, tmp, compress=3)
+                         "metadata": metadata, "extras": extras}, tmp, compress=3)
             digest, size = file_sha256(tmp), os.path.getsize(tmp)
             sidecar = {"bundle_file": path.name, "bundle_sha256": digest, "bundle_bytes": size,
                        "warning": TRUST_WARNING, "metadata": metadata}
@@ -321,6 +334,9 @@ def version_warnings(metadata: Mapping) -> list[str]:
 def load_bundle(path: str | os.PathLike, trust: bool = False) -> Bundle:
     """Load a bundle written by :func:`save_bundle`.
 
+    A data-only bundle (a ``.bsb`` file, or any zip) is read by :func:`blastscan.bundle_onnx.load_data_only`:
+    JSON and ONNX only, every entry checked against its manifest; ``trust`` does not apply to it.
+
     Before unpickling, the file's sha256 is checked against its sidecar ``<name>.json``; a missing
     sidecar or a mismatch is refused unless ``trust=True``. Library versions that differ from those
     recorded in a way that could change predictions are reported (``BundleWarning`` and
@@ -328,9 +344,18 @@ def load_bundle(path: str | os.PathLike, trust: bool = False) -> Bundle:
     """
     import joblib
 
+    from blastscan.bundle_onnx import is_data_only, load_data_only
+
     path = Path(path)
     if not path.is_file():
         raise BlastscanError(str(path), "no such bundle file")
+    if is_data_only(path):  # JSON + ONNX: no pickle, checked against its own manifest (trust changes nothing)
+        model, metadata, extras = load_data_only(path)
+        own = blastscan_version_check(metadata.get("blastscan_version"), str(path))
+        bundle = Bundle(model=model, metadata=metadata, path=path, extras=extras, warnings=[own] if own else [])
+        for w in bundle.warnings:
+            warnings.warn(f"{path}: {w}", BundleWarning, stacklevel=2)
+        return bundle
     sidecar = None if trust else _check_sidecar(path)
     if sidecar is not None:  # refused before the pickle is opened when the sidecar says so already
         blastscan_version_check((sidecar.get("metadata") or {}).get("blastscan_version"), str(path))

@@ -304,6 +304,22 @@ _TRUST_HELP = ("Load the bundle even when its .json sidecar is missing or its ha
                "pickle: loading one can run any code; only load bundles you trust.")
 
 
+_no_embed_option = click.option(
+    "--no-embed", is_flag=True,
+    help="Data-only bundles (.bsb): leave the backbones' ONNX graphs out (a smaller file; scoring then needs "
+         "the same weight files, checked by their sha256).")
+
+
+def _joblib_note(bundle) -> None:
+    """One line on stderr once a joblib bundle was loaded (a refused one gives only its error line): it runs
+    code when loaded; the data-only one does not."""
+    from blastscan.bundle import JOBLIB_NOTE
+    from blastscan.bundle_onnx import is_data_only
+
+    if not is_data_only(bundle):
+        click.echo(JOBLIB_NOTE.format(path=bundle), err=True)
+
+
 _bundle_weights_option = weights_dir_option(
     "$BLASTSCAN_WEIGHTS_DIR, else where training found them",
     "Folder with the ImageNet weight files; they must be the ones the model was trained with.")
@@ -316,7 +332,9 @@ _bundle_weights_option = weights_dir_option(
 @click.option("--classifier", "-c", default="svm", show_default=True, help="One classifier, e.g. logreg, svm, xgboost.")
 @params_option
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
-              help="Write the bundle here (e.g. model.joblib; a .json sidecar is written beside it).")
+              help="Write the bundle here: model.bsb, the data-only bundle to share (JSON + ONNX, no code), or "
+                   "model.joblib (a pickle, with a .json sidecar beside it).")
+@_no_embed_option
 @store_option
 @jobs_option
 @weights_option
@@ -336,9 +354,9 @@ _bundle_weights_option = weights_dir_option(
                    "chosen values are recorded in the bundle.")
 @scheduler_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def train(dataset, features, classifier, params, params_file, out, store, jobs, weights_dir, random_weights, input_size,
-          precision, threshold_rule, target_recall, inner_folds, seed, subject_pattern, per_image_split, tune,
-          scheduler, quiet):
+def train(dataset, features, classifier, params, params_file, out, no_embed, store, jobs, weights_dir, random_weights,
+          input_size, precision, threshold_rule, target_recall, inner_folds, seed, subject_pattern, per_image_split,
+          tune, scheduler, quiet):
     """Fit one model on every labelled image of DATASET; with --out, save it as a scoring bundle.
 
     Missing features are computed first. The threshold and the printed metrics come from subject-disjoint
@@ -355,7 +373,7 @@ def train(dataset, features, classifier, params, params_file, out, store, jobs, 
     with session(scheduler):
         run_train(dataset, features, classifier, store, params=params, params_file=params_file, out=out,
                   extractor_options=opts, settings=settings, jobs=jobs, progress=not quiet, echo=click.echo,
-                  subject_pattern=subject_pattern, tune=tune)
+                  subject_pattern=subject_pattern, tune=tune, embed=not no_embed)
 
 
 @main.command()
@@ -363,12 +381,14 @@ def train(dataset, features, classifier, params, params_file, out, store, jobs, 
 @click.option("--config", "config_name", required=True, metavar="NAME",
               help="Configuration of the run to export, e.g. handcrafted/svm (see the run's report).")
 @click.option("--out", "out", type=click.Path(dir_okay=False), required=True,
-              help="Bundle file to write, e.g. model.joblib (a .json sidecar is written beside it).")
+              help="Bundle file to write: model.bsb (data-only: JSON + ONNX, no code; for sharing) or "
+                   "model.joblib (a pickle, with a .json sidecar beside it).")
+@_no_embed_option
 @click.option("--store", type=click.Path(file_okay=False), default=None, show_default="the run's store",
               help="Feature store, if it moved since the run.")
 @_bundle_weights_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def export(run_dir, config_name, out, store, weights_dir, quiet):
+def export(run_dir, config_name, out, no_embed, store, weights_dir, quiet):
     """Refit configuration NAME of a `blastscan compare` run on all its labelled images and save a bundle.
 
     Uses the run's parameters, feature store, extractor options, seed and threshold rule.
@@ -376,9 +396,13 @@ def export(run_dir, config_name, out, store, weights_dir, quiet):
     from blastscan.pipelines.export import export_run
 
     opts = {"weights_dir": weights_dir} if weights_dir else None
-    bundle = export_run(run_dir, config_name, out, store=store, extractor_options=opts, progress=not quiet)
+    bundle = export_run(run_dir, config_name, out, store=store, extractor_options=opts, progress=not quiet,
+                        embed=not no_embed)
     click.echo(bundle.summary())
-    click.echo(f"bundle: {out} (+ {bundle.path.with_suffix('.json').name})")
+    from blastscan.bundle_onnx import is_data_only
+
+    click.echo(f"bundle: {out} (" + ("data-only: JSON + ONNX" if is_data_only(out)
+                                      else f"joblib, + {bundle.path.with_suffix('.json').name}") + ")")
 
 
 @main.command()
@@ -401,8 +425,9 @@ def score(bundle, inputs, output, store, weights_dir, jobs, trust, within_subjec
     """Score INPUTS (image files, folders, CSVs with a path column) with a BUNDLE from train/export.
 
     Every input image gets a row; those that cannot be read or featurised get the reason in the status
-    column and do not stop the batch. Only load bundles you trust: a bundle is a pickle and loading it
-    can run code; its hash is checked against the .json sidecar unless --trust is given.
+    column and do not stop the batch. A data-only bundle (.bsb) holds JSON and ONNX only: loading it runs
+    no code from the file. A joblib bundle is a pickle and loading it can run code: only load those you
+    trust; its hash is checked against the .json sidecar unless --trust is given.
     """
     from blastscan.parallel import session
     from blastscan.pipelines.score import score as run_score
@@ -411,6 +436,7 @@ def score(bundle, inputs, output, store, weights_dir, jobs, trust, within_subjec
     with session(scheduler):
         result = run_score(bundle, list(inputs), output, store=store, extractor_options=opts, trust=trust,
                            jobs=jobs, progress=not quiet, within_subject=within_subject)
+    _joblib_note(bundle)
     click.echo(result.summary())
 
 
@@ -437,8 +463,15 @@ def view(bundle, port, host, store, max_upload_mb, weights_dir, jobs, trust):
     from blastscan.pipelines.view import serve
 
     opts = {"weights_dir": weights_dir} if weights_dir else None
+    noted = []
+
+    def echo(line):
+        if not noted:  # the first line comes once the bundle is loaded
+            noted.append(_joblib_note(bundle))
+        click.echo(line)
+
     serve(bundle, host, port, store=store, extractor_options=opts, max_upload_mb=max_upload_mb, jobs=jobs,
-          trust=trust, echo=lambda line: click.echo(line))
+          trust=trust, echo=echo)
 
 
 # ---- demo ------------------------------------------------------------------------------------

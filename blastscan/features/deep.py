@@ -90,6 +90,10 @@ class DeepExtractor(BatchExtractor):
         What runs the float32 network (default ``$BLASTSCAN_ENGINE``, else ``"auto"``: ONNX Runtime where
         it is installed and the network exports, else TensorFlow; bf16 always runs on TensorFlow). Not
         part of the identity: both give the same embeddings up to float32 rounding.
+    embedded_backbones : dict of str to EmbeddedGraph, optional
+        Graphs a data-only bundle carries, by backbone name (:mod:`blastscan.bundle_onnx`). When this
+        backbone's is there (float32 only), it runs on ONNX Runtime and no weight file is looked up; its
+        weights' sha256 comes from the graph's record (checked against the bundle's feature identity).
 
     Raises
     ------
@@ -101,7 +105,7 @@ class DeepExtractor(BatchExtractor):
 
     def __init__(self, backbone: Backbone, weights_dir=None, random_weights: bool = False,
                  input_size: int | None = None, batch_size: int | None = None, precision: str | None = None,
-                 engine: str | None = None, **_: Any):
+                 engine: str | None = None, embedded_backbones=None, **_: Any):
         self.backbone = backbone
         self.precision = check_precision(precision)
         self.engine = check_engine(engine, self.precision)
@@ -114,7 +118,13 @@ class DeepExtractor(BatchExtractor):
         if self.batch_size < 1:
             raise BlastscanError("--batch-size", f"must be at least 1, not {self.batch_size}")
         self.random_weights = bool(random_weights)
-        if self.random_weights:
+        # a data-only bundle's own graph of this backbone: no weight file, no TensorFlow (float32 only)
+        self.embedded = (embedded_backbones or {}).get(self.name) if self.precision == "float32" else None
+        if self.embedded is not None and not self.random_weights:
+            if not str(self.embedded.weights).startswith("sha256:"):
+                raise BlastscanError(repr(self.embedded), f"records weights {self.embedded.weights!r}, not a sha256")
+            self.weights_path, self.weights_sha256 = None, str(self.embedded.weights)[len("sha256:"):]
+        elif self.random_weights:
             self.weights_path, self.weights_sha256 = None, None
         else:
             found = find_weights(backbone, weights_dir)
@@ -122,6 +132,9 @@ class DeepExtractor(BatchExtractor):
                 raise found.missing_error()
             self.weights_path, self.weights_sha256 = found.path, file_sha256(found.path)
         self.__setstate__({})
+        if self.embedded is not None and self.embedded.weights != self.config()["weights"]:
+            raise BlastscanError(repr(self.embedded), f"written from weights {self.embedded.weights}, not "
+                                                      f"{self.config()['weights']}")
 
     _BUILT = ("_model", "_run", "_scale", "_lock", "engine_used")
 
@@ -193,6 +206,12 @@ class DeepExtractor(BatchExtractor):
         with self._lock:
             if self._run is not None:
                 return
+            if self.embedded is not None:
+                from blastscan.features.onnx_engine import OnnxRunner
+
+                self._run = OnnxRunner(self.embedded.data)
+                self.engine_used = f"onnxruntime {self._run.version} (the bundle's graph)"
+                return
             self.check_runtime()
             if self.precision == "float32" and self.engine != "tensorflow" and self.backbone.preprocess_mode:
                 from blastscan.features import onnx_engine as ox
@@ -210,6 +229,19 @@ class DeepExtractor(BatchExtractor):
                             raise BlastscanError("--engine onnxruntime", f"{self.name} cannot be written as an "
                                                  f"ONNX graph ({exc}); use --engine tensorflow") from None
             self._build_tensorflow()
+
+    def onnx_graph(self) -> bytes:
+        """The float32 network as the ONNX graph the engine runs (cached, else exported: that needs
+        TensorFlow and the weights once). For data-only bundles, which carry it."""
+        from blastscan.features import onnx_engine as ox
+
+        if self.embedded is not None:
+            return self.embedded.data
+        if self.precision != "float32" or not self.backbone.preprocess_mode:
+            raise ox.UnsupportedLayer(f"{self.name} in {self.precision}" if self.precision != "float32"
+                                      else f"{self.name} has no ONNX preprocessing mode")
+        path = None if self.random_weights else ox.cache_path(self.name, self.input_size, self.weights_sha256)
+        return ox.graph_bytes(path, self._keras_model, self.input_size, self.backbone.preprocess_mode)
 
     def _build_tensorflow(self) -> None:
         model = self._keras_model()  # imports TensorFlow with its start-up chatter silenced

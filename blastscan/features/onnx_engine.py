@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["EXPORTER_VERSION", "SUPPORTED", "UnsupportedLayer", "available", "cache_path", "export_keras",
-           "OnnxRunner"]
+__all__ = ["EXPORTER_VERSION", "SUPPORTED", "UnsupportedLayer", "EmbeddedGraph", "available", "cache_path",
+           "export_keras", "graph_bytes", "OnnxRunner"]
 
 EXPORTER_VERSION = 1  # bump when the written graph changes
 OPSET = 17
@@ -45,6 +45,22 @@ _PREPROCESS = {
 
 class UnsupportedLayer(Exception):
     """The network holds a layer (or a setting) this exporter does not write."""
+
+
+class EmbeddedGraph:
+    """A backbone's graph carried by a data-only bundle (its bytes already checked against the bundle's
+    manifest): the extractor runs it instead of looking for weight files.
+
+    ``weights`` is the weights' identity the graph was written from, as the extractor's config records it
+    (``"sha256:<hex>"`` or ``"random:seed=0"``). Its ``repr`` names the graph by hash (extractors are
+    cached by the repr of their options).
+    """
+
+    def __init__(self, backbone: str, data: bytes, sha256: str, weights: str):
+        self.backbone, self.data, self.sha256, self.weights = backbone, data, sha256, weights
+
+    def __repr__(self) -> str:
+        return f"EmbeddedGraph({self.backbone}, sha256={self.sha256[:16]})"
 
 
 def available() -> tuple[bool, str]:
@@ -235,6 +251,27 @@ class OnnxRunner:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(["embedding"], {"x": batch})[0]
+
+
+def graph_bytes(path: Path | None, build_keras, input_size: int, preprocess: str) -> bytes:
+    """The serialised graph: the cached file at ``path`` when it loads, else exported from ``build_keras()``
+    (and cached). What a data-only bundle embeds: the same graph the engine runs."""
+    if path is not None and path.is_file():
+        try:
+            OnnxRunner(path, threads=1)
+            return path.read_bytes()
+        except Exception:  # a damaged cache entry: written again below
+            pass
+    blob = export_keras(build_keras(), input_size, preprocess)
+    if path is not None:
+        try:
+            from blastscan._io import atomic_write_bytes
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, blob)
+        except OSError:
+            pass
+    return blob
 
 
 def load_or_export(path: Path | None, build_keras, input_size: int, preprocess: str,

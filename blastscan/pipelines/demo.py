@@ -64,7 +64,10 @@ def run_demo(
     skipped: dict[str, str] = {}
     for name in DEEP:
         try:
-            FeatureSet(name, options)  # builds the extractor: finds (and hashes) its weights
+            fs = FeatureSet(name, options)  # builds the extractor: finds (and hashes) its weights
+            why = _tensorflow_missing(fs.extractors[0])
+            if why:
+                raise BlastscanError(name, why)
             extractors.append(name)
         except BlastscanError as exc:
             skipped[name] = exc.why or str(exc)
@@ -162,3 +165,16 @@ def _labels_source(data: Path) -> str:
     """Where the held-out cells' labels come from, for the demo's last lines."""
     csvs = sorted(p for p in data.rglob("*_labels.csv") if p.is_file())
     return f"the labels the sample ships ({csvs[0].relative_to(data)})" if csvs else "the dataset's labels"
+
+
+def _tensorflow_missing(ext) -> str | None:
+    """Why the deep extractor ``ext`` cannot run here: TensorFlow absent and its ONNX graph not cached yet."""
+    import importlib.util
+
+    from blastscan.features.onnx_engine import cache_path
+
+    if importlib.util.find_spec("tensorflow") is not None or ext.weights_sha256 is None:
+        return None
+    if cache_path(ext.name, ext.input_size, ext.weights_sha256).is_file():
+        return None
+    return "TensorFlow is not installed (pip install 'blastscan[tensorflow]'); it writes the backbone's graph once"

@@ -52,12 +52,14 @@ def export_run(
     extractor_options: Mapping[str, Any] | None = None,
     inner_splits: int = 5,
     progress: bool = True,
+    embed: bool = True,
 ) -> Bundle:
     """Refit configuration ``config_name`` (e.g. ``"handcrafted/svm"``) of a compare run on all the
     labelled images the run used, and save it as a bundle at ``out``.
 
     ``store`` and ``extractor_options`` override the recorded ones (e.g. when the store moved);
-    ``inner_splits`` folds of a subject-disjoint CV choose the threshold.
+    ``inner_splits`` folds of a subject-disjoint CV choose the threshold. A ``.bsb`` ``out`` writes the
+    data-only bundle; ``embed`` puts the backbones' ONNX graphs in it.
     """
     run_dir = Path(run_dir)
     run = read_run(run_dir)
@@ -82,5 +84,5 @@ def export_run(
         "run_manifest_sha256": run_hash,
         "same_images_as_run": run_hash == bundle.metadata["training_data"]["manifest_sha256"],
     }
-    save_bundle(bundle, out)
+    save_bundle(bundle, out, embed=embed, extractor_options=options)
     return bundle

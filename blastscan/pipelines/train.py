@@ -8,6 +8,7 @@ bundle's training metrics, named by their split.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -258,6 +259,7 @@ def train(
     echo: Callable[[str], None] = print,
     tune: bool = False,
     subject_pattern: str | None = None,
+    embed: bool = True,
 ) -> Bundle:
     """Fit ``classifier`` on ``feature_set`` features of every labelled image of ``dataset``.
 
@@ -277,7 +279,10 @@ def train(
     params_file : path, optional
         JSON file of parameters per classifier (only ``classifier``'s entry is used; ``params`` win).
     out : path, optional
-        Write the bundle (and its ``.json`` sidecar) here.
+        Write the bundle (and its ``.json`` sidecar) here; a ``.bsb`` path writes the data-only bundle
+        (JSON + ONNX, no sidecar, see :mod:`blastscan.bundle_onnx`).
+    embed : bool
+        Data-only bundles only: carry the backbones' ONNX graphs (scoring then needs no weight files).
     extractor_options, settings
         See :func:`train_bundle`.
     jobs : int, optional
@@ -307,6 +312,15 @@ def train(
                           progress=progress, tune=tune)
     echo(bundle.summary())
     if out is not None:
-        save_bundle(bundle, out)
-        echo(f"bundle: {out} (+ {bundle.path.with_suffix('.json').name})")
+        save_bundle(bundle, out, embed=embed, extractor_options=extractor_options)
+        echo(f"bundle: {out} ({_format_note(Path(out), embed)})")
     return bundle
+
+
+def _format_note(out: Path, embed: bool) -> str:
+    """What was written, in words, for the line after ``bundle:``."""
+    from blastscan.bundle_onnx import SUFFIX
+
+    if out.suffix.lower() != SUFFIX:
+        return f"joblib, + {out.with_suffix('.json').name}; for sharing write a data-only .bsb instead"
+    return "data-only: JSON + ONNX" + ("" if embed else ", backbones not embedded (scoring needs the weight files)")
