@@ -130,25 +130,31 @@ def test_run_json_follows_the_contract(run):
     assert rec["n_splits"] == 3 and rec["n_splits_requested"] == 5
 
 
-def test_best_is_the_top_pooled_weighted_f1_and_the_report_shows_its_numbers(run):
+def test_best_is_the_top_pooled_roc_auc_and_the_report_shows_its_numbers(run):
+    # issue 23: the ranking is threshold-free (ROC-AUC first), so threshold luck cannot crown a configuration
     _, result = run
     m = pd.read_csv(result.run_dir / "metrics.csv")
     pooled = m[(m["split"] == "subject_cv_pooled") & m["headline"]]
-    top = pooled.sort_values(["weighted_f1", "roc_auc"], ascending=False).iloc[0]
+    top = pooled.sort_values(["roc_auc", "weighted_f1"], ascending=False).iloc[0]
     assert top["config"] == result.best
-    wf1, lo, hi = fmt(top["weighted_f1"]), fmt(top["weighted_f1_ci_low"]), fmt(top["weighted_f1_ci_high"])
-    assert float(lo) <= float(wf1) <= float(hi)
+    auc, lo, hi = fmt(top["roc_auc"]), fmt(top["roc_auc_ci_low"]), fmt(top["roc_auc_ci_high"])
+    wf1 = fmt(top["weighted_f1"])
+    assert float(lo) <= float(auc) <= float(hi)
     md = (result.run_dir / "report.md").read_text()
     head = md.split("\n## ")[0]  # before the first section: the top of the report
-    assert result.best in head and f"weighted F1 **{wf1}**" in head and f"{lo}–{hi}" in head
+    assert result.best in head and f"ROC-AUC **{auc}**" in head and f"{lo}–{hi}" in head
+    assert f"weighted F1 {wf1}" in head
     assert f"{int(top['n'])} cells from {int(top['n_subjects'])} subjects" in head
     html = (result.run_dir / "report.html").read_text()
     first_p = re.search(r"<p>(.*?)</p>", html, re.S).group(1)
-    assert result.best in first_p and f"<strong>{wf1}</strong>" in first_p
-    assert result.summary().splitlines()[0].startswith(f"Best configuration: {result.best}: weighted F1 {wf1}")
-    # every configuration's pooled weighted F1 appears in the table as formatted
+    assert result.best in first_p and f"<strong>{auc}</strong>" in first_p
+    assert result.summary().splitlines()[0].startswith(f"Best configuration by ROC-AUC: {result.best}: ROC-AUC {auc}")
+    # metrics.csv lists configurations in the ranking's order, each with its rank
+    ranks = m.drop_duplicates("config")[["config", "rank"]]
+    assert list(ranks["rank"]) == sorted(ranks["rank"]) and ranks.iloc[0]["config"] == result.best
+    # every configuration's pooled ROC-AUC then weighted F1 appears in the table as formatted
     for _, r in pooled.iterrows():
-        assert f"| {r['config']} | {fmt(r['weighted_f1'])} [" in md
+        assert f"| {r['config']} | {fmt(r['roc_auc'])} [" in md and f"] | {fmt(r['weighted_f1'])} [" in md
 
 
 def test_report_is_self_contained_and_says_how_to_read_it(run):
