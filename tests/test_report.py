@@ -282,3 +282,48 @@ def test_report_screens_narrow_feature_sets(run):
     assert {"auc_cells", "auc_subjects", "flag"} <= set(table.columns) and len(table) == 4
     assert (result.run_dir / "screening.csv").is_file()
     assert "## Feature screening" in (result.run_dir / "report.md").read_text()
+
+
+def test_operating_points_are_measured_on_held_out_subjects_and_tabled(run):
+    # issue 23: target ALL recall 0.90 / 0.95 / 0.97, each threshold chosen inside the training part
+    _, result = run
+    m = pd.read_csv(result.run_dir / "metrics.csv")
+    op = m[m["split"] == "subject_cv_operating_point"]
+    for config, rows in op.groupby("config"):
+        rows = rows.sort_values("target_recall")
+        assert list(rows["target_recall"]) == [0.90, 0.95, 0.97]
+        # per fold a higher target never raises the threshold: recall cannot fall, specificity cannot rise
+        assert (np.diff(rows["recall_all"]) >= -1e-12).all() and (np.diff(rows["specificity"]) <= 1e-12).all()
+        head = m[(m["config"] == config) & (m["split"] == "subject_cv_pooled") & m["headline"]].iloc[0]
+        same = rows[np.isclose(rows["target_recall"], 0.90)].iloc[0]  # the run's own target: the headline
+        assert same["recall_all"] == pytest.approx(head["recall_all"])
+        assert same["specificity"] == pytest.approx(head["specificity"])
+        assert (rows["recall_all_ci_low"] <= rows["recall_all"]).all()
+    md = (result.run_dir / "report.md").read_text()
+    assert "## Operating points: target ALL recall 0.90 / 0.95 / 0.97" in md and "0.90 (shipped)" in md
+    assert "## Calibration of P(ALL)" in md
+    rec = {r["name"]: r for r in result.run["results"]}
+    assert all(set(r["target_thresholds"]) == {"0.90", "0.95", "0.97"} for r in rec.values())
+    assert "reliability" in cmp_figures(result)
+
+
+def cmp_figures(result):
+    from blastscan.pipelines.figures import make_figures
+
+    return make_figures(result)
+
+
+def test_export_ships_only_an_operating_point_the_run_measured(run):
+    from blastscan.pipelines.export import run_estimate
+
+    _, result = run
+    rec = json.loads((result.run_dir / "run.json").read_text())
+    est = run_estimate(result.run_dir, rec, result.best, "recall", 0.95)
+    m = pd.read_csv(result.run_dir / "metrics.csv")
+    row = m[(m["config"] == result.best) & (m["split"] == "subject_cv_operating_point")
+            & np.isclose(m["target_recall"], 0.95)].iloc[0]
+    assert est["metrics"]["specificity"] == pytest.approx(row["specificity"])
+    assert est["ci"]["recall_all"] == pytest.approx([row["recall_all_ci_low"], row["recall_all_ci_high"]])
+    assert len(est["fold_thresholds"]) == rec["n_splits"]
+    with pytest.raises(BlastscanError, match="did not measure that target.*0.90, 0.95, 0.97"):
+        run_estimate(result.run_dir, rec, result.best, "recall", 0.80)

@@ -12,11 +12,12 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from blastscan.errors import BlastscanError
+from blastscan.evaluation import decision
 from blastscan.evaluation.splits import FoldPlan, as_labels, plan_subject_folds, subject_folds
 
 __all__ = ["make_classifier", "fit_model", "fit_predict", "oof_predict", "TaskKey", "FitTask", "run_fit",
            "InnerPlan", "HoldoutPlan", "subject_cv_tasks", "SubjectCV", "assemble_subject_cv", "holdout_tasks",
-           "assemble_holdout", "subject_cv"]
+           "assemble_holdout", "subject_cv", "shipped_decision"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -276,7 +277,6 @@ def assemble_subject_cv(plan: FoldPlan, inner: InnerPlan, preds: Mapping[TaskKey
     calibration map and thresholds come from :func:`~blastscan.evaluation.decision.decide` on out-of-fold
     predictions of its training part only, and are applied to its test fold."""
     from blastscan.evaluation.calibration import apply_calibration
-    from blastscan.evaluation.decision import decide
 
     y = as_labels(y)
     n = len(y)
@@ -294,7 +294,7 @@ def assemble_subject_cv(plan: FoldPlan, inner: InnerPlan, preds: Mapping[TaskKey
         p_inner = _inner_predictions(plan, inner, preds, k, n)
         if k in inner.notes:
             notes.append(f"fold {k}: {inner.notes[k]}")
-        d = decide(y[tr], p_inner, rules=rules, target_recall=target_recall, targets=targets,
+        d = decision.decide(y[tr], p_inner, rules=rules, target_recall=target_recall, targets=targets,
                    threshold_fn=threshold_fn, calibrate=calibrate)
         if d.p_oof is not None:
             inner_p[k] = d.p_oof
@@ -338,7 +338,6 @@ def assemble_holdout(info: HoldoutPlan, preds: Mapping[TaskKey, np.ndarray], y, 
     """Calibrated test predictions and thresholds of :func:`holdout_tasks` (calibration map and thresholds
     from :func:`~blastscan.evaluation.decision.decide` on the training part's inner predictions only)."""
     from blastscan.evaluation.calibration import apply_calibration
-    from blastscan.evaluation.decision import decide
 
     y = as_labels(y)
     train = info.train
@@ -347,7 +346,7 @@ def assemble_holdout(info: HoldoutPlan, preds: Mapping[TaskKey, np.ndarray], y, 
         p_inner = np.full(len(train), np.nan)
         for i, (_, ite) in enumerate(info.plan.folds):
             p_inner[ite] = preds[TaskKey("holdout_inner", i)]
-    d = decide(y[train], p_inner, rules=rules, target_recall=target_recall, threshold_fn=threshold_fn,
+    d = decision.decide(y[train], p_inner, rules=rules, target_recall=target_recall, threshold_fn=threshold_fn,
                calibrate=calibrate)
     return apply_calibration(preds[TaskKey("holdout")], d.calibration), dict(d.thresholds)
 
@@ -393,3 +392,27 @@ def subject_cv(spec, params, X, y, groups, *, n_splits: int = 5, seed: int = 0, 
     preds = _run_all(spec, params, X, y, groups, tasks, seed, n_jobs)
     return assemble_subject_cv(plan, inner, preds, y, target_recall=target_recall, threshold_fn=threshold_fn,
                                targets=targets, calibrate=calibrate)
+
+
+def shipped_decision(spec, params, X, y, groups, *, n_splits: int, seed: int, target_recall: float,
+                     targets: Sequence[float] = (), progress: Callable[[], Any] | None = None):
+    """:func:`~blastscan.evaluation.decision.decide` on an inner subject-disjoint CV over all of ``X`` (the
+    training subjects of a shipped model). Returns ``(decision, plan)``; ``plan`` None (thresholds 0.5, no
+    calibration) when no subject-disjoint split exists, the reason then in ``decision.note``.
+
+    ``progress`` is called after each fit.
+    """
+    y = as_labels(y)
+    groups = np.asarray(groups).astype(str)
+    try:
+        plan = plan_subject_folds(groups, y, n_splits, seed, what="threshold folds")
+    except BlastscanError as exc:
+        d = decision.decide(y, None, target_recall=target_recall, targets=targets)
+        d.note = f"threshold left at 0.5, no calibration: {exc.why}"
+        return d, None
+    oof = np.full(len(y), np.nan)
+    for tr, te in plan.folds:
+        oof[te] = fit_predict(spec, params, X, y, groups, tr, te, seed)
+        if progress:
+            progress()
+    return decision.decide(y, oof, target_recall=target_recall, targets=targets), plan

@@ -3,7 +3,7 @@ out-of-fold P(ALL) of its training subjects.
 
 ``compare`` runs it inside every outer training part (on that part's inner out-of-fold predictions) and
 measures it on the outer test fold; ``train`` and ``export`` run the very same :func:`decide` on an inner
-subject-disjoint CV over all training subjects (:func:`shipped_decision`), with as many folds as compare's
+subject-disjoint CV over all training subjects (:func:`blastscan.evaluation.cv.shipped_decision`), with as many folds as compare's
 inner CVs had, so the shipped threshold comes from the procedure whose outer-fold result compare reported.
 """
 
@@ -19,7 +19,7 @@ from blastscan.evaluation.splits import as_labels
 from blastscan.evaluation.thresholds import choose_threshold
 
 __all__ = ["OPERATING_TARGETS", "SPREAD_BOUND", "Decision", "decide", "operating_targets", "threshold_spread",
-           "spread_note", "shipped_inner_splits", "shipped_decision"]
+           "spread_note", "shipped_inner_splits"]
 
 #: Target ALL recalls whose held-out recall and specificity every comparison reports (``--target-recall``
 #: picks the one that ships; it is added to these when it is another value).
@@ -51,6 +51,8 @@ class Decision:
         rule -> the same threshold on the model's raw P(ALL) (for the leaky view, which has no calibration).
     p_oof : ndarray
         The calibrated out-of-fold P(ALL) the thresholds were chosen on.
+    note : str
+        Why there were no out-of-fold predictions, when there were none.
     """
 
     calibration: dict | None
@@ -58,6 +60,7 @@ class Decision:
     targets: dict[float, float] = field(default_factory=dict)
     raw_thresholds: dict[str, float] = field(default_factory=dict)
     p_oof: np.ndarray | None = None
+    note: str = ""
 
     def threshold(self, rule: str, target_recall: float) -> float:
         """The threshold of ``rule`` (at ``target_recall`` for the recall rule)."""
@@ -119,31 +122,3 @@ def shipped_inner_splits(n_outer: int, inner_mode: str, inner_folds: int) -> int
     (K - 1 when they ran over the other outer folds, else ``inner_folds``), so the inner models are the
     same share of their training data as in compare."""
     return int(n_outer - 1) if inner_mode == "pairs" else int(inner_folds)
-
-
-def shipped_decision(spec, params, X, y, groups, *, n_splits: int, seed: int, target_recall: float,
-                     targets: Sequence[float] = (), progress: Callable[[], Any] | None = None):
-    """:func:`decide` on an inner subject-disjoint CV over all of ``X`` (the training subjects of a shipped
-    model). Returns ``(decision, plan)``; ``plan`` None (and thresholds 0.5) when no subject-disjoint split
-    exists, the reason then in ``decision_note``.
-
-    ``progress`` is called after each fit.
-    """
-    from blastscan.errors import BlastscanError
-    from blastscan.evaluation.cv import fit_predict
-    from blastscan.evaluation.splits import plan_subject_folds
-
-    y = as_labels(y)
-    groups = np.asarray(groups).astype(str)
-    try:
-        plan = plan_subject_folds(groups, y, n_splits, seed, what="threshold folds")
-    except BlastscanError as exc:
-        d = decide(y, None, target_recall=target_recall, targets=targets)
-        d.note = f"threshold left at 0.5, no calibration: {exc.why}"  # type: ignore[attr-defined]
-        return d, None
-    oof = np.full(len(y), np.nan)
-    for tr, te in plan.folds:
-        oof[te] = fit_predict(spec, params, X, y, groups, tr, te, seed)
-        if progress:
-            progress()
-    return decide(y, oof, target_recall=target_recall, targets=targets), plan

@@ -115,11 +115,15 @@ def collapse_equivalent(configs: list[ConfigSpec], widths: Mapping[str, int],
 
     by_name = {c.name: c for c in configs}
     drop, aliases, notes = set(), {}, []
+    default_k = None
     for c in configs:
         if c.classifier != "svm_pca" or c.tune or c.members or c.feature_set not in widths:
             continue
         params = dict(c.params)
-        k = int(params.pop("n_components", get_classifier("svm_pca").n_components))
+        if default_k is None:
+            est = get_classifier("svm_pca")
+            default_k = int((est.steps[-1][1] if hasattr(est, "steps") else est).n_components)
+        k = int(params.pop("n_components", default_k))
         width = int(widths[c.feature_set])
         twin = by_name.get(f"{c.feature_set}/svm")
         if width > k or width >= n_rows // 2 or twin is None or twin.tune or dict(twin.params) != params:

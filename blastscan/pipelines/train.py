@@ -24,8 +24,8 @@ from blastscan.dataset.subjects import require_subjects
 from blastscan.errors import BlastscanError
 from blastscan.evaluation import (EvalSettings, FoldPlan, bootstrap_ci, compute_metrics, fit_model, make_classifier,
                                   plan_subject_folds, subject_cv)
-from blastscan.evaluation.decision import (operating_targets, shipped_decision, shipped_inner_splits, spread_note,
-                                           threshold_spread)
+from blastscan.evaluation.cv import shipped_decision
+from blastscan.evaluation.decision import operating_targets, shipped_inner_splits, spread_note, threshold_spread
 from blastscan.features.featureset import FeatureMatrix, FeatureSet
 from blastscan.options import clean_options, params_for
 
@@ -149,7 +149,7 @@ def _fit_with_threshold(data: TrainingData, classifier, params: Mapping[str, Any
                                           targets=operating_targets(settings.target_recall),
                                           progress=lambda: bar.update(1))
         if plan is None:
-            notes.append(getattr(decision, "note", "threshold left at 0.5"))
+            notes.append(decision.note)
         else:
             notes += plan.notes
         est = make_classifier(classifier, params, settings.seed)
