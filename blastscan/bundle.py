@@ -201,6 +201,10 @@ class Bundle:
                  + (f" ({d['n_dropped']} cells without features left out)" if d.get("n_dropped") else ""),
                  f"threshold: P(ALL) >= {self.threshold:.4f} ({m['threshold']['rule_text']})"]
         op = m.get("operating_point")
+        if op and op.get("fold_thresholds"):
+            ft = op["fold_thresholds"]
+            lines.append(f"the same procedure's thresholds in the {len(ft)} outer folds: {min(ft):.4f}-{max(ft):.4f} "
+                         f"(median {float(np.median(ft)):.4f}, spread {max(ft) - min(ft):.3f})")
         if op:
             def f(k):
                 v = op.get(k)

@@ -141,13 +141,19 @@ def _fit_with_threshold(data: TrainingData, classifier, params: Mapping[str, Any
             notes.append("no operating-point estimate: too few subjects for an outer subject-disjoint split")
     inner_mode = (estimate or {}).get("inner_mode", "nested")
     n_outer = (estimate or {}).get("n_splits", settings.folds)
-    k = shipped_inner_splits(n_outer, inner_mode, settings.inner_folds or 3)
+    k = shipped_inner_splits(n_outer, inner_mode, settings.inner_folds)
     bar = tqdm(total=k + 1, desc="train", unit="fit", disable=not progress, dynamic_ncols=True)
     try:
-        decision, plan = shipped_decision(classifier, params, data.X, data.y, data.groups, n_splits=k,
-                                          seed=settings.seed, target_recall=settings.target_recall,
-                                          targets=operating_targets(settings.target_recall),
-                                          progress=lambda: bar.update(1))
+        if k >= 2:
+            decision, plan = shipped_decision(classifier, params, data.X, data.y, data.groups, n_splits=k,
+                                              seed=settings.seed, target_recall=settings.target_recall,
+                                              targets=operating_targets(settings.target_recall),
+                                              progress=lambda: bar.update(1))
+        else:  # --inner-folds 0: compare's folds had no inner CV either
+            from blastscan.evaluation.decision import decide
+
+            decision, plan = decide(data.y, None, targets=operating_targets(settings.target_recall)), None
+            decision.note = "threshold left at 0.5, no calibration (--inner-folds 0, as in compare)"
         if plan is None:
             notes.append(decision.note)
         else:
@@ -158,10 +164,16 @@ def _fit_with_threshold(data: TrainingData, classifier, params: Mapping[str, Any
     finally:
         bar.close()
     threshold = decision.threshold(settings.threshold_rule, settings.target_recall)
-    if estimate is not None:
-        unstable = spread_note(estimate.get("fold_thresholds") or [])
+    per_fold = (estimate or {}).get("fold_thresholds") or []
+    if per_fold:
+        unstable = spread_note(per_fold)
         if unstable:
             notes.append(unstable)
+        lo, hi = min(per_fold), max(per_fold)
+        if plan is not None and not lo - 0.05 <= threshold <= hi + 0.05:
+            notes.append(f"the shipped threshold {threshold:.3f} lies outside the range of the outer folds' "
+                         f"thresholds ({lo:.3f}-{hi:.3f}) whose recall and specificity are reported: on all "
+                         "subjects the procedure chose differently, so the reported operating point may not hold")
     return _Fitted(est, threshold, decision, estimate, k, plan, notes)
 
 
