@@ -108,7 +108,7 @@ def test_shipped_threshold_is_decide_on_an_inner_cv_of_compares_width_not_the_ol
     oof = np.full(len(y), np.nan)
     for tr, te in plan.folds:
         oof[te] = fit_predict(GaussianNB(), None, X, y, g, tr, te, 0)
-    expected = dec.decide(y, oof, target_recall=0.9)
+    expected = dec.decide(y, oof, groups=g, target_recall=0.9)
     assert fitted.threshold == pytest.approx(expected.thresholds["recall"], abs=1e-12)
     assert fitted.decision.calibration == pytest.approx(expected.calibration)
     # the old rule: one threshold on pooled raw out-of-fold P(ALL) of the 5 threshold folds
@@ -136,11 +136,11 @@ def test_calibration_map_is_plain_numbers_monotone_and_never_reverses():
     y = rng.integers(0, 2, 400)
     p = np.clip(0.5 + (y - 0.5) * 0.9 + rng.normal(0, 0.1, 400), 0.001, 0.999)  # overconfident
     cal = fit_calibration(y, p)
-    assert set(cal) == {"method", "a", "b", "n"} and all(isinstance(cal[k], float) for k in ("a", "b"))
+    assert set(cal) == {"method", "a", "b", "n", "weights"} and all(isinstance(cal[k], float) for k in ("a", "b"))
     q = apply_calibration(np.linspace(0.01, 0.99, 50), cal)
     assert np.all(np.diff(q) >= 0)
-    backwards = fit_calibration(y, 1 - p)  # a model ranking backwards is not flipped: constant base rate
-    assert backwards["a"] == 0 and np.allclose(apply_calibration(p, backwards), y.mean(), atol=1e-6)
+    # a model ranking backwards is neither flipped nor flattened (either would change its calls): no map
+    assert fit_calibration(y, 1 - p) is None
     assert fit_calibration(np.ones(5), np.linspace(0, 1, 5)) is None
     assert np.isnan(apply_calibration([np.nan], cal)[0])
 
@@ -172,3 +172,23 @@ def test_calibration_never_sees_the_test_fold():
     k = 0
     te = plan.folds[k][1]
     np.testing.assert_allclose(b.p_all[te], apply_calibration(spoiled[TaskKey("outer", k)], a.calibrations[k]))
+
+
+def test_every_subject_weighs_the_same_in_the_calibration_fit():
+    # the C-NMC shape: many small subjects ranked right, one huge healthy subject scored high (its stain);
+    # cell weights follow the huge subject (no positive slope), subject weights follow the patients
+    rng = np.random.default_rng(1)
+    y, p, g = [], [], []
+    for s in range(20):
+        label = s % 2
+        n = 10
+        y += [label] * n
+        p += list(np.clip(rng.normal(0.35 + 0.3 * label, 0.1, n), 0.01, 0.99))
+        g += [f"S{s}"] * n
+    y += [0] * 400
+    p += list(np.clip(rng.normal(0.9, 0.05, 400), 0.01, 0.99))
+    g += ["H_big"] * 400
+    y, p, g = np.array(y), np.array(p), np.array(g)
+    assert fit_calibration(y, p) is None
+    cal = fit_calibration(y, p, g)
+    assert cal["a"] > 0 and cal["weights"] == "subject"

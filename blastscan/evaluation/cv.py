@@ -270,7 +270,7 @@ def _inner_predictions(plan: FoldPlan, inner: InnerPlan, preds: Mapping[TaskKey,
 
 
 def assemble_subject_cv(plan: FoldPlan, inner: InnerPlan, preds: Mapping[TaskKey, np.ndarray], y, *,
-                        rules: Sequence[str] = ("recall", "f1"), target_recall: float = 0.90,
+                        groups=None, rules: Sequence[str] = ("recall", "f1"), target_recall: float = 0.90,
                         targets: Sequence[float] = (), threshold_fn: Callable | None = None,
                         calibrate: bool = True) -> SubjectCV:
     """Pool the fits of :func:`subject_cv_tasks` (``preds[key]`` = predictions of that task): each fold's
@@ -279,6 +279,7 @@ def assemble_subject_cv(plan: FoldPlan, inner: InnerPlan, preds: Mapping[TaskKey
     from blastscan.evaluation.calibration import apply_calibration
 
     y = as_labels(y)
+    groups = None if groups is None else np.asarray(groups).astype(str)
     n = len(y)
     p = np.full(n, np.nan)
     p_raw = np.full(n, np.nan)
@@ -294,7 +295,7 @@ def assemble_subject_cv(plan: FoldPlan, inner: InnerPlan, preds: Mapping[TaskKey
         p_inner = _inner_predictions(plan, inner, preds, k, n)
         if k in inner.notes:
             notes.append(f"fold {k}: {inner.notes[k]}")
-        d = decision.decide(y[tr], p_inner, rules=rules, target_recall=target_recall, targets=targets,
+        d = decision.decide(y[tr], p_inner, groups=None if groups is None else groups[tr], rules=rules, target_recall=target_recall, targets=targets,
                    threshold_fn=threshold_fn, calibrate=calibrate)
         if d.p_oof is not None:
             inner_p[k] = d.p_oof
@@ -332,7 +333,7 @@ def holdout_tasks(train, test, y, groups, *, inner_splits: int = 3,
 
 
 def assemble_holdout(info: HoldoutPlan, preds: Mapping[TaskKey, np.ndarray], y, *,
-                     rules: Sequence[str] = ("recall", "f1"), target_recall: float = 0.90,
+                     groups=None, rules: Sequence[str] = ("recall", "f1"), target_recall: float = 0.90,
                      threshold_fn: Callable | None = None,
                      calibrate: bool = True) -> tuple[np.ndarray, dict[str, float]]:
     """Calibrated test predictions and thresholds of :func:`holdout_tasks` (calibration map and thresholds
@@ -346,7 +347,8 @@ def assemble_holdout(info: HoldoutPlan, preds: Mapping[TaskKey, np.ndarray], y, 
         p_inner = np.full(len(train), np.nan)
         for i, (_, ite) in enumerate(info.plan.folds):
             p_inner[ite] = preds[TaskKey("holdout_inner", i)]
-    d = decision.decide(y[train], p_inner, rules=rules, target_recall=target_recall, threshold_fn=threshold_fn,
+    d = decision.decide(y[train], p_inner, groups=None if groups is None else np.asarray(groups).astype(str)[train],
+                        rules=rules, target_recall=target_recall, threshold_fn=threshold_fn,
                calibrate=calibrate)
     return apply_calibration(preds[TaskKey("holdout")], d.calibration), dict(d.thresholds)
 
@@ -390,8 +392,8 @@ def subject_cv(spec, params, X, y, groups, *, n_splits: int = 5, seed: int = 0, 
     plan = plan or plan_subject_folds(groups, y, n_splits, seed)
     tasks, inner = subject_cv_tasks(plan, y, groups, inner_splits=inner_splits, seed=seed)
     preds = _run_all(spec, params, X, y, groups, tasks, seed, n_jobs)
-    return assemble_subject_cv(plan, inner, preds, y, target_recall=target_recall, threshold_fn=threshold_fn,
-                               targets=targets, calibrate=calibrate)
+    return assemble_subject_cv(plan, inner, preds, y, groups=groups, target_recall=target_recall,
+                               threshold_fn=threshold_fn, targets=targets, calibrate=calibrate)
 
 
 def shipped_decision(spec, params, X, y, groups, *, n_splits: int, seed: int, target_recall: float,
@@ -407,7 +409,7 @@ def shipped_decision(spec, params, X, y, groups, *, n_splits: int, seed: int, ta
     try:
         plan = plan_subject_folds(groups, y, n_splits, seed, what="threshold folds")
     except BlastscanError as exc:
-        d = decision.decide(y, None, target_recall=target_recall, targets=targets)
+        d = decision.decide(y, None, groups=groups, target_recall=target_recall, targets=targets)
         d.note = f"threshold left at 0.5, no calibration: {exc.why}"
         return d, None
     oof = np.full(len(y), np.nan)
@@ -415,4 +417,4 @@ def shipped_decision(spec, params, X, y, groups, *, n_splits: int, seed: int, ta
         oof[te] = fit_predict(spec, params, X, y, groups, tr, te, seed)
         if progress:
             progress()
-    return decision.decide(y, oof, target_recall=target_recall, targets=targets), plan
+    return decision.decide(y, oof, groups=groups, target_recall=target_recall, targets=targets), plan

@@ -69,7 +69,7 @@ class Decision:
         return self.thresholds[rule]
 
 
-def decide(y_true, p_oof, *, rules: Sequence[str] = ("recall", "f1"), target_recall: float = 0.90,
+def decide(y_true, p_oof, *, groups=None, rules: Sequence[str] = ("recall", "f1"), target_recall: float = 0.90,
            targets: Sequence[float] = (), threshold_fn: Callable | None = None, calibrate: bool = True) -> Decision:
     """Calibration map and thresholds from out-of-fold P(ALL) of TRAINING subjects (never the test fold).
 
@@ -78,6 +78,8 @@ def decide(y_true, p_oof, *, rules: Sequence[str] = ("recall", "f1"), target_rec
     y_true, p_oof : arrays
         Labels and raw out-of-fold P(ALL) (every cell predicted by a model that never saw its subject);
         ``p_oof`` None: no out-of-fold predictions (thresholds 0.5, no calibration).
+    groups : array, optional
+        Subject of each cell: every subject weighs the same in the calibration fit.
     rules : the threshold rules to evaluate (see :func:`choose_threshold`)
     target_recall : float
         Target of the ``"recall"`` rule.
@@ -92,7 +94,7 @@ def decide(y_true, p_oof, *, rules: Sequence[str] = ("recall", "f1"), target_rec
                         {r: 0.5 for r in rules}, None)
     y = as_labels(y_true)
     raw = np.asarray(p_oof, dtype=float)
-    cal = fit_calibration(y, raw) if calibrate else None
+    cal = fit_calibration(y, raw, groups) if calibrate else None
     p = apply_calibration(raw, cal)
     thresholds = {r: float(threshold_fn(y, p, rule=r, target_recall=target_recall)) for r in rules}
     raw_thr = {r: float(threshold_fn(y, raw, rule=r, target_recall=target_recall)) for r in rules}

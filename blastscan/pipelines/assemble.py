@@ -97,8 +97,8 @@ class _Config:
     def subject_cv(self, rows: _Rows):
         d, s, plan = self.data, self.s, self.splits.plan
         targets = operating_targets(s.target_recall)
-        cv = assemble_subject_cv(plan, self.splits.inner, self.got, d.y, target_recall=s.target_recall,
-                                 targets=targets)
+        cv = assemble_subject_cv(plan, self.splits.inner, self.got, d.y, groups=d.groups,
+                                 target_recall=s.target_recall, targets=targets)
         for rule in (s.threshold_rule, s.other_rule):
             thr = cv.thresholds[rule]
             row = _metrics_row(self.info, SUBJECT_POOLED, "all", rule, d.y, cv.p_all, thr, d.subjects, d.groups,
@@ -174,7 +174,7 @@ class _Config:
         if h is None:
             return None
         te = h.test
-        p_off, thr_off = assemble_holdout(h, self.got, d.y, target_recall=s.target_recall)
+        p_off, thr_off = assemble_holdout(h, self.got, d.y, groups=d.groups, target_recall=s.target_recall)
         thr_o = thr_off[s.threshold_rule]
         row = _metrics_row(self.info, OFFICIAL, "prelim", s.threshold_rule, d.y[te], p_off, thr_o, d.subjects[te],
                            d.groups[te], headline=True)
