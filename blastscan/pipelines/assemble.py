@@ -63,7 +63,7 @@ def _metric_columns(df: pd.DataFrame) -> list[str]:
     first = ["config", "feature_set", "classifier", "split", "fold", "threshold_rule", "headline", "threshold",
              "n", "n_all", "n_hem", "n_subjects", "n_groups", *METRIC_NAMES, "tn", "fp", "fn", "tp",
              "subject_roc_auc", "subject_call_accuracy", "n_subject_all", "n_subject_hem", "target_recall",
-             "brier", "brier_raw", "threshold_spread", "same_as"]
+             "roc_auc_raw", "brier", "brier_raw", "threshold_spread", "same_as"]
     ci = [f"{m}_ci_{s}" for m in (*CI_METRICS, "subject_roc_auc", "subject_call_accuracy") for s in ("low", "high")]
     cols = [c for c in first + ci if c in df.columns]
     if "note" in df.columns:
@@ -109,6 +109,7 @@ class _Config:
                            f"{', '.join(f'{t:.3f}' for t in cv.fold_thresholds[rule])} (calibrated P(ALL))")
             if rule == s.threshold_rule:
                 row["same_as"] = ", ".join(self.aliases)
+                row["roc_auc_raw"] = compute_metrics(d.y, cv.p_raw, thr)["roc_auc"]  # before each fold's map
                 row["brier"] = brier_score(d.y, cv.p_all)
                 row["brier_raw"] = brier_score(d.y, cv.p_raw)
                 unstable = spread_note(cv.fold_thresholds[rule])
