@@ -192,3 +192,26 @@ def test_every_subject_weighs_the_same_in_the_calibration_fit():
     assert fit_calibration(y, p) is None
     cal = fit_calibration(y, p, g)
     assert cal["a"] > 0 and cal["weights"] == "subject"
+
+
+def test_default_feature_sets_take_the_deep_sets_whose_weights_are_found(tmp_path, monkeypatch):
+    from blastscan.pipelines.compare import default_feature_sets
+
+    monkeypatch.delenv("BLASTSCAN_WEIGHTS_DIR", raising=False)
+    chosen, left_out = default_feature_sets({"weights_dir": str(tmp_path)})
+    assert chosen == ["size", "handcrafted"]
+    assert len(left_out) == 2 and all("no weights found" in n and str(tmp_path) in n for n in left_out)
+    assert left_out[0].startswith("inception_v3:")
+    (tmp_path / "inception_v3_imagenet_notop.weights.h5").write_bytes(b"")
+    chosen, left_out = default_feature_sets({"weights_dir": str(tmp_path)})
+    assert chosen == ["size", "handcrafted", "inception_v3"] and [n.split(":")[0] for n in left_out] == ["vgg16"]
+
+
+def test_export_resolves_a_collapsed_configuration_to_its_twin():
+    from blastscan.errors import BlastscanError
+    from blastscan.pipelines.export import _resolve_config
+
+    run = {"configs": [{"name": "size/svm"}, {"name": "size/logreg"}], "same_as": {"size/svm_pca": "size/svm"}}
+    assert _resolve_config(run, "size/svm_pca") == ({"name": "size/svm"}, "size/svm")
+    with pytest.raises(BlastscanError, match="not in this run"):
+        _resolve_config(run, "size/xgboost")
