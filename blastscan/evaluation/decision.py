@@ -10,7 +10,7 @@ inner CVs had, so the shipped threshold comes from the procedure whose outer-fol
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
