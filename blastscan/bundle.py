@@ -89,6 +89,17 @@ class Bundle:
         return float(self.metadata["threshold"]["value"])
 
     @property
+    def calibration(self) -> dict | None:
+        """The post-hoc map of the model's P(ALL) (plain numbers; None: P(ALL) as the model gives it)."""
+        return self.metadata.get("calibration")
+
+    def proba(self, X) -> np.ndarray:
+        """Calibrated P(ALL) of feature rows ``X``: the model, then the bundle's calibration map."""
+        from blastscan.evaluation.calibration import apply_calibration
+
+        return apply_calibration(p_all(self.model, X), self.calibration)
+
+    @property
     def feature_set(self) -> str:
         return self.metadata["feature_set"]
 
@@ -143,7 +154,7 @@ class Bundle:
         ok = np.array([s in row_of for s in shas], dtype=bool)
         p = np.full(len(out), np.nan)
         if ok.any():
-            p[ok] = p_all(self.model, fm.X[[row_of[s] for s in shas[ok]]])
+            p[ok] = self.proba(fm.X[[row_of[s] for s in shas[ok]]])
         out["p_all"] = p
         out["pred"] = np.where(ok, np.where(p >= self.threshold, "all", "hem"), "")
         out["status"] = [("ok" if k else failed.get(s, "no features computed")) for s, k in zip(shas, ok)]
@@ -194,14 +205,33 @@ class Bundle:
                  f"{d['n_hem']} HEM from {d['n_subjects_hem']} subjects"
                  + (f" ({d['n_dropped']} cells without features left out)" if d.get("n_dropped") else ""),
                  f"threshold: P(ALL) >= {self.threshold:.4f} ({m['threshold']['rule_text']})"]
-        met = tm.get("metrics")
-        if met:
+        op = m.get("operating_point")
+        if op and op.get("fold_thresholds"):
+            ft = op["fold_thresholds"]
+            lines.append(f"the same procedure's thresholds in the {len(ft)} outer folds: {min(ft):.4f}-{max(ft):.4f} "
+                         f"(median {float(np.median(ft)):.4f}, spread {max(ft) - min(ft):.3f})")
+        if op:
             def f(k):
+                v = op.get(k)
+                ci = op.get(f"{k}_ci")
+                txt = "n/a" if v is None else f"{v:.3f}"
+                return txt + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci and ci[0] == ci[0] else "")
+
+            lines.append(f"expected on new patients ({op['split']}; 95% intervals from {op.get('n_boot')} subject "
+                         f"bootstraps): ALL recall {f('recall_all')}, specificity {f('specificity')}, "
+                         f"weighted F1 {f('weighted_f1')}, ROC-AUC {f('roc_auc')}")
+        elif tm.get("metrics"):
+            met = tm["metrics"]
+
+            def g(k):
                 v = met.get(k)
                 return "n/a" if v is None else f"{v:.3f}"
 
-            lines.append(f"{tm['split']}: weighted F1 {f('weighted_f1')}, ALL recall {f('recall_all')}, "
-                         f"specificity {f('specificity')}, ROC-AUC {f('roc_auc')}")
+            lines.append(f"{tm['split']}: weighted F1 {g('weighted_f1')}, ALL recall {g('recall_all')}, "
+                         f"specificity {g('specificity')}, ROC-AUC {g('roc_auc')}")
+        if m.get("calibration"):
+            lines.append("P(ALL) is calibrated (Platt map fitted on subject-disjoint out-of-fold P(ALL) of the "
+                         "training subjects)")
         lines += [f"note: {n}" for n in tm.get("notes", [])]
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)

@@ -228,7 +228,8 @@ def masks(inputs, out, n, subjects, seed, columns, tile, store, quiet):
 # ---- compare / train (classifiers, evaluation, report) ----------------------------------------
 @main.command()
 @click.argument("dataset", type=click.Path(exists=True))
-@click.option("--features", "-f", default="size,handcrafted", show_default=True,
+@click.option("--features", "-f", default=None,
+              show_default="size,handcrafted,inception_v3,vgg16, the deep sets only where their weights are found",
               help="Comma-separated feature sets to compare, e.g. size,handcrafted,inception_v3,vgg16 or unions "
                    "like handcrafted+inception_v3; features the store lacks are computed first.")
 @click.option("--classifiers", "-c", default=None, show_default="the registry's defaults",
@@ -286,11 +287,17 @@ def compare(dataset, features, classifiers, ensembles, out_dir, store, weights_d
                             per_image_split=per_image_split)
     manifest = dataset_manifest(dataset, store, jobs, quiet, subject_pattern)
     opts = deep_options(weights_dir, random_weights, input_size=input_size, precision=precision)
+    left_out = []
+    if features is None:
+        from blastscan.pipelines.compare import default_feature_sets
+
+        chosen, left_out = default_feature_sets(opts)
+        features = ",".join(chosen)
     votes = default_ensembles(features) if not ensembles else [e for e in ensembles if e.lower() != "none"]
     with session(scheduler):
         result = run_compare(manifest.df, features, classifiers or default_classifiers(), store, out_dir,
                              settings=settings, params=parsed, ensembles=votes, tune=tune, extractor_options=opts,
-                             jobs=jobs, progress=not quiet, dataset=dataset)
+                             jobs=jobs, progress=not quiet, dataset=dataset, feature_set_notes=left_out)
     for summary in result.extracted:
         if any(r.computed for r in summary.runs):
             click.echo(summary.format(max_failures=5), err=True)
@@ -344,8 +351,14 @@ _bundle_weights_option = weights_dir_option(
               show_default=True, help="Threshold rule, applied to subject-disjoint out-of-fold P(ALL) of the "
                                       "training data: reach --target-recall for ALL, or best weighted F1.")
 @click.option("--target-recall", type=float, default=0.90, show_default=True, help="ALL recall for --threshold recall.")
-@click.option("--inner-folds", type=int, default=5, show_default=True,
-              help="Subject-disjoint folds of the out-of-fold predictions that set the threshold.")
+@click.option("--folds", type=int, default=5, show_default=True,
+              help="Outer subject-disjoint folds that measure the shipped threshold procedure on held-out subjects "
+                   "(the operating point the bundle reports, as compare measures it).")
+@click.option("--inner-folds", type=int, default=3, show_default=True,
+              help="Folds of the inner CV where compare's scheme over the other outer folds is not possible (as "
+                   "compare's --inner-folds).")
+@click.option("--bootstrap", "n_boot", type=int, default=1000, show_default=True,
+              help="Resamples of subjects for the operating point's 95% intervals.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of folds and model.")
 @subject_pattern_option
 @per_image_split_option
@@ -355,20 +368,21 @@ _bundle_weights_option = weights_dir_option(
 @scheduler_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def train(dataset, features, classifier, params, params_file, out, no_embed, store, jobs, weights_dir, random_weights,
-          input_size, precision, threshold_rule, target_recall, inner_folds, seed, subject_pattern, per_image_split,
-          tune, scheduler, quiet):
+          input_size, precision, threshold_rule, target_recall, folds, inner_folds, n_boot, seed, subject_pattern,
+          per_image_split, tune, scheduler, quiet):
     """Fit one model on every labelled image of DATASET; with --out, save it as a scoring bundle.
 
-    Missing features are computed first. The threshold and the printed metrics come from subject-disjoint
-    out-of-fold predictions on the training data (no test set is involved: use `blastscan compare` for an
-    evaluation).
+    Missing features are computed first. The calibration of P(ALL) and the threshold come from the procedure
+    compare measures per outer fold (an inner subject-disjoint CV, its out-of-fold P(ALL), the threshold rule),
+    run over all subjects; the printed recall and specificity are that procedure's result on held-out subjects
+    of an outer subject-disjoint CV (--folds), with subject-bootstrap intervals.
     """
     from blastscan.evaluation import EvalSettings
     from blastscan.parallel import session
     from blastscan.pipelines.train import train as run_train
 
-    settings = EvalSettings(seed=seed, threshold_rule=threshold_rule, target_recall=target_recall,
-                            inner_folds=inner_folds, per_image_split=per_image_split)
+    settings = EvalSettings(seed=seed, threshold_rule=threshold_rule, target_recall=target_recall, folds=folds,
+                            inner_folds=inner_folds, n_boot=n_boot, per_image_split=per_image_split)
     opts = deep_options(weights_dir, random_weights, input_size=input_size, precision=precision)
     with session(scheduler):
         run_train(dataset, features, classifier, store, params=params, params_file=params_file, out=out,
@@ -387,17 +401,22 @@ def train(dataset, features, classifier, params, params_file, out, no_embed, sto
 @click.option("--store", type=click.Path(file_okay=False), default=None, show_default="the run's store",
               help="Feature store, if it moved since the run.")
 @_bundle_weights_option
+@click.option("--target-recall", type=float, default=None, show_default="the run's",
+              help="The operating point to ship, among those the run measured (0.90, 0.95, 0.97 and its own "
+                   "--target-recall); for runs with --threshold recall.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def export(run_dir, config_name, out, no_embed, store, weights_dir, quiet):
+def export(run_dir, config_name, out, no_embed, store, weights_dir, target_recall, quiet):
     """Refit configuration NAME of a `blastscan compare` run on all its labelled images and save a bundle.
 
-    Uses the run's parameters, feature store, extractor options, seed and threshold rule.
+    Uses the run's parameters, feature store, extractor options, seed and threshold rule; the calibration
+    and threshold come from the procedure the run measured per outer fold, and the bundle reports the run's
+    outer-fold recall and specificity of it.
     """
     from blastscan.pipelines.export import export_run
 
     opts = {"weights_dir": weights_dir} if weights_dir else None
-    bundle = export_run(run_dir, config_name, out, store=store, extractor_options=opts, progress=not quiet,
-                        embed=not no_embed)
+    bundle = export_run(run_dir, config_name, out, store=store, extractor_options=opts, target_recall=target_recall,
+                        progress=not quiet, embed=not no_embed)
     click.echo(bundle.summary())
     from blastscan.bundle_onnx import is_data_only
 

@@ -67,12 +67,13 @@ def test_extract_then_compare_on_real_cells(small_cnmc, tmp_path):
     metrics = pd.read_csv(run_dir / "metrics.csv")
     best = metrics[(metrics["config"] == run["best"]) & (metrics["split"] == "subject_cv_pooled")
                    & metrics["headline"]].iloc[0]
-    wf1 = f"{best['weighted_f1']:.3f}"
-    # the best configuration and its number end the output, as in the report's first paragraph
-    assert f"Best configuration: {run['best']}: weighted F1 {wf1}" in res.stdout
+    auc, wf1 = f"{best['roc_auc']:.3f}", f"{best['weighted_f1']:.3f}"
+    # the best configuration (by ROC-AUC, issue 23) and its numbers end the output, as in the report's first paragraph
+    assert f"Best configuration by ROC-AUC: {run['best']}: ROC-AUC {auc}" in res.stdout
+    assert f"weighted F1 {wf1}" in res.stdout
     md = (run_dir / "report.md").read_text()
-    assert f"**{run['best']}**: weighted F1 **{wf1}**" in md.split("\n## ")[0]
-    assert f"<strong>{wf1}</strong>" in (run_dir / "report.html").read_text()
+    assert f"**{run['best']}**: ROC-AUC **{auc}**" in md.split("\n## ")[0]
+    assert f"<strong>{auc}</strong>" in (run_dir / "report.html").read_text()
     assert {c["name"] for c in run["configs"]} == {"handcrafted/logreg", "handcrafted/xgboost"}
     assert run["data"]["n_images"] == best["n"] and best["n_subjects"] >= 16
 

@@ -50,7 +50,7 @@ def test_demo_runs_the_whole_loop_and_says_why_deep_features_were_skipped(sample
     # the comparison names its best configuration and the split behind it
     configs = {f"{s}/{c}" for s in ("size", "handcrafted") for c in ("logreg", "svm")}
     assert "subject-disjoint" in res.stdout
-    assert any(f"Best configuration: {c}:" in res.stdout for c in configs), res.stdout[-2000:]
+    assert any(f"Best configuration by ROC-AUC: {c}:" in res.stdout for c in configs), res.stdout[-2000:]
     metrics = pd.read_csv(out / "run" / "metrics.csv")
     assert set(metrics["config"]) == configs  # no deep set, no vote (its members' sets are missing)
     assert (out / "run" / "report.html").stat().st_size > 10_000

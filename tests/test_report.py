@@ -130,25 +130,31 @@ def test_run_json_follows_the_contract(run):
     assert rec["n_splits"] == 3 and rec["n_splits_requested"] == 5
 
 
-def test_best_is_the_top_pooled_weighted_f1_and_the_report_shows_its_numbers(run):
+def test_best_is_the_top_pooled_roc_auc_and_the_report_shows_its_numbers(run):
+    # issue 23: the ranking is threshold-free (ROC-AUC first), so threshold luck cannot crown a configuration
     _, result = run
     m = pd.read_csv(result.run_dir / "metrics.csv")
     pooled = m[(m["split"] == "subject_cv_pooled") & m["headline"]]
-    top = pooled.sort_values(["weighted_f1", "roc_auc"], ascending=False).iloc[0]
+    top = pooled.sort_values(["roc_auc", "weighted_f1"], ascending=False).iloc[0]
     assert top["config"] == result.best
-    wf1, lo, hi = fmt(top["weighted_f1"]), fmt(top["weighted_f1_ci_low"]), fmt(top["weighted_f1_ci_high"])
-    assert float(lo) <= float(wf1) <= float(hi)
+    auc, lo, hi = fmt(top["roc_auc"]), fmt(top["roc_auc_ci_low"]), fmt(top["roc_auc_ci_high"])
+    wf1 = fmt(top["weighted_f1"])
+    assert float(lo) <= float(auc) <= float(hi)
     md = (result.run_dir / "report.md").read_text()
     head = md.split("\n## ")[0]  # before the first section: the top of the report
-    assert result.best in head and f"weighted F1 **{wf1}**" in head and f"{lo}–{hi}" in head
+    assert result.best in head and f"ROC-AUC **{auc}**" in head and f"{lo}–{hi}" in head
+    assert f"weighted F1 {wf1}" in head
     assert f"{int(top['n'])} cells from {int(top['n_subjects'])} subjects" in head
     html = (result.run_dir / "report.html").read_text()
     first_p = re.search(r"<p>(.*?)</p>", html, re.S).group(1)
-    assert result.best in first_p and f"<strong>{wf1}</strong>" in first_p
-    assert result.summary().splitlines()[0].startswith(f"Best configuration: {result.best}: weighted F1 {wf1}")
-    # every configuration's pooled weighted F1 appears in the table as formatted
+    assert result.best in first_p and f"<strong>{auc}</strong>" in first_p
+    assert result.summary().splitlines()[0].startswith(f"Best configuration by ROC-AUC: {result.best}: ROC-AUC {auc}")
+    # metrics.csv lists configurations in the ranking's order, each with its rank
+    ranks = m.drop_duplicates("config")[["config", "rank"]]
+    assert list(ranks["rank"]) == sorted(ranks["rank"]) and ranks.iloc[0]["config"] == result.best
+    # every configuration's pooled ROC-AUC then weighted F1 appears in the table as formatted
     for _, r in pooled.iterrows():
-        assert f"| {r['config']} | {fmt(r['weighted_f1'])} [" in md
+        assert f"| {r['config']} | {fmt(r['roc_auc'])} [" in md and f"] | {fmt(r['weighted_f1'])} [" in md
 
 
 def test_report_is_self_contained_and_says_how_to_read_it(run):
@@ -276,3 +282,48 @@ def test_report_screens_narrow_feature_sets(run):
     assert {"auc_cells", "auc_subjects", "flag"} <= set(table.columns) and len(table) == 4
     assert (result.run_dir / "screening.csv").is_file()
     assert "## Feature screening" in (result.run_dir / "report.md").read_text()
+
+
+def test_operating_points_are_measured_on_held_out_subjects_and_tabled(run):
+    # issue 23: target ALL recall 0.90 / 0.95 / 0.97, each threshold chosen inside the training part
+    _, result = run
+    m = pd.read_csv(result.run_dir / "metrics.csv")
+    op = m[m["split"] == "subject_cv_operating_point"]
+    for config, rows in op.groupby("config"):
+        rows = rows.sort_values("target_recall")
+        assert list(rows["target_recall"]) == [0.90, 0.95, 0.97]
+        # per fold a higher target never raises the threshold: recall cannot fall, specificity cannot rise
+        assert (np.diff(rows["recall_all"]) >= -1e-12).all() and (np.diff(rows["specificity"]) <= 1e-12).all()
+        head = m[(m["config"] == config) & (m["split"] == "subject_cv_pooled") & m["headline"]].iloc[0]
+        same = rows[np.isclose(rows["target_recall"], 0.90)].iloc[0]  # the run's own target: the headline
+        assert same["recall_all"] == pytest.approx(head["recall_all"])
+        assert same["specificity"] == pytest.approx(head["specificity"])
+        assert (rows["recall_all_ci_low"] <= rows["recall_all"]).all()
+    md = (result.run_dir / "report.md").read_text()
+    assert "## Operating points: target ALL recall 0.90 / 0.95 / 0.97" in md and "0.90 (shipped)" in md
+    assert "## Calibration of P(ALL)" in md
+    rec = {r["name"]: r for r in result.run["results"]}
+    assert all(set(r["target_thresholds"]) == {"0.90", "0.95", "0.97"} for r in rec.values())
+    assert "reliability" in cmp_figures(result)
+
+
+def cmp_figures(result):
+    from blastscan.pipelines.figures import make_figures
+
+    return make_figures(result)
+
+
+def test_export_ships_only_an_operating_point_the_run_measured(run):
+    from blastscan.pipelines.export import run_estimate
+
+    _, result = run
+    rec = json.loads((result.run_dir / "run.json").read_text())
+    est = run_estimate(result.run_dir, rec, result.best, "recall", 0.95)
+    m = pd.read_csv(result.run_dir / "metrics.csv")
+    row = m[(m["config"] == result.best) & (m["split"] == "subject_cv_operating_point")
+            & np.isclose(m["target_recall"], 0.95)].iloc[0]
+    assert est["metrics"]["specificity"] == pytest.approx(row["specificity"])
+    assert est["ci"]["recall_all"] == pytest.approx([row["recall_all_ci_low"], row["recall_all_ci_high"]])
+    assert len(est["fold_thresholds"]) == rec["n_splits"]
+    with pytest.raises(BlastscanError, match="did not measure that target.*0.90, 0.95, 0.97"):
+        run_estimate(result.run_dir, rec, result.best, "recall", 0.80)

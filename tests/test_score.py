@@ -128,7 +128,7 @@ def test_cli_train_score_export(cells, trained, run_dir, bad_files, tmp_path):
     r = _run("train", cells["dataset"], "-f", "handcrafted", "-c", "logreg", "--store", cells["store"],
              "--out", model, "--jobs", "1", "-q")
     assert r.exit_code == 0, r.output
-    assert "training metrics, subject-disjoint" in r.output and "from 4 subjects" in r.output
+    assert "expected on new patients (outer subject-disjoint" in r.output and "from 4 subjects" in r.output
     assert model.is_file() and sidecar_path(model).is_file()
 
     out = tmp_path / "preds.csv"

@@ -12,12 +12,12 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from blastscan.errors import BlastscanError
+from blastscan.evaluation import decision
 from blastscan.evaluation.splits import FoldPlan, as_labels, plan_subject_folds, subject_folds
-from blastscan.evaluation.thresholds import choose_threshold
 
 __all__ = ["make_classifier", "fit_model", "fit_predict", "oof_predict", "TaskKey", "FitTask", "run_fit",
            "InnerPlan", "HoldoutPlan", "subject_cv_tasks", "SubjectCV", "assemble_subject_cv", "holdout_tasks",
-           "assemble_holdout", "subject_cv"]
+           "assemble_holdout", "subject_cv", "shipped_decision"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -205,18 +205,27 @@ class SubjectCV:
     ----------
     plan : FoldPlan
     p_all : ndarray
-        Out-of-fold P(ALL) of every cell.
+        Out-of-fold calibrated P(ALL) of every cell (each fold's model, then that fold's calibration map,
+        fitted on its training part's inner out-of-fold P(ALL)).
     fold : ndarray of int
         The outer fold that tested each cell.
     thresholds : dict
-        rule -> per-cell threshold (the threshold of the cell's fold).
+        rule -> per-cell threshold (the threshold of the cell's fold), on calibrated P(ALL).
     fold_thresholds : dict
         rule -> list of one threshold per fold, each chosen on that fold's training part only.
     inner : str
         How thresholds were chosen (``"pairs"``: inner CV over the other K-1 outer folds; ``"nested"``).
     notes : list of str
     inner_p_all : dict
-        fold -> out-of-fold P(ALL) of that fold's training part (what its threshold was chosen on).
+        fold -> calibrated out-of-fold P(ALL) of that fold's training part (what its threshold was chosen on).
+    p_raw : ndarray
+        The models' P(ALL) before calibration.
+    calibrations : list
+        One calibration map per fold (None where it had no inner CV).
+    target_thresholds : dict
+        target ALL recall -> one threshold per fold (the recall rule at that target).
+    raw_fold_thresholds : dict
+        rule -> per-fold thresholds on raw P(ALL) (the leaky view has no calibration map).
     """
 
     plan: FoldPlan
@@ -227,6 +236,14 @@ class SubjectCV:
     inner: str
     notes: list[str]
     inner_p_all: dict[int, np.ndarray] = field(default_factory=dict)
+    p_raw: np.ndarray | None = None
+    calibrations: list = field(default_factory=list)
+    target_thresholds: dict[float, list[float]] = field(default_factory=dict)
+    raw_fold_thresholds: dict[str, list[float]] = field(default_factory=dict)
+
+    def at_target(self, target: float) -> np.ndarray:
+        """Per-cell thresholds of the recall rule at ``target`` (each cell's fold's)."""
+        return np.array(self.target_thresholds[round(float(target), 4)])[self.fold]
 
 
 def _inner_predictions(plan: FoldPlan, inner: InnerPlan, preds: Mapping[TaskKey, np.ndarray], k: int,
@@ -253,32 +270,46 @@ def _inner_predictions(plan: FoldPlan, inner: InnerPlan, preds: Mapping[TaskKey,
 
 
 def assemble_subject_cv(plan: FoldPlan, inner: InnerPlan, preds: Mapping[TaskKey, np.ndarray], y, *,
-                        rules: Sequence[str] = ("recall", "f1"), target_recall: float = 0.90,
-                        threshold_fn: Callable | None = None) -> SubjectCV:
-    """Pool the fits of :func:`subject_cv_tasks` (``preds[key]`` = predictions of that task) and choose
-    each fold's thresholds from out-of-fold predictions on its training part only."""
-    threshold_fn = threshold_fn or choose_threshold
+                        groups=None, rules: Sequence[str] = ("recall", "f1"), target_recall: float = 0.90,
+                        targets: Sequence[float] = (), threshold_fn: Callable | None = None,
+                        calibrate: bool = True) -> SubjectCV:
+    """Pool the fits of :func:`subject_cv_tasks` (``preds[key]`` = predictions of that task): each fold's
+    calibration map and thresholds come from :func:`~blastscan.evaluation.decision.decide` on out-of-fold
+    predictions of its training part only, and are applied to its test fold."""
+    from blastscan.evaluation.calibration import apply_calibration
+
     y = as_labels(y)
+    groups = None if groups is None else np.asarray(groups).astype(str)
     n = len(y)
     p = np.full(n, np.nan)
+    p_raw = np.full(n, np.nan)
     fold = np.full(n, -1)
     notes = list(plan.notes)
     fold_thr = {r: [] for r in rules}
-    inner_p = {}
+    raw_thr = {r: [] for r in rules}
+    target_thr = {round(float(t), 4): [] for t in targets}
+    inner_p, cals = {}, []
     for k, (tr, te) in enumerate(plan.folds):
-        p[te] = preds[TaskKey("outer", k)]
+        p_raw[te] = preds[TaskKey("outer", k)]
         fold[te] = k
         p_inner = _inner_predictions(plan, inner, preds, k, n)
-        if p_inner is not None:
-            inner_p[k] = p_inner
         if k in inner.notes:
             notes.append(f"fold {k}: {inner.notes[k]}")
+        d = decision.decide(y[tr], p_inner, groups=None if groups is None else groups[tr], rules=rules, target_recall=target_recall, targets=targets,
+                   threshold_fn=threshold_fn, calibrate=calibrate)
+        if d.p_oof is not None:
+            inner_p[k] = d.p_oof
+        cals.append(d.calibration)
+        p[te] = apply_calibration(p_raw[te], d.calibration)
         for r in rules:
-            fold_thr[r].append(0.5 if p_inner is None else
-                               float(threshold_fn(y[tr], p_inner, rule=r, target_recall=target_recall)))
+            fold_thr[r].append(d.thresholds[r])
+            raw_thr[r].append(d.raw_thresholds[r])
+        for t in target_thr:
+            target_thr[t].append(d.targets[t])
     thr = {r: np.array(fold_thr[r])[fold] for r in rules}
     return SubjectCV(plan=plan, p_all=p, fold=fold, thresholds=thr, fold_thresholds=fold_thr,
-                     inner=inner.mode, notes=notes, inner_p_all=inner_p)
+                     inner=inner.mode, notes=notes, inner_p_all=inner_p, p_raw=p_raw, calibrations=cals,
+                     target_thresholds=target_thr, raw_fold_thresholds=raw_thr)
 
 
 def holdout_tasks(train, test, y, groups, *, inner_splits: int = 3,
@@ -302,19 +333,24 @@ def holdout_tasks(train, test, y, groups, *, inner_splits: int = 3,
 
 
 def assemble_holdout(info: HoldoutPlan, preds: Mapping[TaskKey, np.ndarray], y, *,
-                     rules: Sequence[str] = ("recall", "f1"), target_recall: float = 0.90,
-                     threshold_fn: Callable | None = None) -> tuple[np.ndarray, dict[str, float]]:
-    """Test predictions and thresholds (chosen on the training part only) of :func:`holdout_tasks`."""
-    threshold_fn = threshold_fn or choose_threshold
+                     groups=None, rules: Sequence[str] = ("recall", "f1"), target_recall: float = 0.90,
+                     threshold_fn: Callable | None = None,
+                     calibrate: bool = True) -> tuple[np.ndarray, dict[str, float]]:
+    """Calibrated test predictions and thresholds of :func:`holdout_tasks` (calibration map and thresholds
+    from :func:`~blastscan.evaluation.decision.decide` on the training part's inner predictions only)."""
+    from blastscan.evaluation.calibration import apply_calibration
+
     y = as_labels(y)
     train = info.train
-    thresholds = {r: 0.5 for r in rules}
+    p_inner = None
     if info.plan is not None:
         p_inner = np.full(len(train), np.nan)
         for i, (_, ite) in enumerate(info.plan.folds):
             p_inner[ite] = preds[TaskKey("holdout_inner", i)]
-        thresholds = {r: float(threshold_fn(y[train], p_inner, rule=r, target_recall=target_recall)) for r in rules}
-    return preds[TaskKey("holdout")], thresholds
+    d = decision.decide(y[train], p_inner, groups=None if groups is None else np.asarray(groups).astype(str)[train],
+                        rules=rules, target_recall=target_recall, threshold_fn=threshold_fn,
+               calibrate=calibrate)
+    return apply_calibration(preds[TaskKey("holdout")], d.calibration), dict(d.thresholds)
 
 
 def _run_all(spec, params, X, y, groups, tasks: Sequence[FitTask], seed: int, n_jobs: int | None) -> dict:
@@ -328,7 +364,7 @@ def _run_all(spec, params, X, y, groups, tasks: Sequence[FitTask], seed: int, n_
 
 def subject_cv(spec, params, X, y, groups, *, n_splits: int = 5, seed: int = 0, inner_splits: int = 3,
                target_recall: float = 0.90, n_jobs: int | None = 1, threshold_fn: Callable | None = None,
-               plan: FoldPlan | None = None) -> SubjectCV:
+               plan: FoldPlan | None = None, targets: Sequence[float] = (), calibrate: bool = True) -> SubjectCV:
     """Subject-disjoint CV of one classifier on one feature matrix, with training-only thresholds.
 
     Parameters
@@ -341,7 +377,10 @@ def subject_cv(spec, params, X, y, groups, *, n_splits: int = 5, seed: int = 0, 
     n_jobs : int
         Parallel fits (joblib).
     threshold_fn : callable, optional
-        Replaces :func:`choose_threshold` (for tests).
+        Replaces :func:`~blastscan.evaluation.thresholds.choose_threshold` (for tests).
+    targets : target ALL recalls whose per-fold thresholds are also chosen (operating points)
+    calibrate : bool
+        Calibrate each fold's P(ALL) on its training part's inner out-of-fold predictions.
 
     Notes
     -----
@@ -353,4 +392,29 @@ def subject_cv(spec, params, X, y, groups, *, n_splits: int = 5, seed: int = 0, 
     plan = plan or plan_subject_folds(groups, y, n_splits, seed)
     tasks, inner = subject_cv_tasks(plan, y, groups, inner_splits=inner_splits, seed=seed)
     preds = _run_all(spec, params, X, y, groups, tasks, seed, n_jobs)
-    return assemble_subject_cv(plan, inner, preds, y, target_recall=target_recall, threshold_fn=threshold_fn)
+    return assemble_subject_cv(plan, inner, preds, y, groups=groups, target_recall=target_recall,
+                               threshold_fn=threshold_fn, targets=targets, calibrate=calibrate)
+
+
+def shipped_decision(spec, params, X, y, groups, *, n_splits: int, seed: int, target_recall: float,
+                     targets: Sequence[float] = (), progress: Callable[[], Any] | None = None):
+    """:func:`~blastscan.evaluation.decision.decide` on an inner subject-disjoint CV over all of ``X`` (the
+    training subjects of a shipped model). Returns ``(decision, plan)``; ``plan`` None (thresholds 0.5, no
+    calibration) when no subject-disjoint split exists, the reason then in ``decision.note``.
+
+    ``progress`` is called after each fit.
+    """
+    y = as_labels(y)
+    groups = np.asarray(groups).astype(str)
+    try:
+        plan = plan_subject_folds(groups, y, n_splits, seed, what="threshold folds")
+    except BlastscanError as exc:
+        d = decision.decide(y, None, groups=groups, target_recall=target_recall, targets=targets)
+        d.note = f"threshold left at 0.5, no calibration: {exc.why}"
+        return d, None
+    oof = np.full(len(y), np.nan)
+    for tr, te in plan.folds:
+        oof[te] = fit_predict(spec, params, X, y, groups, tr, te, seed)
+        if progress:
+            progress()
+    return decision.decide(y, oof, groups=groups, target_recall=target_recall, targets=targets), plan

@@ -14,13 +14,15 @@ from blastscan.evaluation import (CI_METRICS, METRIC_NAMES, EvalSettings, TaskKe
 from blastscan.pipelines.grid import CompareData, ConfigSpec, GridRun, SplitPlan
 from blastscan.evaluation.patient import patient_metrics, within_subject
 from blastscan.evaluation.thresholds import choose_threshold
-from blastscan.pipelines.results import (LEAKY, LEAKY_NOTE, OFFICIAL, SUBJECT_FOLD, SUBJECT_POOLED, WITHIN_SUBJECT,
-                                         rank_configs)
+from blastscan.evaluation.calibration import brier_score
+from blastscan.evaluation.decision import SPREAD_BOUND, operating_targets, spread_note, threshold_spread
+from blastscan.pipelines.results import (LEAKY, LEAKY_NOTE, OFFICIAL, OPERATING, SUBJECT_FOLD, SUBJECT_POOLED,
+                                         WITHIN_SUBJECT, rank_configs)
 
 __all__ = ["Tables", "assemble_grid", "PREDICTION_COLUMNS"]
 
 PREDICTION_COLUMNS = ["path", "sha256", "subject", "group", "label", "split", "fold", "p_all", "threshold", "pred",
-                      "config"]
+                      "config", "p_all_raw"]
 
 
 @dataclass
@@ -60,7 +62,8 @@ def _add_ci(row: dict, y, p, thr, groups, n_boot: int, seed: int) -> None:
 def _metric_columns(df: pd.DataFrame) -> list[str]:
     first = ["config", "feature_set", "classifier", "split", "fold", "threshold_rule", "headline", "threshold",
              "n", "n_all", "n_hem", "n_subjects", "n_groups", *METRIC_NAMES, "tn", "fp", "fn", "tp",
-             "subject_roc_auc", "subject_call_accuracy", "n_subject_all", "n_subject_hem", "target_recall"]
+             "subject_roc_auc", "subject_call_accuracy", "n_subject_all", "n_subject_hem", "target_recall",
+             "roc_auc_raw", "brier", "brier_raw", "threshold_spread", "same_as"]
     ci = [f"{m}_ci_{s}" for m in (*CI_METRICS, "subject_roc_auc", "subject_call_accuracy") for s in ("low", "high")]
     cols = [c for c in first + ci if c in df.columns]
     if "note" in df.columns:
@@ -68,7 +71,7 @@ def _metric_columns(df: pd.DataFrame) -> list[str]:
     return cols + [c for c in df.columns if c not in cols]
 
 
-def _prediction_frame(base: pd.DataFrame, split: str, fold, p, thr, name: str) -> pd.DataFrame:
+def _prediction_frame(base: pd.DataFrame, split: str, fold, p, thr, name: str, p_raw=None) -> pd.DataFrame:
     out = base.copy()
     out["split"] = split
     out["fold"] = fold
@@ -76,6 +79,7 @@ def _prediction_frame(base: pd.DataFrame, split: str, fold, p, thr, name: str) -
     out["threshold"] = thr
     out["pred"] = np.where(p >= thr, "all", "hem")
     out["config"] = name
+    out["p_all_raw"] = p if p_raw is None else p_raw
     return out
 
 
@@ -86,22 +90,49 @@ class _Config:
                  got: Mapping[TaskKey, np.ndarray], settings: EvalSettings):
         self.name = spec.name
         self.info = {"config": spec.name, "feature_set": spec.feature_set, "classifier": spec.classifier}
+        self.aliases = tuple(spec.aliases)
         self.data, self.splits, self.got, self.s = data, splits, got, settings
         self.base = data.rows[["path", "sha256", "subject", "group", "label"]].reset_index(drop=True)
 
     def subject_cv(self, rows: _Rows):
         d, s, plan = self.data, self.s, self.splits.plan
-        cv = assemble_subject_cv(plan, self.splits.inner, self.got, d.y, target_recall=s.target_recall)
+        targets = operating_targets(s.target_recall)
+        cv = assemble_subject_cv(plan, self.splits.inner, self.got, d.y, groups=d.groups,
+                                 target_recall=s.target_recall, targets=targets)
         for rule in (s.threshold_rule, s.other_rule):
             thr = cv.thresholds[rule]
             row = _metrics_row(self.info, SUBJECT_POOLED, "all", rule, d.y, cv.p_all, thr, d.subjects, d.groups,
                                headline=rule == s.threshold_rule)
             row["threshold"] = float(np.median(cv.fold_thresholds[rule]))
+            row["threshold_spread"] = threshold_spread(cv.fold_thresholds[rule])
             row["note"] = (f"pooled out-of-fold over {plan.n_splits} subject-disjoint folds; per-fold thresholds "
-                           f"{', '.join(f'{t:.3f}' for t in cv.fold_thresholds[rule])}")
+                           f"{', '.join(f'{t:.3f}' for t in cv.fold_thresholds[rule])} (calibrated P(ALL))")
             if rule == s.threshold_rule:
+                row["same_as"] = ", ".join(self.aliases)
+                row["roc_auc_raw"] = compute_metrics(d.y, cv.p_raw, thr)["roc_auc"]  # before each fold's map
+                row["brier"] = brier_score(d.y, cv.p_all)
+                row["brier_raw"] = brier_score(d.y, cv.p_raw)
+                unstable = spread_note(cv.fold_thresholds[rule])
+                if unstable:
+                    row["note"] += f"; {unstable}"
                 _add_ci(row, d.y, cv.p_all, thr, d.groups, s.n_boot, s.seed)
                 row.update(patient_metrics(d.subjects, d.y, cv.p_all, thr, n_boot=s.n_boot, seed=s.seed))
+            rows.metrics.append(row)
+        for t in targets:  # operating points: each target's threshold chosen inside the training part
+            thr = cv.at_target(t)
+            row = _metrics_row(self.info, OPERATING, f"target {t:.2f}", "recall", d.y, cv.p_all, thr, d.subjects,
+                               d.groups, headline=False)
+            row["target_recall"] = t
+            row["threshold"] = float(np.median(cv.target_thresholds[round(t, 4)]))
+            row["threshold_spread"] = threshold_spread(cv.target_thresholds[round(t, 4)])
+            row["note"] = (f"threshold for ALL recall >= {t:.2f} chosen per outer fold on its training part's inner "
+                           f"out-of-fold P(ALL), measured on the held-out subjects; per-fold thresholds "
+                           f"{', '.join(f'{x:.3f}' for x in cv.target_thresholds[round(t, 4)])}")
+            if s.n_boot > 0:
+                ci = bootstrap_ci(d.y, cv.p_all, thr, d.groups, n_boot=s.n_boot, seed=s.seed,
+                                  metrics=("recall_all", "specificity", "weighted_f1"))
+                for name, (lo, hi) in ci.items():
+                    row[f"{name}_ci_low"], row[f"{name}_ci_high"] = lo, hi
             rows.metrics.append(row)
         for i, (_, te) in enumerate(plan.folds):
             thr_i = cv.fold_thresholds[s.threshold_rule][i]
@@ -113,7 +144,7 @@ class _Config:
             rows.metrics.append(row)
         thr = cv.thresholds[s.threshold_rule]
         rows.predictions.append(_prediction_frame(self.base, "subject_cv", cv.fold.astype(str), cv.p_all, thr,
-                                                  self.name))
+                                                  self.name, cv.p_raw))
         subj = per_subject_accuracy(d.subjects, d.groups, d.y, cv.p_all, thr)
         subj.insert(0, "config", self.name)
         rows.subjects.append(subj)
@@ -144,7 +175,7 @@ class _Config:
         if h is None:
             return None
         te = h.test
-        p_off, thr_off = assemble_holdout(h, self.got, d.y, target_recall=s.target_recall)
+        p_off, thr_off = assemble_holdout(h, self.got, d.y, groups=d.groups, target_recall=s.target_recall)
         thr_o = thr_off[s.threshold_rule]
         row = _metrics_row(self.info, OFFICIAL, "prelim", s.threshold_rule, d.y[te], p_off, thr_o, d.subjects[te],
                            d.groups[te], headline=True)
@@ -163,12 +194,12 @@ class _Config:
         p_leaky = np.full(len(d.y), np.nan)
         for i, (_, te) in enumerate(leaky):
             p_leaky[te] = self.got[TaskKey("leaky", i)]
-        thr_l = float(np.median(cv.fold_thresholds[s.threshold_rule]))
+        thr_l = float(np.median(cv.raw_fold_thresholds[s.threshold_rule]))  # leaky P(ALL) is not calibrated
         row = _metrics_row(self.info, LEAKY, "all", s.threshold_rule, d.y, p_leaky, thr_l, d.subjects, d.groups,
                            headline=True)
         row["threshold"] = thr_l
         row["note"] = (f"{LEAKY_NOTE} ({len(leaky)}-fold per-image StratifiedKFold; threshold = median "
-                       "of the subject-disjoint folds' thresholds, so only the split differs)")
+                       "of the subject-disjoint folds' thresholds on uncalibrated P(ALL), so only the split differs)")
         rows.metrics.append(row)
 
 
@@ -189,6 +220,10 @@ def assemble_grid(data: CompareData, splits: SplitPlan, grid: GridRun, configs: 
         records.append({"name": name, "feature_set": fs, "classifier": c, "params": spec.params, "tune": spec.tune,
                         "chosen_params": {str(k): v for k, v in sorted(grid.chosen.get(name, {}).items())},
                         "fold_thresholds": cv.fold_thresholds, "official": official,
+                        "calibrations": cv.calibrations, "inner_mode": cv.inner,
+                        "target_thresholds": {f"{t:.2f}": v for t, v in cv.target_thresholds.items()},
+                        "threshold_spread": threshold_spread(cv.fold_thresholds[settings.threshold_rule]),
+                        "threshold_spread_bound": SPREAD_BOUND, "same_as": list(spec.aliases),
                         "fit_seconds": round(grid.seconds[name], 2)})
     metrics = pd.DataFrame(rows.metrics)
     if len(metrics):
@@ -200,5 +235,10 @@ def assemble_grid(data: CompareData, splits: SplitPlan, grid: GridRun, configs: 
     if len(metrics):
         ranked = rank_configs(metrics)
         best = str(ranked.iloc[0]["config"]) if len(ranked) else None
+        # the files list configurations in the ranking's order (ROC-AUC first), each with its rank
+        rank_of = {c: i + 1 for i, c in enumerate(ranked["config"])}
+        metrics.insert(0, "rank", [rank_of.get(c, len(rank_of) + 1) for c in metrics["config"]])
+        metrics = metrics.iloc[np.argsort(metrics["rank"].to_numpy(), kind="stable")]
+        metrics = metrics.reset_index(drop=True)
     return Tables(metrics=metrics, predictions=predictions, per_subject=per_subject, best=best,
                   config_records=records, skipped=skipped)

@@ -26,7 +26,30 @@ from blastscan.pipelines.grid import ConfigSpec, add_votes, plan_splits, prepare
 from blastscan.pipelines.results import CompareResult
 from blastscan.pipelines.runrecord import default_run_dir, run_record, used_manifest, write_outputs
 
-__all__ = ["DEFAULT_ENSEMBLES", "default_classifiers", "default_ensembles", "parse_ensembles", "compare"]
+__all__ = ["DEFAULT_ENSEMBLES", "DEFAULT_FEATURE_SETS", "default_feature_sets", "default_classifiers",
+           "default_ensembles", "parse_ensembles", "collapse_equivalent", "compare"]
+
+#: The feature sets ``compare`` runs when none are named; the deep ones only where their weights are found.
+DEFAULT_FEATURE_SETS = ("size", "handcrafted", "inception_v3", "vgg16")
+
+
+def default_feature_sets(extractor_options: Mapping[str, Any] | None = None) -> tuple[list[str], list[str]]:
+    """:data:`DEFAULT_FEATURE_SETS` whose deep backbones' weights are found (``--weights-dir``,
+    ``$BLASTSCAN_WEIGHTS_DIR`` or the Keras cache), and one line per set left out saying why."""
+    from blastscan.features.backbones import BACKBONES, find_weights
+    import blastscan.features.deep  # noqa: F401  (registers the backbones)
+
+    opts = dict(extractor_options or {})
+    chosen, left_out = [], []
+    for fs in DEFAULT_FEATURE_SETS:
+        if fs in BACKBONES and not opts.get("random_weights"):
+            found = find_weights(fs, opts.get("weights_dir"))
+            if found.path is None:
+                left_out.append(f"{fs}: left out of the default feature sets, no weights found "
+                                f"(looked in {'; '.join(found.searched)}; give --weights-dir)")
+                continue
+        chosen.append(fs)
+    return chosen, left_out
 
 #: Soft votes compare ranks by default (see benchmarks/bench_accuracy.py): the embedding's model and the
 #: size model, which hold different evidence (texture of the whole cell; how large the cell is).
@@ -77,6 +100,41 @@ def _plan_configs(feature_sets: list[str], classifiers: list[str], votes: list[l
     pairs += [m for v in votes for m in v if m not in pairs]
     sets = list(dict.fromkeys([fs for fs, _ in pairs]))
     return [ConfigSpec(f"{fs}/{c}", fs, c, dict(params.get(c, {})), tune=tune) for fs, c in pairs], sets
+
+
+def collapse_equivalent(configs: list[ConfigSpec], widths: Mapping[str, int],
+                        n_rows: int) -> tuple[list[ConfigSpec], list[str]]:
+    """Drop configurations that are the same model as another in the grid, keeping one row for both.
+
+    ``svm_pca`` on a feature set no wider than its PCA width keeps every component: the PCA only rotates
+    the standardised features, which an RBF kernel (and its ``gamma="scale"``, the total variance) does not
+    see, so it is ``svm`` with the same parameters. The kept configuration lists the dropped one in
+    ``aliases``; one note per collapse says so.
+    """
+    from blastscan.classifiers import get_classifier
+
+    by_name = {c.name: c for c in configs}
+    drop, aliases, notes = set(), {}, []
+    default_k = None
+    for c in configs:
+        if c.classifier != "svm_pca" or c.tune or c.members or c.feature_set not in widths:
+            continue
+        params = dict(c.params)
+        if default_k is None:
+            est = get_classifier("svm_pca")
+            default_k = int((est.steps[-1][1] if hasattr(est, "steps") else est).n_components)
+        k = int(params.pop("n_components", default_k))
+        width = int(widths[c.feature_set])
+        twin = by_name.get(f"{c.feature_set}/svm")
+        if width > k or width >= n_rows // 2 or twin is None or twin.tune or dict(twin.params) != params:
+            continue
+        drop.add(c.name)
+        aliases.setdefault(twin.name, []).append(c.name)
+        notes.append(f"{c.name} is the same model as {twin.name} ({width} features <= {k} PCA components: the PCA "
+                     f"only rotates them, which the RBF SVM does not see); run once, shown as {twin.name}")
+    out = [ConfigSpec(c.name, c.feature_set, c.classifier, c.params, c.members, c.tune,
+                      tuple(c.aliases) + tuple(aliases.get(c.name, ()))) for c in configs if c.name not in drop]
+    return out, notes
 
 
 #: Feature sets up to this width get a feature-screening table in the report (handcrafted families).
@@ -134,6 +192,7 @@ def compare(
     jobs: int | None = None,
     progress: bool = True,
     dataset: str | None = None,
+    feature_set_notes: Sequence[str] = (),
 ) -> CompareResult:
     """Evaluate every feature set x classifier subject-disjoint and write the run folder.
 
@@ -167,6 +226,8 @@ def compare(
         Progress bars on stderr.
     dataset : str, optional
         How the data was named (recorded; used in hints).
+    feature_set_notes : list of str
+        Why default feature sets were left out (:func:`default_feature_sets`); in the summary and report.
 
     Returns
     -------
@@ -189,7 +250,11 @@ def compare(
     splits = plan_splits(data, settings)
     screening = _screening(data)
     configs = [c for c in configs if c.feature_set in data.Xs]
+    configs, same_notes = collapse_equivalent(configs, {fs: X.shape[1] for fs, X in data.Xs.items()}, len(data.y))
     by_name = {c.name: c for c in configs}
+    alias_of = {a: c.name for c in configs for a in c.aliases}
+    votes = [[(fs, c) if f"{fs}/{c}" in by_name else tuple(alias_of.get(f"{fs}/{c}", f"{fs}/{c}").rsplit("/", 1))
+              for fs, c in v] for v in votes]
     vote_specs = [vote_spec([by_name[f"{fs}/{c}"] for fs, c in v], data) for v in votes
                   if all(f"{fs}/{c}" in by_name for fs, c in v)]
     grid = run_grid(data, splits, configs, jobs, settings.seed, progress)
@@ -197,13 +262,15 @@ def compare(
     tables = assemble_grid(data, splits, grid, configs + vote_specs, settings)
 
     notes = ([leaky] if leaky else []) + [f"{p.path} {p.reason}" for p in mixed_subjects(manifest_df)]
-    notes += data.notes + splits.notes
+    notes += data.notes + splits.notes + same_notes + list(feature_set_notes)
     skipped = data.skipped + tables.skipped
     run = run_record(manifest_df, data, splits, tables, settings, store=store, dataset=dataset,
                      extractor_options=extractor_options, classifiers=classifiers, notes=notes, skipped=skipped,
                      seconds={"grid": round(grid.wall_seconds, 1), "total": round(time.time() - t_start, 1)},
                      started=started, jobs=jobs, run_dir=run_dir)
     run["leaky_split"] = leaky
+    run["feature_set_notes"] = list(feature_set_notes)
+    run["same_as"] = {a: c for a, c in alias_of.items()}
     result = CompareResult(screening=screening, run_dir=run_dir, best=tables.best, metrics=tables.metrics, predictions=tables.predictions,
                            per_subject=tables.per_subject, run=run, skipped=skipped, notes=notes,
                            extracted=data.extracted)

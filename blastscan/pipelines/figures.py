@@ -35,6 +35,9 @@ def make_figures(result: CompareResult) -> dict[str, bytes]:
     preds = result.predictions
     cv = preds[preds["split"] == "subject_cv"]
     figs = {"roc": _roc(ranked, cv), "confusion": _confusion(ranked), "metrics": _metrics(ranked)}
+    rel = _reliability(cv[cv["config"] == result.best]) if result.best is not None else None
+    if rel is not None:
+        figs["reliability"] = rel
     subjects = _subjects(result)
     if subjects is not None:
         figs["subjects"] = subjects
@@ -42,6 +45,30 @@ def make_figures(result: CompareResult) -> dict[str, bytes]:
     if leaky is not None:
         figs["leaky"] = leaky
     return figs
+
+
+def _reliability(sel) -> bytes | None:
+    """Observed share of ALL per bin of P(ALL), calibrated and raw, against the diagonal."""
+    from matplotlib.figure import Figure
+
+    from blastscan.evaluation.calibration import brier_score, reliability_table
+
+    if not len(sel) or "p_all_raw" not in sel:
+        return None
+    y = (sel["label"] == "all").astype(int).to_numpy()
+    fig = Figure(figsize=(4.6, 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([0, 1], [0, 1], color="#999", lw=1, ls="--", label="perfect calibration")
+    for col, name, style in (("p_all", "calibrated", "-o"), ("p_all_raw", "raw", "-s")):
+        p = sel[col].to_numpy(dtype=float)
+        t = reliability_table(y, p)
+        ax.plot(t["mean_p_all"], t["share_all"], style, ms=4, label=f"{name} (Brier {brier_score(y, p):.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("P(ALL), mean per bin of 0.1")
+    ax.set_ylabel("share of ALL cells in the bin")
+    ax.legend(fontsize=8, loc="upper left")
+    return _png(fig)
 
 
 def _roc(ranked, cv) -> bytes:

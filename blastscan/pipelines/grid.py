@@ -33,6 +33,7 @@ class ConfigSpec:
     params: dict = field(default_factory=dict, hash=False, compare=False)
     members: tuple = ()  # a vote's member configuration names
     tune: bool = False  # search the classifier's grid on grouped inner folds of each training part
+    aliases: tuple = ()  # names of configurations that are the same model as this one (run once, shown once)
 
     def spec(self):
         """What each fit builds: the classifier's name, or a :class:`~blastscan.evaluation.tuning.Tuned` one."""

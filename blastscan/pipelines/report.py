@@ -16,7 +16,8 @@ import pandas as pd
 
 from blastscan._io import atomic_write_bytes
 from blastscan.pipelines.figures import make_figures
-from blastscan.pipelines.results import (LEAKY, LEAKY_NOTE, OFFICIAL, SUBJECT_FOLD, SUBJECT_POOLED, WITHIN_SUBJECT,
+from blastscan.pipelines.results import (LEAKY, LEAKY_NOTE, OFFICIAL, OPERATING, SUBJECT_FOLD, SUBJECT_POOLED,
+                                         WITHIN_SUBJECT,
                                          CompareResult,
                                          best_sentence, fmt, rank_configs, rule_sentence, split_sentence,
                                          with_ci)
@@ -65,7 +66,7 @@ def report_blocks(result: CompareResult) -> list[tuple]:
 
     ranked = rank_configs(m)
     order = _Order(ranked)
-    for section in (_ranking_blocks, _patient_blocks, _fold_blocks, _official_blocks, _within_blocks, _leaky_blocks,
+    for section in (_ranking_blocks, _operating_blocks, _calibration_blocks, _patient_blocks, _fold_blocks, _official_blocks, _within_blocks, _leaky_blocks,
                     _other_rule_blocks, _subject_blocks, _screening_blocks):
         blocks += section(result, ranked, order)
     blocks += [("h2", "Run details"), ("ul", _details(result))]
@@ -91,20 +92,36 @@ def _ranking_blocks(result: CompareResult, ranked: pd.DataFrame, order: _Order) 
                ("p", f"{split_sentence(run)}. Threshold: {rule_sentence(run)}, chosen inside each training part from "
                      f"grouped out-of-fold predictions of an inner subject-disjoint CV "
                      f"({run.get('threshold_inner_cv', '?')}; never from the test fold); the column gives the median over folds. "
-                     f"Brackets: 95% bootstrap interval over subjects. Sorted by weighted F1, then ROC-AUC.")]
+                     f"Brackets: 95% bootstrap interval over subjects. **Ranked by ROC-AUC** (threshold-free: "
+                     f"how well P(ALL) orders cells of unseen subjects), then weighted F1; the other columns are at "
+                     f"the threshold rule, on calibrated P(ALL); threshold spread = max - min over outer folds.")]
     table = pd.DataFrame({
         "rank": np.arange(1, len(ranked) + 1).astype(str),
         "configuration": ranked["config"],
+        "ROC-AUC": [with_ci(r, "roc_auc") for _, r in ranked.iterrows()],
         "weighted F1": [with_ci(r, "weighted_f1") for _, r in ranked.iterrows()],
         "F1 ALL": ranked["f1_all"].map(fmt), "F1 HEM": ranked["f1_hem"].map(fmt),
         "ALL recall": [with_ci(r, "recall_all") for _, r in ranked.iterrows()],
         "specificity": [with_ci(r, "specificity") for _, r in ranked.iterrows()],
         "balanced acc.": ranked["balanced_accuracy"].map(fmt),
-        "ROC-AUC": [with_ci(r, "roc_auc") for _, r in ranked.iterrows()],
         "PR-AUC": ranked["pr_auc"].map(fmt),
-        "threshold": ranked["threshold"].map(fmt),
+        "threshold (spread)": [f"{fmt(r['threshold'])} ({fmt(r.get('threshold_spread'))})"
+                               for _, r in ranked.iterrows()],
         "cells / subjects": [f"{int(r['n'])} / {int(r['n_subjects'])}" for _, r in ranked.iterrows()],
     })
+    same = [f"**{r['config']}** also stands for {r['same_as']} (the same model: run once, one row)"
+            for _, r in ranked.iterrows() if isinstance(r.get("same_as"), str) and r["same_as"]]
+    if same:
+        blocks.append(("ul", same))
+    from blastscan.evaluation.decision import SPREAD_BOUND
+
+    unstable = [f"**{r['config']}**: per-fold thresholds spread {fmt(r['threshold_spread'])} (max - min over "
+                f"outer folds, calibrated P(ALL)), more than {SPREAD_BOUND:.2f}: its threshold depends on which "
+                f"subjects chose it" for _, r in ranked.iterrows()
+                if pd.notna(r.get("threshold_spread")) and r["threshold_spread"] > SPREAD_BOUND]
+    if unstable:
+        blocks += [("p", "**Unstable thresholds.** The threshold procedure gave widely different thresholds across "
+                         "outer folds for:"), ("ul", unstable)]
     blocks += [("table", table), ("fig", "metrics", "Main metrics with 95% bootstrap intervals (subject-disjoint)"),
                ("fig", "roc", "ROC curves per feature set (pooled out-of-fold, subject-disjoint)")]
 
@@ -117,6 +134,60 @@ def _ranking_blocks(result: CompareResult, ranked: pd.DataFrame, order: _Order) 
     blocks += [("h2", "Confusion matrices of the best configurations"), ("table", cm),
                ("fig", "confusion", "Confusion matrices (pooled out-of-fold, subject-disjoint)")]
     return blocks
+
+
+def _operating_blocks(result: CompareResult, ranked: pd.DataFrame, order: _Order) -> list[tuple]:
+    m, run = result.metrics, result.run
+    op = m[m["split"] == OPERATING] if "split" in m else m.iloc[:0]
+    if not len(op):
+        return []
+    top = list(ranked["config"].head(5))
+    op = op[op["config"].isin(top)]
+    op = op.iloc[np.lexsort((op["target_recall"].to_numpy(), [order.of(c) for c in op["config"]]))]
+    shipped = float(run["threshold"]["target_recall"]) if run["threshold"]["rule"] == "recall" else None
+    table = pd.DataFrame({
+        "configuration": op["config"],
+        "target ALL recall": [f"{t:.2f}" + (" (shipped)" if shipped is not None and abs(t - shipped) < 1e-9 else "")
+                              for t in op["target_recall"]],
+        "ALL recall on held-out subjects": [with_ci(r, "recall_all") for _, r in op.iterrows()],
+        "specificity on held-out subjects": [with_ci(r, "specificity") for _, r in op.iterrows()],
+        "weighted F1": [with_ci(r, "weighted_f1") for _, r in op.iterrows()],
+        "threshold (median, spread)": [f"{fmt(r['threshold'])} ({fmt(r.get('threshold_spread'))})"
+                                       for _, r in op.iterrows()],
+    })
+    return [("h2", "Operating points: target ALL recall 0.90 / 0.95 / 0.97"),
+            ("p", "Per outer fold, the threshold reaching the target ALL recall on the training part's inner "
+                  "out-of-fold (calibrated) P(ALL) is applied to that fold's held-out subjects; pooled over folds. "
+                  "A target is met on the training folds by construction; what it gives on new patients is the "
+                  "recall column (often below the target). `--target-recall` picks the one that ships (`compare`, "
+                  "`train`, `export`). Top 5 configurations by ROC-AUC; every configuration's rows are in "
+                  f"metrics.csv (split `{OPERATING}`). Brackets: 95% bootstrap interval over subjects."),
+            ("table", table)]
+
+
+def _calibration_blocks(result: CompareResult, ranked: pd.DataFrame, order: _Order) -> list[tuple]:
+    if "brier" not in ranked:
+        return []
+    table = pd.DataFrame({"configuration": ranked["config"],
+                          "Brier calibrated": ranked["brier"].map(fmt),
+                          "Brier raw": ranked["brier_raw"].map(fmt),
+                          "ROC-AUC calibrated (ranked)": ranked["roc_auc"].map(fmt),
+                          "ROC-AUC raw": ranked.get("roc_auc_raw", pd.Series(np.nan, index=ranked.index)).map(fmt)})
+    return [("h2", "Calibration of P(ALL)"),
+            ("p", "Each outer fold's P(ALL) goes through a calibration map (Platt's sigmoid on the log-odds of the "
+                  "model's P(ALL): two numbers) fitted on the training part's inner subject-disjoint out-of-fold "
+                  "P(ALL), never on the test fold; a bundle stores the map fitted the same way on all its training "
+                  "subjects and `score` applies it. Brier score: mean squared difference between P(ALL) and the "
+                  "label, pooled out-of-fold (lower is better). The map never reverses the model's order, so it "
+                  "changes no call at a threshold rule; it makes P(ALL) = 0.8 mean about 80% ALL among such cells, "
+                  "on subjects like the training ones. Every subject weighs the same in the map's fit. Within one "
+                  "fold the map leaves ROC-AUC unchanged; pooled over folds it puts the five models' scores on one "
+                  "scale, which is why the pooled ROC-AUC of calibrated P(ALL) (the ranking's) differs from that of "
+                  "the raw scores, shown beside it. (Subject weighting was adopted after a cell-weighted map, on "
+                  "the C-NMC dev data, followed its two large healthy subjects; see the README.)"),
+            ("table", table),
+            ("fig", "reliability", f"Reliability of {result.best}: observed share of ALL per bin of P(ALL), "
+                                   "calibrated vs raw (pooled out-of-fold, subject-disjoint)")]
 
 
 def _patient_blocks(result: CompareResult, ranked: pd.DataFrame, order: _Order) -> list[tuple]:

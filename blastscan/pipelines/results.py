@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["SUBJECT_POOLED", "SUBJECT_FOLD", "LEAKY", "OFFICIAL", "WITHIN_SUBJECT", "LEAKY_NOTE", "SPLIT_KINDS", "CompareResult",
+__all__ = ["SUBJECT_POOLED", "SUBJECT_FOLD", "LEAKY", "OFFICIAL", "WITHIN_SUBJECT", "OPERATING", "LEAKY_NOTE", "SPLIT_KINDS", "CompareResult",
            "rank_configs", "fmt", "ci_text", "with_ci", "rule_sentence", "split_sentence", "best_sentence"]
 
 # split kinds, as written in metrics.csv
@@ -21,10 +21,13 @@ SUBJECT_FOLD = "subject_cv_fold"
 LEAKY = "leaky_image_cv_pooled"
 OFFICIAL = "official_prelim"
 WITHIN_SUBJECT = "subject_cv_within_subject"
+OPERATING = "subject_cv_operating_point"
 LEAKY_NOTE = "leaky: cells of one patient on both sides — do not trust"
 SPLIT_KINDS = {SUBJECT_POOLED: "subject-disjoint CV, pooled out-of-fold (headline)",
                SUBJECT_FOLD: "subject-disjoint CV, one outer fold",
                OFFICIAL: "official phase: training folds -> preliminary test",
+               OPERATING: "subject-disjoint CV, pooled out-of-fold, at one target ALL recall (threshold chosen per "
+                          "outer fold on its training part; an operating point a user can choose)",
                LEAKY: LEAKY_NOTE,
                WITHIN_SUBJECT: "subject-disjoint CV, each cell's P(ALL) combined with its subject's other cells "
                                "(uses other cells of the same patient; never the headline)"}
@@ -39,7 +42,7 @@ class CompareResult:
     run_dir : Path
     best : str or None
         Name (``feature_set/classifier``) of the configuration with the best pooled subject-disjoint
-        weighted F1 (ties: ROC-AUC); None when every configuration was skipped.
+        ROC-AUC (threshold-free; ties: weighted F1); None when every configuration was skipped.
     metrics : DataFrame
         One row per configuration x split kind (``subject_cv_pooled``, ``subject_cv_fold``,
         ``leaky_image_cv_pooled``, ``official_prelim``), with 95% CI columns for pooled rows.
@@ -86,11 +89,15 @@ class CompareResult:
             lines.append(best_sentence(self))
             ranked = rank_configs(self.metrics)
             if len(ranked) > 1:
-                lines.append("ranking (pooled subject-disjoint weighted F1 [95% CI], ROC-AUC):")
+                lines.append("ranking by pooled subject-disjoint ROC-AUC (threshold-free) [95% CI]; at the shipped "
+                             "threshold rule: weighted F1 [95% CI], ALL recall, specificity:")
                 for _, r in ranked.iterrows():
-                    lines.append(f"  {r['config']:<34} {fmt(r['weighted_f1'])} "
+                    same = f"  (= {r['same_as']})" if isinstance(r.get("same_as"), str) and r["same_as"] else ""
+                    lines.append(f"  {r['config']:<34} ROC-AUC {fmt(r['roc_auc'])} "
+                                 f"[{fmt(r.get('roc_auc_ci_low'))}, {fmt(r.get('roc_auc_ci_high'))}]  "
+                                 f"wF1 {fmt(r['weighted_f1'])} "
                                  f"[{fmt(r.get('weighted_f1_ci_low'))}, {fmt(r.get('weighted_f1_ci_high'))}]  "
-                                 f"ROC-AUC {fmt(r['roc_auc'])}")
+                                 f"recall {fmt(r['recall_all'])}  spec. {fmt(r['specificity'])}{same}")
         for s in self.skipped:
             lines.append(f"skipped {s['name']}: {s['reason']}")
         lines.append(f"report: {self.run_dir / 'report.html'} (and report.md, metrics.csv)")
@@ -98,11 +105,12 @@ class CompareResult:
 
 
 def rank_configs(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Pooled subject-disjoint headline rows, best first: weighted F1, then ROC-AUC, then name."""
+    """Pooled subject-disjoint headline rows, best first: ROC-AUC (threshold-free, so no threshold luck),
+    then weighted F1 at the threshold rule, then name."""
     rows = metrics[(metrics["split"] == SUBJECT_POOLED) & (metrics["headline"])].copy()
     rows["_f1"] = rows["weighted_f1"].fillna(-np.inf)
     rows["_auc"] = rows["roc_auc"].fillna(-np.inf)
-    rows = rows.sort_values(["_f1", "_auc", "config"], ascending=[False, False, True], kind="stable")
+    rows = rows.sort_values(["_auc", "_f1", "config"], ascending=[False, False, True], kind="stable")
     return rows.drop(columns=["_f1", "_auc"]).reset_index(drop=True)
 
 
@@ -155,8 +163,10 @@ def best_sentence(result: CompareResult, markdown: bool = False) -> str:
         return "No configuration could be evaluated."
     b = "**" if markdown else ""
     run = result.run
-    return (f"Best configuration: {b}{result.best}{b}: weighted F1 {b}{fmt(row['weighted_f1'])}{b} "
-            f"(95% CI {ci_text(row, 'weighted_f1')}), ROC-AUC {fmt(row['roc_auc'])} (95% CI {ci_text(row, 'roc_auc')}), "
-            f"ALL recall {fmt(row['recall_all'])}, specificity {fmt(row['specificity'])}; "
-            f"{split_sentence(run)}; decision threshold: {rule_sentence(run)}, chosen on the training folds only. "
-            f"Intervals: {run['n_boot']} bootstrap resamples of subjects.")
+    return (f"Best configuration by ROC-AUC: {b}{result.best}{b}: ROC-AUC {b}{fmt(row['roc_auc'])}{b} "
+            f"(95% CI {ci_text(row, 'roc_auc')}); at its threshold: weighted F1 {fmt(row['weighted_f1'])} "
+            f"(95% CI {ci_text(row, 'weighted_f1')}), "
+            f"ALL recall {fmt(row['recall_all'])} (95% CI {ci_text(row, 'recall_all')}), "
+            f"specificity {fmt(row['specificity'])} (95% CI {ci_text(row, 'specificity')}); "
+            f"{split_sentence(run)}; decision threshold: {rule_sentence(run)} on calibrated P(ALL), chosen on the "
+            f"training folds only. Intervals: {run['n_boot']} bootstrap resamples of subjects.")

@@ -13,6 +13,7 @@ import pandas as pd
 
 from blastscan._io import atomic_path, atomic_write_bytes
 from blastscan.evaluation import EvalSettings
+from blastscan.evaluation.decision import operating_targets
 from blastscan.options import clean_options
 from blastscan.pipelines.assemble import Tables
 from blastscan.pipelines.grid import CompareData, SplitPlan
@@ -84,6 +85,9 @@ def run_record(manifest_df: pd.DataFrame, data: CompareData, splits: SplitPlan, 
         "inner_splits": int(settings.inner_folds),
         "threshold_inner_cv": (f"{plan.n_splits - 1}-fold, over the other outer folds" if splits.inner.mode == "pairs"
                                else f"{settings.inner_folds}-fold, inside each training part"),
+        "threshold_inner_mode": splits.inner.mode,
+        "operating_targets": list(operating_targets(settings.target_recall)),
+        "calibration": "platt_logit: per outer fold, fitted on its training part's inner out-of-fold P(ALL)",
         "fits_per_config": len(splits.tasks),
         "leaky_splits": int(len(splits.leaky)),
         "n_boot": int(settings.n_boot),

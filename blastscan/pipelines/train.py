@@ -1,8 +1,12 @@
 """Train one model on a whole dataset and wrap it as a scoring bundle: ``blastscan train``.
 
-The decision threshold is chosen on out-of-fold P(ALL) from a subject-disjoint CV on the same training
-data (never on data to be scored); the out-of-fold metrics at that threshold are recorded as the
-bundle's training metrics, named by their split.
+The decision threshold and the calibration map of P(ALL) come from the procedure ``compare`` measures per
+outer fold (:func:`blastscan.evaluation.decision.decide` on grouped out-of-fold P(ALL) of an inner
+subject-disjoint CV), here run over all training subjects. What the bundle says about its operating point
+(ALL recall and specificity, with subject-bootstrap intervals) is the outer-fold result of that procedure on
+subjects it never saw: ``train`` runs the outer CV itself (the same folds and fits ``compare`` would run for
+this one configuration); ``export`` copies it from its compare run. Never the in-sample numbers of the
+threshold's own out-of-fold predictions (those meet the target by construction).
 """
 
 from __future__ import annotations
@@ -19,15 +23,18 @@ from blastscan.bundle import FORMAT, FORMAT_VERSION, Bundle, save_bundle
 from blastscan._io import check_writable_file
 from blastscan.dataset.subjects import require_subjects
 from blastscan.errors import BlastscanError
-from blastscan.evaluation import (EvalSettings, FoldPlan, choose_threshold, compute_metrics, fit_model, fit_predict,
-                                  make_classifier, plan_subject_folds)
+from blastscan.evaluation import (EvalSettings, FoldPlan, bootstrap_ci, compute_metrics, fit_model, make_classifier,
+                                  plan_subject_folds, subject_cv)
+from blastscan.evaluation.cv import shipped_decision
+from blastscan.evaluation.decision import operating_targets, shipped_inner_splits, spread_note, threshold_spread
+from blastscan.evaluation.patient import operating_point_bootstrap
 from blastscan.features.featureset import FeatureMatrix, FeatureSet
 from blastscan.options import clean_options, params_for
 
-__all__ = ["TRAIN_SETTINGS", "train", "train_bundle", "labelled_rows", "TrainingData"]
+__all__ = ["TRAIN_SETTINGS", "train", "train_bundle", "labelled_rows", "TrainingData", "outer_estimate"]
 
-#: Train's defaults: 5 inner folds choose the threshold (compare's outer folds do that job there).
-TRAIN_SETTINGS = EvalSettings(inner_folds=5)
+#: Train's defaults: compare's (5 outer folds for the estimate; the threshold CV as compare's inner CVs).
+TRAIN_SETTINGS = EvalSettings()
 
 
 def labelled_rows(manifest_df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -91,50 +98,89 @@ class TrainingData:
 class _Fitted:
     model: Any
     threshold: float
-    metrics: dict | None
-    split: str
+    decision: Any
+    estimate: dict | None
+    inner_splits: int
     plan: FoldPlan | None
     notes: list[str] = field(default_factory=list)
-    operating_point_bootstrap: dict | None = None  # what blast-fraction intervals need (issue 23)
+    operating_point_bootstrap: dict | None = None  # what blast-fraction intervals need
+
+
+def outer_estimate(spec, params, data: TrainingData, settings: EvalSettings) -> dict | None:
+    """The shipped operating point measured as compare measures it: an outer subject-disjoint CV
+    (``settings.folds``), each fold's calibration and threshold chosen by the shared procedure on its training
+    part, pooled over the held-out folds, with subject-bootstrap intervals. None when no split exists."""
+    try:
+        plan = plan_subject_folds(data.groups, data.y, settings.folds, settings.seed)
+    except BlastscanError:
+        return None
+    targets = operating_targets(settings.target_recall)
+    cv = subject_cv(spec, params, data.X, data.y, data.groups, plan=plan, inner_splits=settings.inner_folds,
+                    seed=settings.seed, target_recall=settings.target_recall, targets=targets)
+    rule = settings.threshold_rule
+    per_fold = cv.target_thresholds[round(settings.target_recall, 4)] if rule == "recall" else cv.fold_thresholds[rule]
+    thr = np.array(per_fold)[cv.fold]
+    met = compute_metrics(data.y, cv.p_all, thr, subjects=data.subjects, groups=data.groups)
+    ci = bootstrap_ci(data.y, cv.p_all, thr, data.groups, n_boot=settings.n_boot, seed=settings.seed,
+                      metrics=("recall_all", "specificity", "weighted_f1", "roc_auc")) if settings.n_boot else {}
+    return {"metrics": met, "ci": {k: list(v) for k, v in ci.items()}, "fold_thresholds": list(per_fold),
+            "threshold_spread": threshold_spread(per_fold), "n_splits": plan.n_splits, "inner_mode": cv.inner,
+            "n_boot": int(settings.n_boot), "notes": list(cv.notes),
+            "split": (f"outer subject-disjoint {plan.n_splits}-fold CV of the training data: each fold's threshold "
+                      f"chosen on its training part by the shipped procedure, measured on held-out subjects "
+                      f"({met['n_subjects']} subjects, {met['n']} cells)")}
 
 
 def _fit_with_threshold(data: TrainingData, classifier, params: Mapping[str, Any], settings: EvalSettings,
-                        progress: bool) -> _Fitted:
-    """Out-of-fold P(ALL) on subject-disjoint folds (for the threshold and training metrics), then the
-    final fit on every row."""
+                        progress: bool, estimate: dict | None = None) -> _Fitted:
+    """The outer-fold estimate (unless given), the shipped calibration map and threshold (the procedure
+    compare runs per fold, on an inner CV over all subjects), then the final fit on every row."""
     from tqdm.auto import tqdm
 
     notes: list[str] = []
+    if estimate is None:
+        estimate = outer_estimate(classifier, params, data, settings)
+        if estimate is None:
+            notes.append("no operating-point estimate: too few subjects for an outer subject-disjoint split")
+    inner_mode = (estimate or {}).get("inner_mode", "nested")
+    n_outer = (estimate or {}).get("n_splits", settings.folds)
+    k = shipped_inner_splits(n_outer, inner_mode, settings.inner_folds)
+    bar = tqdm(total=k + 1, desc="train", unit="fit", disable=not progress, dynamic_ncols=True)
     try:
-        plan = plan_subject_folds(data.groups, data.y, settings.inner_folds, settings.seed, what="threshold folds")
-    except BlastscanError as exc:
-        plan = None
-        notes.append(f"threshold left at 0.5 and no training metrics: {exc.why}")
-    X, y, groups, seed = data.X, data.y, data.groups, settings.seed
-    bar = tqdm(total=(plan.n_splits if plan else 0) + 1, desc="train", unit="fit", disable=not progress,
-               dynamic_ncols=True)
-    try:
-        oof = None
-        if plan is not None:
+        if k >= 2:
+            decision, plan = shipped_decision(classifier, params, data.X, data.y, data.groups, n_splits=k,
+                                              seed=settings.seed, target_recall=settings.target_recall,
+                                              targets=operating_targets(settings.target_recall),
+                                              progress=lambda: bar.update(1))
+        else:  # --inner-folds 0: compare's folds had no inner CV either
+            from blastscan.evaluation.decision import decide
+
+            decision, plan = decide(data.y, None, targets=operating_targets(settings.target_recall)), None
+            decision.note = "threshold left at 0.5, no calibration (--inner-folds 0, as in compare)"
+        if plan is None:
+            notes.append(decision.note)
+        else:
             notes += plan.notes
-            oof = np.full(len(y), np.nan)
-            for tr, te in plan.folds:
-                oof[te] = fit_predict(classifier, params, X, y, groups, tr, te, seed)
-                bar.update(1)
-        est = make_classifier(classifier, params, seed)
-        est = fit_model(est, X, y, groups) or est
+        est = make_classifier(classifier, params, settings.seed)
+        est = fit_model(est, data.X, data.y, data.groups) or est
         bar.update(1)
     finally:
         bar.close()
-    if oof is None:
-        return _Fitted(est, 0.5, None, "none (too few subjects for a subject-disjoint split)", None, notes)
-    threshold = float(choose_threshold(y, oof, rule=settings.threshold_rule, target_recall=settings.target_recall))
-    metrics = compute_metrics(y, oof, threshold, subjects=data.subjects, groups=groups)
-    split = f"training metrics, subject-disjoint {plan.n_splits}-fold OOF on the training data"
-    from blastscan.evaluation.patient import operating_point_bootstrap
-
-    boot = operating_point_bootstrap(y, oof, data.subjects, threshold, seed=seed)
-    return _Fitted(est, threshold, metrics, split, plan, notes, boot)
+    threshold = decision.threshold(settings.threshold_rule, settings.target_recall)
+    per_fold = (estimate or {}).get("fold_thresholds") or []
+    if per_fold:
+        unstable = spread_note(per_fold)
+        if unstable:
+            notes.append(unstable)
+        lo, hi = min(per_fold), max(per_fold)
+        if plan is not None and not lo - 0.05 <= threshold <= hi + 0.05:
+            notes.append(f"the shipped threshold {threshold:.3f} lies outside the range of the outer folds' "
+                         f"thresholds ({lo:.3f}-{hi:.3f}) whose recall and specificity are reported: on all "
+                         "subjects the procedure chose differently, so the reported operating point may not hold")
+    boot = None
+    if decision.p_oof is not None:  # what blast-fraction intervals need: the calls at the shipped threshold
+        boot = operating_point_bootstrap(data.y, decision.p_oof, data.subjects, threshold, seed=settings.seed)
+    return _Fitted(est, threshold, decision, estimate, k, plan, notes, boot)
 
 
 def train_bundle(
@@ -149,6 +195,7 @@ def train_bundle(
     dataset: str | None = None,
     progress: bool = True,
     tune: bool = False,
+    estimate: dict | None = None,
 ) -> Bundle:
     """Fit ``classifier`` on every labelled row of ``manifest_df`` and wrap it as a :class:`Bundle`.
 
@@ -168,8 +215,8 @@ def train_bundle(
     extractor_options : dict, optional
         ``weights_dir``, ``input_size``, ... as given to ``extract``.
     settings : EvalSettings
-        Seed, threshold rule, target recall and ``inner_folds`` (folds of the subject-disjoint CV that
-        picks the threshold; fewer when a class has fewer subjects).
+        Seed, threshold rule, target recall, ``folds`` (the outer CV of the operating-point estimate) and
+        ``inner_folds`` (as compare's), ``n_boot``.
     dataset : str, optional
         Recorded, and used in the hint of a missing-features error.
     progress : bool
@@ -177,6 +224,8 @@ def train_bundle(
     tune : bool
         Search the classifier's small grid on subject-grouped inner folds of the training data (inside
         every threshold fold too); the values chosen for the final model are recorded in the bundle.
+    estimate : dict, optional
+        The operating point measured by a compare run (``export``); without it the outer CV is run here.
     """
     params = dict(params or {})
     leaky = require_subjects(manifest_df, settings.per_image_split, "train")
@@ -195,9 +244,9 @@ def train_bundle(
         from blastscan.evaluation.tuning import Tuned
 
         spec, fit_params = Tuned(classifier=classifier, params=params), {}
-    fitted = _fit_with_threshold(data, spec, fit_params, settings, progress)
-    if leaky:  # every record of these numbers says so
-        fitted.split = f"{leaky}; {fitted.split}"
+    fitted = _fit_with_threshold(data, spec, fit_params, settings, progress, estimate)
+    if leaky and fitted.estimate is not None:  # every record of these numbers says so
+        fitted.estimate["split"] = f"{leaky}; {fitted.estimate['split']}"
     metadata = _metadata(fs, fm, data, fitted, classifier, params, settings, extractor_options, dataset)
     if tune:
         metadata["tuned"] = {"grid": "blastscan.evaluation.tuning.GRIDS", "chosen": fitted.model.best_params_,
@@ -217,6 +266,7 @@ def _metadata(fs: FeatureSet, fm: FeatureMatrix, data: TrainingData, fitted: _Fi
     from blastscan import provenance as prov
 
     versions = prov.library_versions()
+    est = fitted.estimate
     name = classifier if isinstance(classifier, str) else getattr(classifier, "__name__", type(classifier).__name__)
     metadata = {
         "format": FORMAT,
@@ -233,14 +283,38 @@ def _metadata(fs: FeatureSet, fm: FeatureMatrix, data: TrainingData, fitted: _Fi
         "params": params,
         "seed": int(settings.seed),
         "threshold": {"value": fitted.threshold, **settings.threshold_record(),
-                      "rule_text": settings.rule_text(on="out-of-fold P(ALL)"), "chosen_on": fitted.split},
-        "training_metrics": {"split": fitted.split, "n_splits": fitted.plan.n_splits if fitted.plan else 0,
-                             "metrics": fitted.metrics, "notes": fitted.notes,
+                      "rule_text": settings.rule_text(on="calibrated out-of-fold P(ALL)"),
+                      "chosen_on": (f"calibrated out-of-fold P(ALL) of a {fitted.inner_splits}-fold subject-disjoint CV "
+                                    f"over all {data.record(None)['n_subjects']} training subjects (the procedure "
+                                    "compare measures per outer fold)") if fitted.plan is not None else "none",
+                      "calibrated": fitted.decision.calibration is not None,
+                      "targets": {f"{t:.2f}": v for t, v in fitted.decision.targets.items()}},
+        "calibration": fitted.decision.calibration,
+        "operating_point": _operating_point(fitted, settings),
+        "training_metrics": {"split": (est or {}).get("split", "none (too few subjects for a subject-disjoint split)"),
+                             "n_splits": (est or {}).get("n_splits", 0),
+                             "metrics": (est or {}).get("metrics"), "notes": fitted.notes,
                              "operating_point_bootstrap": fitted.operating_point_bootstrap},
         "training_data": data.record(dataset),
         "versions": versions,
     }
     return prov.to_jsonable(metadata)
+
+
+def _operating_point(fitted: _Fitted, settings: EvalSettings) -> dict | None:
+    """What the bundle says about its threshold on new patients: the outer-fold estimate with intervals."""
+    est = fitted.estimate
+    if est is None:
+        return None
+    met, ci = est.get("metrics") or {}, est.get("ci") or {}
+    out = {"split": est["split"], "target_recall": settings.target_recall if settings.threshold_rule == "recall" else None,
+           "rule": settings.threshold_rule, "n_subjects": met.get("n_subjects"), "n_cells": met.get("n"),
+           "n_boot": est.get("n_boot"), "fold_thresholds": est.get("fold_thresholds"),
+           "threshold_spread": est.get("threshold_spread"), "source": est.get("source", "train: outer CV")}
+    for k in ("recall_all", "specificity", "weighted_f1", "roc_auc"):
+        out[k] = met.get(k)
+        out[f"{k}_ci"] = ci.get(k)
+    return out
 
 
 def train(
