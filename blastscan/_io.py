@@ -1,12 +1,14 @@
 """Atomic file writes and file hashing, shared by the dataset layer, the feature store and the pipelines.
 
-A file is written under a temporary name in its target's folder and renamed into place, so a reader
-never sees half a file and a crash leaves the previous version (or nothing) behind.
+A file is written under a temporary name in its target's folder, fsynced, renamed into place and the
+folder fsynced (as a database does), so a reader never sees half a file and a crash or power cut leaves
+the previous version (or nothing) behind, never an empty file under the final name.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import tempfile
@@ -16,7 +18,7 @@ from typing import Iterator
 from blastscan.errors import BlastscanError
 
 __all__ = ["atomic_path", "atomic_write_bytes", "check_writable_dir", "check_writable_file", "file_sha256",
-           "pid_alive", "remove_stale_temp", "TEMP_MARK"]
+           "fsync_path", "pid_alive", "remove_stale_temp", "TEMP_MARK"]
 
 TEMP_MARK = ".tmp"  # every temporary name ends so (see atomic_path); stale ones are removed by remove_stale_temp
 
@@ -58,7 +60,9 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; published files get the usual mode
+        fsync_path(tmp)  # the data on disk before the name points at it
         os.replace(tmp, target)
+        fsync_path(target.parent)  # the rename itself on disk
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -80,6 +84,19 @@ def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync a file or a folder by path (a folder's fsync makes a rename in it durable). File systems that
+    cannot fsync a folder are ignored (the data's fsync still happened)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if not os.path.isdir(path) or exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
