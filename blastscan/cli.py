@@ -31,6 +31,14 @@ class _Group(click.Group):
         except PermissionError as exc:  # a place nobody checked before: still one line, naming it
             click.echo(f"error: {exc.filename or 'file'}: cannot write or read there ({exc.strerror})", err=True)
             ctx.exit(2)
+        except OSError as exc:  # a full disk or an I/O error outside an atomic write: one line, naming the path
+            from blastscan._io import is_write_failure
+
+            if not is_write_failure(exc):
+                raise
+            where = exc.filename or "a file"
+            click.echo(f"error: {where}: {exc.strerror or str(exc).splitlines()[0]}", err=True)
+            ctx.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted: finished chunks are kept in the store", err=True)
             ctx.exit(130)
