@@ -10,13 +10,15 @@ workers need no shared folder. Dask is imported only when a scheduler is asked f
 from __future__ import annotations
 
 import os
+import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
 
 from blastscan.errors import BlastscanError
 
 __all__ = ["ENV_VARS", "RETRIES", "LocalExecutor", "DaskExecutor", "resolve_scheduler", "session", "executor",
-           "active"]
+           "active", "exit_with_parent", "PARENT_POLL_SECONDS"]
 
 #: Read in this order when no ``--scheduler`` is given (the second is Dask's own convention).
 ENV_VARS = ("BLASTSCAN_SCHEDULER", "DASK_SCHEDULER_ADDRESS")
@@ -27,6 +29,34 @@ RETRIES = 2
 SHARE_BYTES = 1 << 20
 INSTALL_HINT = 'Dask is not installed; install it with: pip install "blastscan[dask]"'
 _OFF = ("", "none", "off", "no")
+
+
+#: How often a local worker process checks that its parent still runs (it exits when not).
+PARENT_POLL_SECONDS = 1.0
+_watching: set[int] = set()
+
+
+def exit_with_parent(parent_pid: int | None) -> None:
+    """In a worker process: exit as soon as ``parent_pid`` is gone. A kill -9 of the parent runs no
+    clean-up, and loky's idle workers (and through them its resource tracker, which waits for every
+    holder of its pipe) would otherwise linger for minutes (issue 24)."""
+    if parent_pid is None or parent_pid == os.getpid() or parent_pid in _watching:
+        return
+    _watching.add(parent_pid)
+
+    def watch():
+        while True:
+            if os.getppid() != parent_pid:  # re-parented: the parent died
+                os._exit(1)
+            time.sleep(PARENT_POLL_SECONDS)
+
+    threading.Thread(target=watch, name="blastscan-parent-watch", daemon=True).start()
+
+
+def _watched(parent_pid: int, fn: Callable, *args):
+    """Run ``fn(*args)`` in a local worker that exits with its parent."""
+    exit_with_parent(parent_pid)
+    return fn(*args)
 
 
 class LocalExecutor:
@@ -58,7 +88,8 @@ class LocalExecutor:
 
         with parallel_config(backend="loky", inner_max_num_threads=1 if one_thread else None):
             par = Parallel(n_jobs=self.jobs, return_as="generator_unordered", pre_dispatch="2*n_jobs")
-            yield from par(delayed(fn)(*args) for args in arglists)
+            parent = os.getpid()  # every worker watches this process and exits when it dies
+            yield from par(delayed(_watched)(parent, fn, *args) for args in arglists)
 
     def close(self) -> None:
         pass
