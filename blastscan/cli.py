@@ -424,26 +424,30 @@ def score(bundle, inputs, output, store, weights_dir, jobs, trust, within_subjec
 @click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
 @click.option("--port", type=int, default=8765, show_default=True, help="Port to listen on (0: any free port).")
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on; anything but localhost lets other machines use the page and read "
-                   "the paths it is given.")
+              help="Address to listen on; anything but localhost lets other machines (with the token) use the "
+                   "page.")
 @click.option("--store", type=click.Path(file_okay=False), default=None, show_default="a temporary store",
               help="Feature store to reuse and fill (by default nothing is kept after the server stops).")
 @click.option("--max-upload-mb", type=float, default=16.0, show_default=True, help="Largest accepted upload.")
 @_bundle_weights_option
 @jobs_option
 @click.option("--trust", is_flag=True, help=_TRUST_HELP)
-def view(bundle, port, host, store, max_upload_mb, weights_dir, jobs, trust):
+@click.option("--allow", "allow", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="A folder whose images and CSVs the page may score as a server-side batch (repeatable). "
+                   "Default: none; dropped cells need no server-side path.")
+def view(bundle, port, host, store, max_upload_mb, weights_dir, jobs, trust, allow):
     """Serve a local page over BUNDLE: drop cell images (or give a folder/CSV on this machine) and see
     P(ALL), the call, the cell's outline, its key features against the training cells, and the bundle.
 
-    Research use only, not a medical device. Stop it with Ctrl+C; uploads and the default feature store
-    live in a temporary folder that is removed then.
+    Research use only, not a medical device. It prints the page's URL with a random token; requests
+    without the token are refused. Stop it with Ctrl+C; uploads and the default feature store live in a
+    temporary folder that is removed then (or at the next start, after a kill).
     """
     from blastscan.pipelines.view import serve
 
     opts = {"weights_dir": weights_dir} if weights_dir else None
     serve(bundle, host, port, store=store, extractor_options=opts, max_upload_mb=max_upload_mb, jobs=jobs,
-          trust=trust, echo=lambda line: click.echo(line))
+          trust=trust, allow=allow, echo=lambda line: click.echo(line))
 
 
 # ---- demo ------------------------------------------------------------------------------------
