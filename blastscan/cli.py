@@ -386,6 +386,25 @@ def export(run_dir, config_name, out, store, weights_dir, quiet):
     click.echo(f"bundle: {out} (+ {bundle.path.with_suffix('.json').name})")
 
 
+def _max_pixels_option(f):
+    """``--max-pixels``: the pixel budget (issue 24) shared by score and view, for this run and its workers."""
+    def apply(ctx, param, value):
+        if value is not None:
+            import os
+
+            from blastscan.dataset.images import PIXEL_BUDGET_ENV
+
+            if value < 1:
+                raise click.BadParameter("expected a positive number of pixels")
+            os.environ[PIXEL_BUDGET_ENV] = str(value)  # inherited by worker processes started later
+        return value
+
+    return click.option("--max-pixels", type=int, default=None, expose_value=False, callback=apply,
+                        show_default="4000000 (2000 x 2000), or $BLASTSCAN_MAX_PIXELS",
+                        help="Images with more pixels are refused from their header, before decoding "
+                             "(a C-NMC cell is 450 x 450).")(f)
+
+
 @main.command()
 @click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
@@ -401,6 +420,7 @@ def export(run_dir, config_name, out, store, weights_dir, quiet):
               help="Also write each cell's P(ALL) combined with the other cells of its subject (columns "
                    "p_all_within_subject, pred_within_subject). It uses other cells of the same patient.")
 @scheduler_option
+@_max_pixels_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def score(bundle, inputs, output, store, weights_dir, jobs, trust, within_subject, scheduler, quiet):
     """Score INPUTS (image files, folders, CSVs with a path column) with a BUNDLE from train/export.
@@ -432,6 +452,7 @@ def score(bundle, inputs, output, store, weights_dir, jobs, trust, within_subjec
 @_bundle_weights_option
 @jobs_option
 @click.option("--trust", is_flag=True, help=_TRUST_HELP)
+@_max_pixels_option
 @click.option("--allow", "allow", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="A folder whose images and CSVs the page may score as a server-side batch (repeatable). "
                    "Default: none; dropped cells need no server-side path.")

@@ -270,7 +270,7 @@ def test_an_image_with_too_many_pixels_is_refused_before_decoding(server):
     assert buf.tell() < 1024 * 1024
     status, res = _request(f"{server.url}api/cell?name=wide.png", buf.getvalue())
     assert status == 200 and res["p_all"] is None
-    assert "6000 x 6000 pixels is over the viewer's limit" in res["status"]
+    assert "6000x6000 pixels, over the 4,000,000-pixel limit" in res["status"]  # score's words
 
 
 def test_requests_from_other_pages_are_refused(server, sample_cells):

@@ -18,7 +18,6 @@ with ``--allow DIR`` (none by default: dropping cells needs no server-side path)
 from __future__ import annotations
 
 import hmac
-import io
 import json
 import os
 import secrets
@@ -30,7 +29,7 @@ import threading
 import time
 import uuid
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit
@@ -44,25 +43,18 @@ from blastscan.errors import BlastscanError
 from blastscan._io import remove_stale_temp
 from blastscan.bundle import Bundle, load_bundle
 from blastscan.dataset.inputs import input_manifest
-from blastscan.pipelines.score import COLUMNS, subject_summary, training_rates
+from blastscan.pipelines.view_access import ApiError, QuietServer, batch_error, check_batch_path, too_many_pixels
+from blastscan.pipelines.score import COLUMNS, flag_odd_sizes, subject_summary, training_rates
 from blastscan.pipelines.view_detail import cell_detail, data_url, outline_png, training_reference
 
 __all__ = ["NOTICE", "ViewServer", "training_reference", "cell_detail", "serve"]
 
 NOTICE = "Research use only, not a medical device."
 MAX_UPLOAD_MB = 16.0
-MAX_PIXELS = 25_000_000  # a decoded image this large is refused before segmentation (C-NMC cells: 0.2 MP)
 BATCH_CHUNK = 32  # images scored per step of a batch, so the page can show progress
 TOKEN_HEADER = "X-Blastscan-Token"
 TMP_PREFIX = "blastscan-view-"  # + "<pid>-<random>": a folder whose pid is gone is a killed server's
 
-
-class _ApiError(Exception):
-    """A refused request: answered with ``status`` and a JSON ``{"error": message}``."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 _STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
            "/app.js": ("app.js", "text/javascript; charset=utf-8"),
            "/style.css": ("style.css", "text/css; charset=utf-8")}
@@ -141,7 +133,7 @@ class ViewServer:
         self.batches: dict[str, dict] = {}
         self.static = Path(__file__).resolve().parents[1] / "view_static"
         try:
-            self.httpd = _Server((host, port), _handler(self))
+            self.httpd = QuietServer((host, port), _handler(self))
         except OSError as exc:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise BlastscanError(f"--host {host} --port {port}", f"cannot listen there ({exc.strerror or exc})") from None
@@ -223,7 +215,7 @@ class ViewServer:
                                               jobs=self.jobs if len(manifest_df) > 1 else 1, built=self.built)
         if "subject" not in rows:
             rows["subject"] = ""
-        return rows
+        return flag_odd_sizes(rows)  # score's size warning, word for word
 
     def detail(self, path: str, sha: str, status: str) -> dict:
         png, note = outline_png(path) if sha else (None, "")
@@ -239,7 +231,7 @@ class ViewServer:
         path = folder / _safe_name(name)
         try:
             path.write_bytes(data)
-            too_big = _too_many_pixels(data)  # checked before anything decodes the whole image
+            too_big = too_many_pixels(data)  # checked before anything decodes the whole image
             if too_big:
                 import hashlib
 
@@ -265,29 +257,8 @@ class ViewServer:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def check_batch_path(self, path: str) -> str:
-        """The real path of a batch input, or :class:`_ApiError`: it must exist under an ``--allow`` folder
-        and be a folder or a regular file (never a device or pipe)."""
-        import stat as st
-
-        if not path:
-            raise _ApiError(HTTPStatus.BAD_REQUEST, "give a folder, image or CSV path")
-        if not self.allow:
-            raise _ApiError(HTTPStatus.FORBIDDEN, "server-side paths are off; start blastscan view with "
-                                                  "--allow DIR to score files under DIR (or drop the cells here)")
-        real = os.path.realpath(os.path.expanduser(path))
-        if not any(os.path.commonpath([real, a]) == a for a in self.allow):
-            raise _ApiError(HTTPStatus.FORBIDDEN, f"{path}: not under a folder given with --allow")
-        try:
-            mode = os.stat(real).st_mode
-        except OSError:
-            raise _ApiError(HTTPStatus.BAD_REQUEST, f"{path}: no such file or folder on the server's machine") from None
-        if not (st.S_ISDIR(mode) or st.S_ISREG(mode)):
-            raise _ApiError(HTTPStatus.BAD_REQUEST, f"{path}: not a regular file or folder; not opened")
-        return real
-
     def start_batch(self, path: str) -> str:
-        path = self.check_batch_path(path)
+        path = check_batch_path(path, self.allow)
         job = {"id": uuid.uuid4().hex[:12], "path": path, "state": "running", "done": 0, "total": None,
                "rows": None, "subjects": None, "error": None, "started": time.time()}
         self.batches[job["id"]] = job
@@ -315,14 +286,7 @@ class ViewServer:
             job["done"] = job["total"]
             job["state"] = "done"
         except Exception as exc:  # shown on the page, not lost in a thread
-            if job["path"].lower().endswith(".csv"):  # never a word of a CSV's content (it may not be a list)
-                job["error"] = (f"{job['path']}: cannot be used as a list of images (a CSV with a path column, "
-                                "one image per row)")
-            elif isinstance(exc, BlastscanError):
-                job["error"] = str(exc)
-            else:
-                job["error"] = f"internal error ({type(exc).__name__}); please report it"
-            job["state"] = "failed"
+            job["error"], job["state"] = batch_error(job["path"], exc), "failed"
 
     def batch_status(self, job_id: str) -> dict:
         job = self.batches.get(job_id)
@@ -348,7 +312,7 @@ class ViewServer:
 
     def subjects(self, rows) -> list[dict]:
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            raise _ApiError(HTTPStatus.BAD_REQUEST, "rows must be a list of objects (subject, p_all, pred)")
+            raise ApiError(HTTPStatus.BAD_REQUEST, "rows must be a list of objects (subject, p_all, pred)")
         df = pd.DataFrame(rows, columns=["subject", "p_all", "pred"])
         df["p_all"] = pd.to_numeric(df["p_all"], errors="coerce")
         df["subject"] = df["subject"].fillna("").astype(str)
@@ -362,31 +326,6 @@ def _refusal(path: Path) -> pd.DataFrame:
     if len(failed):
         return failed[["path", "sha256", "subject", "status"]]
     return pd.DataFrame([{"path": str(path), "sha256": "", "subject": "", "status": "no usable image"}])
-
-
-def _too_many_pixels(data: bytes) -> str:
-    """The refusal for an image whose pixel count is over :data:`MAX_PIXELS` (read from its header)."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-    except Exception:  # not an image at all: the scoring engine says so in its own words
-        return ""
-    if w * h > MAX_PIXELS:
-        return (f"image of {w} x {h} pixels is over the viewer's limit of {MAX_PIXELS / 1e6:.0f} megapixels "
-                "(a C-NMC cell image is 450 x 450)")
-    return ""
-
-
-class _Server(ThreadingHTTPServer):
-    """The threaded server, quiet when a client goes away mid-answer (a closed tab is not an error)."""
-
-    def handle_error(self, request, client_address):
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            return
-        print(f"blastscan view: internal error answering {client_address[0]} ({sys.exc_info()[0].__name__}); "
-              "please report it", file=sys.stderr)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -512,7 +451,7 @@ class _Handler(BaseHTTPRequestHandler):
                         return self._error(HTTPStatus.BAD_REQUEST, "path must be a string")
                     return self._json(HTTPStatus.ACCEPTED, {"id": self.app.start_batch(path.strip())})
                 return self._json(HTTPStatus.OK, {"subjects": self.app.subjects(payload.get("rows", []))})
-        except _ApiError as exc:
+        except ApiError as exc:
             return self._error(exc.status, str(exc))
         except BlastscanError as exc:
             return self._error(HTTPStatus.BAD_REQUEST, str(exc))
