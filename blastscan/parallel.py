@@ -27,6 +27,7 @@ ENV_VARS = ("BLASTSCAN_SCHEDULER", "DASK_SCHEDULER_ADDRESS")
 RETRIES = 2
 #: Arrays at least this large are sent to the cluster once per map and shared by its tasks.
 SHARE_BYTES = 1 << 20
+SCRATCH_PREFIX = "blastscan-dask-"
 INSTALL_HINT = 'Dask is not installed; install it with: pip install "blastscan[dask]"'
 _OFF = ("", "none", "off", "no")
 
@@ -100,8 +101,9 @@ class DaskExecutor:
 
     remote = True
 
-    def __init__(self, client, cluster=None, address: str = ""):
+    def __init__(self, client, cluster=None, address: str = "", scratch: str | None = None):
         self.client, self.cluster, self.address = client, cluster, address
+        self.scratch = scratch  # a local cluster's scratch folder, removed on close
 
     @property
     def workers(self) -> int:
@@ -147,6 +149,15 @@ class DaskExecutor:
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+        if self.scratch:  # Dask would leave an empty dask-scratch-space behind (issue 24)
+            import shutil
+            import tempfile
+
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            try:  # the one Dask makes in the temp folder itself: only when empty (another run may use it)
+                os.rmdir(os.path.join(tempfile.gettempdir(), "dask-scratch-space"))
+            except OSError:
+                pass
 
 
 # -- choosing and holding an executor ------------------------------------------------------------------
@@ -187,9 +198,25 @@ def _connect(address: str) -> DaskExecutor:
     if n_local is not None:
         # Single-threaded worker processes, as the local pool: models and feature code are not all
         # thread-safe, and BLAS/OpenMP are limited to one thread per worker by Dask's nanny.
-        cluster = LocalCluster(n_workers=n_local, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=logging.ERROR)
-        return DaskExecutor(Client(cluster), cluster, address)
+        import tempfile
+
+        from blastscan._io import remove_stale_temp
+
+        # the workers' scratch space in a folder of our own (named by pid: a killed run's is removed by the next)
+        remove_stale_temp(tempfile.gettempdir(), SCRATCH_PREFIX)
+        scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
+        try:
+            import dask
+
+            with dask.config.set({"temporary-directory": scratch}):
+                cluster = LocalCluster(n_workers=n_local, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, silence_logs=logging.ERROR, local_directory=scratch)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        return DaskExecutor(Client(cluster), cluster, address, scratch)
     try:
         client = Client(address, timeout="20s")
     except (OSError, TimeoutError, ValueError) as exc:
