@@ -47,6 +47,7 @@ class WriteError(BlastscanError, OSError):
         hint = "; free some space (or write elsewhere) and run again" if full else ""
         err = cls(str(target), f"cannot write ({reason}){hint}; nothing was left half-written")
         err.errno = errno.ENOSPC if full else exc.errno
+        err.strerror, err.filename = reason, str(target)  # callers that re-word an OSError keep one reason
         return err
 
     def __str__(self) -> str:

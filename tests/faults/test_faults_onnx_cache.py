@@ -121,3 +121,42 @@ def test_a_network_that_gives_nan_even_when_rebuilt_is_one_line(tmp_path):
     with pytest.raises(BlastscanError, match="NaN or inf on a probe batch"):
         ox.load_or_export(tmp_path / "n.onnx", nan_net, SIZE, "tf", dim=4)
     assert not (tmp_path / "n.onnx").exists()
+
+
+@pytest.mark.slow
+def test_extract_over_a_bit_flipped_cached_graph_rebuilds_it_and_stores_the_same_features(weights_dir, sample_root,
+                                                                                         tmp_path):
+    """The issue's case end to end: real weights, a flipped byte in the cached graph (the file still
+    loads); the next extract rebuilds the graph and stores the same embeddings, never NaN."""
+    import os
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    cells = tmp_path / "cells" / "all"
+    cells.mkdir(parents=True)
+    src = sorted((sample_root / "C-NMC_Leukemia" / "training_data" / "fold_0" / "all").iterdir())[:3]
+    for p in src:
+        (cells / p.name).write_bytes(p.read_bytes())
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONWARNINGS": "ignore",
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+    def extract(store):
+        res = subprocess.run([sys.executable, "-m", "blastscan.cli", "extract", str(cells.parent), "-f",
+                              "inception_v3", "--input-size", "75", "--weights-dir", str(weights_dir), "--store",
+                              str(store), "--engine", "onnxruntime", "-q", "-j", "1"],
+                             capture_output=True, text=True, env=env, timeout=600)
+        assert res.returncode == 0 and "failed 0" in res.stdout, res.stdout + res.stderr[-2000:]
+        (part,) = list(store.glob("inception_v3*/part-*.parquet"))
+        return pd.read_parquet(part).set_index("sha256").sort_index(), res.stderr
+
+    first, _ = extract(tmp_path / "s1")
+    (graph,) = list((tmp_path / "cache" / "blastscan" / "onnx").glob("inception_v3-75px-*.onnx"))
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0x40  # inside the weights: the graph still loads
+    graph.write_bytes(bytes(data))
+    second, err = extract(tmp_path / "s2")
+    assert "does not match the sha256" in err
+    assert np.isfinite(second.to_numpy(np.float32)).all()
+    pd.testing.assert_frame_equal(first, second)

@@ -131,3 +131,29 @@ def test_parts_are_fsynced_before_the_rename_and_their_folder_after(store, monke
     i = kinds.index(("rename", True, False))
     assert events[i - 1][0] == "fsync" and events[i - 1][1].endswith(".tmp")  # data first
     assert kinds[i + 1] == ("fsync", False, True)  # then the folder holding the new name
+
+
+@pytest.mark.slow
+def test_extract_and_compare_over_a_damaged_part_are_one_line_naming_it(sample_root, tmp_path):
+    cells = sample_root / "C-NMC_Leukemia" / "training_data" / "fold_0"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "blastscan.cli", *map(str, args), "--store", tmp_path / "store",
+                               "-q", "-j", "1"], capture_output=True, text=True, env=env, timeout=600)
+
+    assert run("extract", cells, "-f", "size").returncode == 0
+    (part,) = list((tmp_path / "store").glob("size@*/part-*.parquet"))
+    table = pq.read_table(part)
+    values = table.column(1).to_numpy().copy()
+    values[0] = -values[0]  # one value changed, the file otherwise intact
+    pq.write_table(table.set_column(1, table.column_names[1], pa.array(values)), part)
+    for args in (("extract", cells, "-f", "size"),
+                 ("compare", cells, "-f", "size", "-c", "logreg", "--out", tmp_path / "run")):
+        res = run(*args)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+        lines = [x for x in res.stderr.splitlines() if x.startswith("error:")]
+        assert len(lines) == 1 and str(part) in lines[0] and "delete this file" in lines[0], res.stderr
+    part.unlink()  # what the message says to do: the rows are computed again
+    res = run("extract", cells, "-f", "size")
+    assert res.returncode == 0 and "failed 0" in res.stdout, res.stderr[-2000:]
