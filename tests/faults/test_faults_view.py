@@ -159,3 +159,19 @@ def test_a_killed_servers_temp_folder_is_removed_at_the_next_start(bundle_path, 
     with ViewServer(bundle_path, "127.0.0.1", 0, jobs=1) as srv:
         assert not stale.exists() and alive.exists()
         assert srv.tmp.parent == tmp_path and srv.tmp.name.startswith(f"blastscan-view-{os.getpid()}-")
+
+
+def test_an_upload_far_from_a_single_cell_gets_score_s_size_warning(server, sample_root):
+    import io
+
+    from PIL import Image
+
+    from blastscan.dataset.images import odd_cell_size
+
+    cell = sorted((sample_root / "C-NMC_Leukemia" / "training_data" / "fold_0" / "all").iterdir())[0]
+    buf = io.BytesIO()
+    Image.open(cell).convert("RGB").resize((2050, 1000)).save(buf, format="PNG")
+    code, _, body = _call(server.url + "api/cell?name=wide.png", buf.getvalue())
+    res = json.loads(body)
+    assert code == 200 and res["p_all"] is not None
+    assert res["status"] == f"ok (warning: {odd_cell_size(2050, 1000)})"
