@@ -171,13 +171,15 @@ def weights(weights_dir, random_weights, download):
 @precision_option
 @engine_option
 @click.option("--retry-failed", is_flag=True, help="Try again the images that failed in an earlier run.")
+@click.option("--repair", is_flag=True, help="First delete the store's damaged parts (checksum, columns or values "
+                                             "wrong); their rows are computed again.")
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
               help="Also write the per-cell feature table here (.parquet or .csv): path, sha256, subject, label, "
                    "split, status and every feature of the chosen sets.")
 @scheduler_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def extract(dataset, features, store, jobs, weights_dir, random_weights, input_size, batch_size, precision, engine,
-            retry_failed, out, scheduler, quiet):
+            retry_failed, repair, out, scheduler, quiet):
     """Compute features for DATASET and cache them in the feature store.
 
     Only images missing from the store are computed; a second run over the same data reuses
@@ -187,6 +189,11 @@ def extract(dataset, features, store, jobs, weights_dir, random_weights, input_s
     from blastscan.parallel import session
     from blastscan.pipelines.extract import extract as run_extract
 
+    if repair:
+        from blastscan.features.store import FeatureStore
+
+        for path, why in FeatureStore(store).repair():
+            click.echo(f"repair: deleted {path} ({why})", err=True)
     manifest = dataset_manifest(dataset, store, jobs, quiet)
     opts = deep_options(weights_dir, random_weights, input_size=input_size, batch_size=batch_size, precision=precision,
                         engine=engine)

@@ -42,7 +42,8 @@ __all__ = ["CHECKSUM_KEY", "NONFINITE_REASON", "FeatureStore"]
 #: Parquet schema-metadata key holding the sha256 of a part's content (see :func:`content_sha256`).
 CHECKSUM_KEY = b"blastscan.content_sha256"
 NONFINITE_REASON = "non-finite feature values (NaN or inf); not stored"
-_REPAIR_HINT = "delete this file and run `blastscan extract` again (its rows are computed again)"
+_REPAIR_HINT = ("run `blastscan extract --repair` (it deletes damaged parts; their rows are computed again) or "
+                "delete this file and run extract again")
 
 
 class FeatureStore:
@@ -234,6 +235,34 @@ class FeatureStore:
         _, first_from_end = np.unique(shas[::-1], return_index=True)
         keep = np.sort(len(shas) - 1 - first_from_end)
         return table.take(pa.array(keep)) if len(keep) < len(shas) else table
+
+    def repair(self) -> list[tuple[str, str]]:
+        """Delete every part (of every table) that fails its check, and tables whose ``meta.json`` is not
+        a table description; their rows are computed again by the next extract. Returns ``(path, why)``
+        for each deletion."""
+        import shutil
+
+        removed: list[tuple[str, str]] = []
+        if not self.root.is_dir():
+            return removed
+        for d in sorted(p for p in self.root.iterdir() if (p / "meta.json").is_file()):
+            try:
+                self.meta(d.name)
+            except BlastscanError as exc:
+                shutil.rmtree(d)
+                removed.append((str(d), exc.why or str(exc)))
+                continue
+            with self._lock(d.name):
+                for prefix in ("part", "fail"):
+                    for p in self._parts(d.name, prefix):
+                        try:
+                            self._read_part(p, d.name, prefix)
+                        except FileNotFoundError:
+                            continue
+                        except BlastscanError as exc:
+                            p.unlink()
+                            removed.append((str(p), (exc.why or "").split(";")[0]))
+        return removed
 
     # -- reading ------------------------------------------------------------------------------
     def known_shas(self, identity: str, include_failures: bool = True) -> set[str]:

@@ -153,7 +153,29 @@ def test_extract_and_compare_over_a_damaged_part_are_one_line_naming_it(sample_r
         res = run(*args)
         assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
         lines = [x for x in res.stderr.splitlines() if x.startswith("error:")]
-        assert len(lines) == 1 and str(part) in lines[0] and "delete this file" in lines[0], res.stderr
-    part.unlink()  # what the message says to do: the rows are computed again
-    res = run("extract", cells, "-f", "size")
+        assert len(lines) == 1 and str(part) in lines[0] and "extract --repair" in lines[0], res.stderr
+    res = run("extract", cells, "-f", "size", "--repair")  # what the message says: the rows are computed again
     assert res.returncode == 0 and "failed 0" in res.stdout, res.stderr[-2000:]
+    assert f"repair: deleted {part}" in res.stderr and not part.exists()
+    fresh = FeatureStore(tmp_path / "store")
+    ident = part.parent.name
+    assert len(fresh.read(ident)) == len(fresh.known_shas(ident, include_failures=False)) > 0
+    assert run("compare", cells, "-f", "size", "-c", "logreg", "--out", tmp_path / "run").returncode == 0
+
+
+def test_repair_deletes_only_damaged_parts_and_bad_tables(store, tmp_path):
+    part, _ = _one_part(store)
+    store.write_chunk("fake@1", ["f" * 64], np.ones((1, 3), np.float32))
+    good = [p for p in store._parts("fake@1", "part") if p != part]
+    table = pq.read_table(part)
+    values = table.column("f_a").to_numpy().copy()
+    values[0] += 1  # another value under the old checksum
+    pq.write_table(table.set_column(1, "f_a", pa.array(values)), part)
+    other = FeatureStore(store.root)
+    other.ensure_table({**DESC, "identity": "bad@1"}, NAMES)
+    (store.root / "bad@1" / "meta.json").write_text("[]")
+    removed = dict(FeatureStore(store.root).repair())
+    assert set(removed) == {str(part), str(store.root / "bad@1")}
+    assert [p for p in store._parts("fake@1", "part")] == good
+    assert FeatureStore(store.root).known_shas("fake@1") == {"f" * 64}
+    assert FeatureStore(store.root).repair() == []
