@@ -1,12 +1,14 @@
 """Atomic file writes and file hashing, shared by the dataset layer, the feature store and the pipelines.
 
-A file is written under a temporary name in its target's folder and renamed into place, so a reader
-never sees half a file and a crash leaves the previous version (or nothing) behind.
+A file is written under a temporary name in its target's folder, fsynced, renamed into place and the
+folder fsynced (as a database does), so a reader never sees half a file and a crash or power cut leaves
+the previous version (or nothing) behind, never an empty file under the final name.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import tempfile
@@ -16,9 +18,40 @@ from typing import Iterator
 from blastscan.errors import BlastscanError
 
 __all__ = ["atomic_path", "atomic_write_bytes", "check_writable_dir", "check_writable_file", "file_sha256",
-           "pid_alive", "remove_stale_temp", "TEMP_MARK"]
+           "fsync_path", "is_write_failure", "WriteError", "WRITE_ERRNOS", "pid_alive", "remove_stale_temp", "TEMP_MARK"]
 
 TEMP_MARK = ".tmp"  # every temporary name ends so (see atomic_path); stale ones are removed by remove_stale_temp
+
+
+#: errno values that mean "this place cannot take the data" (not a bug, not a missing input).
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM})
+
+
+def is_write_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a full disk, quota, read-only or I/O error (also as pyarrow words it)."""
+    text = str(exc)
+    return isinstance(exc, OSError) and (exc.errno in WRITE_ERRNOS or "No space left" in text
+                                         or "Disk quota" in text or "Read-only file system" in text)
+
+
+class WriteError(BlastscanError, OSError):
+    """A file could not be written (full disk, quota, read-only place, I/O error): one line naming it.
+
+    Also an :class:`OSError`, so callers that treat a failed write as "no cache" keep doing so."""
+
+    @classmethod
+    def of(cls, target, exc: OSError) -> "WriteError":
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(exc) or "quota" in str(exc)
+        reason = ("No space left on device" if full and not exc.strerror else
+                  exc.strerror or str(exc).split("\n")[0][:160] or type(exc).__name__)
+        hint = "; free some space (or write elsewhere) and run again" if full else ""
+        err = cls(str(target), f"cannot write ({reason}){hint}; nothing was left half-written")
+        err.errno = errno.ENOSPC if full else exc.errno
+        err.strerror, err.filename = reason, str(target)  # callers that re-word an OSError keep one reason
+        return err
+
+    def __str__(self) -> str:
+        return f"{self.what}: {self.why}"
 
 
 def _current_umask() -> int:
@@ -50,15 +83,29 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         left as it was.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # same folder as the target: os.replace is atomic only within one file system
-    # the writer's pid in the name: a temp file of a process that no longer exists is a crash's leftover
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=suffix + TEMP_MARK, dir=target.parent)
-    os.close(fd)
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; published files get the usual mode
-        os.replace(tmp, target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # same folder as the target: os.replace is atomic only within one file system
+        # the writer's pid in the name: a temp file of a process that no longer exists is a crash's leftover
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=suffix + TEMP_MARK,
+                                   dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise WriteError.of(target, exc) from None
+    try:
+        try:
+            yield Path(tmp)
+        except OSError as exc:  # a full disk while the block wrote the temp file: one line naming the target
+            if not is_write_failure(exc) or isinstance(exc, BlastscanError):
+                raise
+            raise WriteError.of(target, exc) from None
+        try:
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; published files get the usual mode
+            fsync_path(tmp)  # the data on disk before the name points at it
+            os.replace(tmp, target)
+            fsync_path(target.parent)  # the rename itself on disk
+        except OSError as exc:
+            raise WriteError.of(target, exc) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -80,6 +127,19 @@ def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync a file or a folder by path (a folder's fsync makes a rename in it durable). File systems that
+    cannot fsync a folder are ignored (the data's fsync still happened)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if not os.path.isdir(path) or exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -284,6 +284,10 @@ def _check_sidecar(path: Path) -> dict:
         expected = sidecar["bundle_sha256"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BlastscanError(str(side), f"unreadable bundle sidecar ({type(exc).__name__}: {exc}); {refuse}") from None
+    if not isinstance(expected, str):
+        raise BlastscanError(str(side), f"unreadable bundle sidecar (bundle_sha256 is not a string); {refuse}")
+    if not isinstance(sidecar.get("metadata", {}), dict):
+        raise BlastscanError(str(side), f"unreadable bundle sidecar (metadata is not an object); {refuse}")
     if file_sha256(path) != expected:
         raise BlastscanError(str(path), f"its sha256 does not match {side.name}: the file was changed or damaged "
                                         f"after it was written; {refuse}")
@@ -329,6 +333,9 @@ def blastscan_version_check(recorded: str | None, what: str, installed: str | No
     from blastscan import __version__
 
     installed = installed or __version__
+    if recorded is not None and not isinstance(recorded, str):
+        raise BlastscanError(what, f"records blastscan_version {recorded!r}, not a version string such as "
+                                   f"\"{installed}\"; make the bundle again with `blastscan train` or `export`")
     if not recorded:
         return "the bundle does not record which blastscan made it: predictions may differ"
     try:
@@ -361,6 +368,36 @@ def version_warnings(metadata: Mapping) -> list[str]:
     return out
 
 
+def _check_content(content, path: Path) -> None:
+    """One-line errors for what an unpickled bundle must hold (also under ``--trust``: a crafted or
+    hand-made file must not end in a traceback later): format, a model that gives probabilities, and
+    metadata with a threshold in [0, 1], the feature set and the extractors."""
+    if not isinstance(content, dict) or content.get("format") != FORMAT:
+        raise BlastscanError(str(path), "not a blastscan bundle")
+    version = content.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise BlastscanError(str(path), f"not a blastscan bundle (format_version {version!r} is not a whole number)")
+    if version != FORMAT_VERSION:
+        return  # older or newer formats: the caller says which
+    model, meta = content.get("model"), content.get("metadata")
+    if model is None or not callable(getattr(model, "predict_proba", None)):
+        raise BlastscanError(str(path), f"holds no usable model ({type(model).__name__} has no predict_proba); "
+                                        "make it again with `blastscan train` or `blastscan export`")
+    if not isinstance(meta, dict):
+        raise BlastscanError(str(path), "its metadata is not an object; make it again with `blastscan train`")
+    threshold = meta.get("threshold")
+    value = threshold.get("value") if isinstance(threshold, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise BlastscanError(str(path), "records no decision threshold in [0, 1] (metadata threshold.value); "
+                                        "make it again with `blastscan train` or `blastscan export`")
+    for key, kind in (("feature_set", str), ("feature_names", list), ("extractors", list)):
+        if not isinstance(meta.get(key), kind):
+            raise BlastscanError(str(path), f"its metadata has no {key} ({kind.__name__}); make it again with "
+                                            "`blastscan train` or `blastscan export`")
+    if content.get("extras") is not None and not isinstance(content["extras"], dict):
+        raise BlastscanError(str(path), "its extras are not an object; make it again with `blastscan train`")
+
+
 def load_bundle(path: str | os.PathLike, trust: bool = False) -> Bundle:
     """Load a bundle written by :func:`save_bundle`.
 
@@ -388,14 +425,13 @@ def load_bundle(path: str | os.PathLike, trust: bool = False) -> Bundle:
         return bundle
     sidecar = None if trust else _check_sidecar(path)
     if sidecar is not None:  # refused before the pickle is opened when the sidecar says so already
-        blastscan_version_check((sidecar.get("metadata") or {}).get("blastscan_version"), str(path))
+        blastscan_version_check((sidecar.get("metadata") or {}).get("blastscan_version"), str(sidecar_path(path)))
     try:
         content = joblib.load(path)
     except Exception as exc:  # unpickling fails in many ways (damaged file, missing library)
         raise BlastscanError(str(path), f"cannot load the bundle ({type(exc).__name__}: {exc})") from None
-    if not isinstance(content, dict) or content.get("format") != FORMAT:
-        raise BlastscanError(str(path), "not a blastscan bundle")
-    version = int(content.get("format_version", 0))
+    _check_content(content, path)
+    version = content["format_version"]
     if version > FORMAT_VERSION:
         raise BlastscanError(str(path), f"bundle format {version} is newer than this blastscan "
                                         f"reads ({FORMAT_VERSION}); upgrade blastscan")

@@ -31,6 +31,14 @@ class _Group(click.Group):
         except PermissionError as exc:  # a place nobody checked before: still one line, naming it
             click.echo(f"error: {exc.filename or 'file'}: cannot write or read there ({exc.strerror})", err=True)
             ctx.exit(2)
+        except OSError as exc:  # a full disk or an I/O error outside an atomic write: one line, naming the path
+            from blastscan._io import is_write_failure
+
+            if not is_write_failure(exc):
+                raise
+            where = exc.filename or "a file"
+            click.echo(f"error: {where}: {exc.strerror or str(exc).splitlines()[0]}", err=True)
+            ctx.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted: finished chunks are kept in the store", err=True)
             ctx.exit(130)
@@ -163,13 +171,15 @@ def weights(weights_dir, random_weights, download):
 @precision_option
 @engine_option
 @click.option("--retry-failed", is_flag=True, help="Try again the images that failed in an earlier run.")
+@click.option("--repair", is_flag=True, help="First delete the store's damaged parts (checksum, columns or values "
+                                             "wrong); their rows are computed again.")
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
               help="Also write the per-cell feature table here (.parquet or .csv): path, sha256, subject, label, "
                    "split, status and every feature of the chosen sets.")
 @scheduler_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def extract(dataset, features, store, jobs, weights_dir, random_weights, input_size, batch_size, precision, engine,
-            retry_failed, out, scheduler, quiet):
+            retry_failed, repair, out, scheduler, quiet):
     """Compute features for DATASET and cache them in the feature store.
 
     Only images missing from the store are computed; a second run over the same data reuses
@@ -179,6 +189,11 @@ def extract(dataset, features, store, jobs, weights_dir, random_weights, input_s
     from blastscan.parallel import session
     from blastscan.pipelines.extract import extract as run_extract
 
+    if repair:
+        from blastscan.features.store import FeatureStore
+
+        for path, why in FeatureStore(store).repair():
+            click.echo(f"repair: deleted {path} ({why})", err=True)
     manifest = dataset_manifest(dataset, store, jobs, quiet)
     opts = deep_options(weights_dir, random_weights, input_size=input_size, batch_size=batch_size, precision=precision,
                         engine=engine)
@@ -424,6 +439,25 @@ def export(run_dir, config_name, out, no_embed, store, weights_dir, target_recal
                                       else f"joblib, + {bundle.path.with_suffix('.json').name}") + ")")
 
 
+def _max_pixels_option(f):
+    """``--max-pixels``: the pixel budget (issue 24) shared by score and view, for this run and its workers."""
+    def apply(ctx, param, value):
+        if value is not None:
+            import os
+
+            from blastscan.dataset.images import PIXEL_BUDGET_ENV
+
+            if value < 1:
+                raise click.BadParameter("expected a positive number of pixels")
+            os.environ[PIXEL_BUDGET_ENV] = str(value)  # inherited by worker processes started later
+        return value
+
+    return click.option("--max-pixels", type=int, default=None, expose_value=False, callback=apply,
+                        show_default="4000000 (2000 x 2000), or $BLASTSCAN_MAX_PIXELS",
+                        help="Images with more pixels are refused from their header, before decoding "
+                             "(a C-NMC cell is 450 x 450).")(f)
+
+
 @main.command()
 @click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
@@ -439,6 +473,7 @@ def export(run_dir, config_name, out, no_embed, store, weights_dir, target_recal
               help="Also write each cell's P(ALL) combined with the other cells of its subject (columns "
                    "p_all_within_subject, pred_within_subject). It uses other cells of the same patient.")
 @scheduler_option
+@_max_pixels_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def score(bundle, inputs, output, store, weights_dir, jobs, trust, within_subject, scheduler, quiet):
     """Score INPUTS (image files, folders, CSVs with a path column) with a BUNDLE from train/export.
@@ -464,20 +499,25 @@ def score(bundle, inputs, output, store, weights_dir, jobs, trust, within_subjec
 @click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
 @click.option("--port", type=int, default=8765, show_default=True, help="Port to listen on (0: any free port).")
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on; anything but localhost lets other machines use the page and read "
-                   "the paths it is given.")
+              help="Address to listen on; anything but localhost lets other machines (with the token) use the "
+                   "page.")
 @click.option("--store", type=click.Path(file_okay=False), default=None, show_default="a temporary store",
               help="Feature store to reuse and fill (by default nothing is kept after the server stops).")
 @click.option("--max-upload-mb", type=float, default=16.0, show_default=True, help="Largest accepted upload.")
 @_bundle_weights_option
 @jobs_option
 @click.option("--trust", is_flag=True, help=_TRUST_HELP)
-def view(bundle, port, host, store, max_upload_mb, weights_dir, jobs, trust):
+@_max_pixels_option
+@click.option("--allow", "allow", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="A folder whose images and CSVs the page may score as a server-side batch (repeatable). "
+                   "Default: none; dropped cells need no server-side path.")
+def view(bundle, port, host, store, max_upload_mb, weights_dir, jobs, trust, allow):
     """Serve a local page over BUNDLE: drop cell images (or give a folder/CSV on this machine) and see
     P(ALL), the call, the cell's outline, its key features against the training cells, and the bundle.
 
-    Research use only, not a medical device. Stop it with Ctrl+C; uploads and the default feature store
-    live in a temporary folder that is removed then.
+    Research use only, not a medical device. It prints the page's URL with a random token; requests
+    without the token are refused. Stop it with Ctrl+C; uploads and the default feature store live in a
+    temporary folder that is removed then (or at the next start, after a kill).
     """
     from blastscan.pipelines.view import serve
 
@@ -490,7 +530,7 @@ def view(bundle, port, host, store, max_upload_mb, weights_dir, jobs, trust):
         click.echo(line)
 
     serve(bundle, host, port, store=store, extractor_options=opts, max_upload_mb=max_upload_mb, jobs=jobs,
-          trust=trust, echo=echo)
+          trust=trust, allow=allow, echo=echo)
 
 
 # ---- demo ------------------------------------------------------------------------------------

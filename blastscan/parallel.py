@@ -10,13 +10,15 @@ workers need no shared folder. Dask is imported only when a scheduler is asked f
 from __future__ import annotations
 
 import os
+import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
 
 from blastscan.errors import BlastscanError
 
 __all__ = ["ENV_VARS", "RETRIES", "LocalExecutor", "DaskExecutor", "resolve_scheduler", "session", "executor",
-           "active"]
+           "active", "exit_with_parent", "PARENT_POLL_SECONDS"]
 
 #: Read in this order when no ``--scheduler`` is given (the second is Dask's own convention).
 ENV_VARS = ("BLASTSCAN_SCHEDULER", "DASK_SCHEDULER_ADDRESS")
@@ -25,8 +27,37 @@ ENV_VARS = ("BLASTSCAN_SCHEDULER", "DASK_SCHEDULER_ADDRESS")
 RETRIES = 2
 #: Arrays at least this large are sent to the cluster once per map and shared by its tasks.
 SHARE_BYTES = 1 << 20
+SCRATCH_PREFIX = "blastscan-dask-"
 INSTALL_HINT = 'Dask is not installed; install it with: pip install "blastscan[dask]"'
 _OFF = ("", "none", "off", "no")
+
+
+#: How often a local worker process checks that its parent still runs (it exits when not).
+PARENT_POLL_SECONDS = 1.0
+_watching: set[int] = set()
+
+
+def exit_with_parent(parent_pid: int | None) -> None:
+    """In a worker process: exit as soon as ``parent_pid`` is gone. A kill -9 of the parent runs no
+    clean-up, and loky's idle workers (and through them its resource tracker, which waits for every
+    holder of its pipe) would otherwise linger for minutes (issue 24)."""
+    if parent_pid is None or parent_pid == os.getpid() or parent_pid in _watching:
+        return
+    _watching.add(parent_pid)
+
+    def watch():
+        while True:
+            if os.getppid() != parent_pid:  # re-parented: the parent died
+                os._exit(1)
+            time.sleep(PARENT_POLL_SECONDS)
+
+    threading.Thread(target=watch, name="blastscan-parent-watch", daemon=True).start()
+
+
+def _watched(parent_pid: int, fn: Callable, *args):
+    """Run ``fn(*args)`` in a local worker that exits with its parent."""
+    exit_with_parent(parent_pid)
+    return fn(*args)
 
 
 class LocalExecutor:
@@ -58,7 +89,8 @@ class LocalExecutor:
 
         with parallel_config(backend="loky", inner_max_num_threads=1 if one_thread else None):
             par = Parallel(n_jobs=self.jobs, return_as="generator_unordered", pre_dispatch="2*n_jobs")
-            yield from par(delayed(fn)(*args) for args in arglists)
+            parent = os.getpid()  # every worker watches this process and exits when it dies
+            yield from par(delayed(_watched)(parent, fn, *args) for args in arglists)
 
     def close(self) -> None:
         pass
@@ -69,8 +101,9 @@ class DaskExecutor:
 
     remote = True
 
-    def __init__(self, client, cluster=None, address: str = ""):
+    def __init__(self, client, cluster=None, address: str = "", scratch: str | None = None):
         self.client, self.cluster, self.address = client, cluster, address
+        self.scratch = scratch  # a local cluster's scratch folder, removed on close
 
     @property
     def workers(self) -> int:
@@ -116,6 +149,15 @@ class DaskExecutor:
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+        if self.scratch:  # Dask would leave an empty dask-scratch-space behind (issue 24)
+            import shutil
+            import tempfile
+
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            try:  # the one Dask makes in the temp folder itself: only when empty (another run may use it)
+                os.rmdir(os.path.join(tempfile.gettempdir(), "dask-scratch-space"))
+            except OSError:
+                pass
 
 
 # -- choosing and holding an executor ------------------------------------------------------------------
@@ -156,9 +198,25 @@ def _connect(address: str) -> DaskExecutor:
     if n_local is not None:
         # Single-threaded worker processes, as the local pool: models and feature code are not all
         # thread-safe, and BLAS/OpenMP are limited to one thread per worker by Dask's nanny.
-        cluster = LocalCluster(n_workers=n_local, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=logging.ERROR)
-        return DaskExecutor(Client(cluster), cluster, address)
+        import tempfile
+
+        from blastscan._io import remove_stale_temp
+
+        # the workers' scratch space in a folder of our own (named by pid: a killed run's is removed by the next)
+        remove_stale_temp(tempfile.gettempdir(), SCRATCH_PREFIX)
+        scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
+        try:
+            import dask
+
+            with dask.config.set({"temporary-directory": scratch}):
+                cluster = LocalCluster(n_workers=n_local, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, silence_logs=logging.ERROR, local_directory=scratch)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        return DaskExecutor(Client(cluster), cluster, address, scratch)
     try:
         client = Client(address, timeout="20s")
     except (OSError, TimeoutError, ValueError) as exc:

@@ -35,6 +35,7 @@ N_SUBJECTS, MAX_CELLS = 4, 5
 # the installed command, as a user runs it (next to this interpreter in the venv)
 _EXE = Path(sys.executable).parent / "blastscan"
 BLASTSCAN = [str(_EXE)] if _EXE.exists() else [sys.executable, "-m", "blastscan.cli"]
+TOKEN = "test-token-0123456789"  # the fixture's server token; the command makes a random one
 
 
 @pytest.fixture(scope="module")
@@ -68,15 +69,17 @@ def bundle_path(sample_cells) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(bundle_path):
-    srv = ViewServer(bundle_path, "127.0.0.1", 0, max_upload_mb=1.0, jobs=1).start()
+def server(bundle_path, tmp_path_factory):
+    srv = ViewServer(bundle_path, "127.0.0.1", 0, max_upload_mb=1.0, jobs=1, token=TOKEN,
+                     allow=[tmp_path_factory.getbasetemp()]).start()
     yield srv
     srv.close()
     assert not srv.tmp.exists(), "the server's temporary folder outlived it"
 
 
 def _request(url: str, data: bytes | None = None, headers: dict | None = None, method: str | None = None):
-    req = urllib.request.Request(url, data=data, headers={"X-Blastscan": "1", **(headers or {})}, method=method)
+    req = urllib.request.Request(url, data=data, headers={"X-Blastscan": "1", "X-Blastscan-Token": TOKEN,
+                                                          **(headers or {})}, method=method)
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return resp.status, json.loads(resp.read())
@@ -178,11 +181,11 @@ def test_bundle_endpoint_describes_the_model(server, bundle_path):
 
 
 def test_the_page_uses_no_outside_assets(server):
-    for page in ("", "app.js", "style.css"):
+    for page in ("?token=" + TOKEN, "app.js", "style.css"):
         with urllib.request.urlopen(server.url + page, timeout=10) as resp:
             text = resp.read().decode()
         assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text
-    assert "not a medical device" in urllib.request.urlopen(server.url, timeout=10).read().decode()
+    assert "not a medical device" in urllib.request.urlopen(server.page_url, timeout=10).read().decode()
 
 
 def test_batch_of_a_server_side_folder_matches_score(server, bundle_path, sample_cells, tmp_path):
@@ -267,7 +270,7 @@ def test_an_image_with_too_many_pixels_is_refused_before_decoding(server):
     assert buf.tell() < 1024 * 1024
     status, res = _request(f"{server.url}api/cell?name=wide.png", buf.getvalue())
     assert status == 200 and res["p_all"] is None
-    assert "6000 x 6000 pixels is over the viewer's limit" in res["status"]
+    assert "6000x6000 pixels, over the 4,000,000-pixel limit" in res["status"]  # score's words
 
 
 def test_requests_from_other_pages_are_refused(server, sample_cells):
@@ -294,8 +297,15 @@ def test_the_command_says_where_it_serves_and_cleans_up(bundle_path, tmp_path):
         lines = [proc.stdout.readline() for _ in range(2)]
         line = next(x for x in lines if "serving on" in x)
         assert "http://127.0.0.1:" in line and "only this machine" in line and "not a medical device" in line
-        url = line.split("serving on ", 1)[1].split(" ", 1)[0]
-        assert urllib.request.urlopen(url + "api/bundle", timeout=30).status == 200
+        page = line.split("serving on ", 1)[1].split(" ", 1)[0]
+        url, token = page.split("?token=")
+        assert len(token) >= 32  # a random token, printed once in the page's URL
+        req = urllib.request.Request(url + "api/bundle", headers={"X-Blastscan-Token": token})
+        assert urllib.request.urlopen(req, timeout=30).status == 200
+        assert "not a medical device" in urllib.request.urlopen(page, timeout=30).read().decode()
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(url + "api/bundle", timeout=30)
+        assert err.value.code == 403
         assert any(p.name.startswith("blastscan-view-") for p in tmp_path.iterdir())
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -416,7 +426,7 @@ def test_picking_a_cell_in_the_page_shows_its_probability_and_outline(server, sa
     browser = Chromium(chromium_binary(), tmp_path / "profile")
     try:
         browser.call("Page.enable")
-        browser.call("Page.navigate", url=server.url)
+        browser.call("Page.navigate", url=server.page_url)
         browser.wait_for("document.querySelector('#bundle-info dl') !== null")
         assert "not a medical device" in browser.evaluate("document.body.innerText")
         browser.pick_files("#files", [cell])

@@ -39,10 +39,17 @@ from blastscan.dataset.problems import Problem
 from blastscan.errors import BlastscanError
 
 __all__ = ["IMAGE_EXTENSIONS", "INSPECT_CACHE", "MAX_FILE_BYTES", "MAX_PIXELS", "Inspection", "inspect_cache",
-           "inspect_file", "inspect_files", "load_image", "load_pil_image", "odd_cell_size", "read_image_bytes"]
+           "inspect_file", "inspect_files", "load_image", "load_pil_image", "odd_cell_size", "read_image_bytes",
+           "DEFAULT_PIXEL_BUDGET", "PIXEL_BUDGET_ENV", "pixel_budget", "over_pixel_budget"]
 
 MAX_FILE_BYTES = 256 << 20
-MAX_PIXELS = 50_000_000
+MAX_PIXELS = 50_000_000  # the hard ceiling; the budget below is what is applied (and is lower by default)
+# Issue 24: one small file (a 200 KB one-colour PNG of 7000 x 7000) would cost gigabytes and minutes to
+# decode and segment. Every image is checked against this budget from its header, before it is decoded:
+# 2000 x 2000, the top of CELL_SIDE_RANGE (a C-NMC cell is 0.2 MP). `score`/`view` --max-pixels or
+# $BLASTSCAN_MAX_PIXELS (for every command, and inherited by worker processes) raise it.
+DEFAULT_PIXEL_BUDGET = 4_000_000
+PIXEL_BUDGET_ENV = "BLASTSCAN_MAX_PIXELS"
 # a single-cell crop: C-NMC cells are 450 x 450; far outside this range is not what a model was trained on
 CELL_SIDE_RANGE = (32, 2000)
 
@@ -96,6 +103,28 @@ def _png_bit_depth(data: bytes) -> int | None:
     return None
 
 
+def pixel_budget() -> int:
+    """The pixel budget now: ``$BLASTSCAN_MAX_PIXELS`` when set, else :data:`DEFAULT_PIXEL_BUDGET` (never
+    above :data:`MAX_PIXELS`)."""
+    raw = os.environ.get(PIXEL_BUDGET_ENV, "").strip().replace("_", "")
+    try:
+        budget = int(float(raw)) if raw else DEFAULT_PIXEL_BUDGET
+    except ValueError:
+        raise BlastscanError(f"${PIXEL_BUDGET_ENV}={raw}", "expected a number of pixels, e.g. 4000000") from None
+    if budget < 1:
+        raise BlastscanError(f"${PIXEL_BUDGET_ENV}={raw}", "expected a positive number of pixels")
+    return min(budget, MAX_PIXELS)
+
+
+def over_pixel_budget(width: int, height: int) -> str | None:
+    """The refusal (one line) for an image of ``width`` x ``height`` over :func:`pixel_budget`, else None."""
+    budget = pixel_budget()
+    if width * height > budget:
+        return (f"{width}x{height} pixels, over the {budget:,}-pixel limit for one cell image (a C-NMC cell is "
+                f"450x450; raise it with --max-pixels or ${PIXEL_BUDGET_ENV})")
+    return None
+
+
 def odd_cell_size(width: int, height: int) -> str | None:
     """A warning when ``width`` x ``height`` is far from a single-cell image (None when plausible)."""
     lo, hi = CELL_SIDE_RANGE
@@ -111,9 +140,11 @@ def _decode(data: bytes):
 
     try:
         im = Image.open(io.BytesIO(data))
-        if im.width * im.height > MAX_PIXELS:  # from the header, before any pixel is decoded
-            raise _Refused(f"{im.width}x{im.height} pixels, over the {MAX_PIXELS:,}-pixel limit for one cell "
-                           "image (left out)", "unreadable")
+        too_big = over_pixel_budget(im.width, im.height) or (  # from the header, before any pixel is decoded
+            f"{im.width}x{im.height} pixels, over the {MAX_PIXELS:,}-pixel limit for one cell image"
+            if im.width * im.height > MAX_PIXELS else None)
+        if too_big:
+            raise _Refused(f"{too_big} (left out)", "unreadable")
         frames = getattr(im, "n_frames", 1)
         im.load()  # full decode: a truncated file fails here (LOAD_TRUNCATED_IMAGES stays False)
     except _Refused:
@@ -240,9 +271,21 @@ def _load_inspect_cache(cache: Path | None) -> dict:
         return {}
     try:
         data = json.loads(cache.read_text())
-        return data["entries"] if data.get("version") == 1 else {}
+        entries = data["entries"] if isinstance(data, dict) and data.get("version") == 1 else {}
     except (OSError, ValueError, KeyError, TypeError):
         return {}  # a damaged cache only costs a re-read
+    return entries if isinstance(entries, dict) else {}  # hand-edited into something else: re-read
+
+
+def _cached_inspection(path: str, entry) -> Inspection | None:
+    """The cached result ``entry`` of :func:`inspect_files`' cache, or None when it is malformed."""
+    try:
+        sha, w, h, mode, problem = entry[1]
+        if not (isinstance(sha, str) and isinstance(w, int) and isinstance(h, int) and isinstance(mode, str)):
+            return None
+        return Inspection(sha, w, h, mode, Problem(path, *problem) if problem else None)
+    except (TypeError, ValueError, IndexError, KeyError):
+        return None
 
 
 def inspect_files(paths: Sequence[str], jobs: int | None, progress: bool,
@@ -273,9 +316,9 @@ def inspect_files(paths: Sequence[str], jobs: int | None, progress: bool,
     todo = []
     for i, (p, k) in enumerate(zip(paths, keys)):
         e = entries.get(p)
-        if k is not None and e is not None and e[0] == k:
-            sha, w, h, mode, problem = e[1]
-            out[i] = Inspection(sha, w, h, mode, Problem(p, *problem) if problem else None)
+        hit = _cached_inspection(p, e) if k is not None and isinstance(e, list) and e and e[0] == k else None
+        if hit is not None:
+            out[i] = hit
         else:
             todo.append(i)
     if todo:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -21,7 +20,7 @@ import pandas as pd
 from blastscan.errors import BlastscanError
 from blastscan.features.base import Extractor, get_extractor
 from blastscan.features.store import FeatureStore
-from blastscan.parallel import executor
+from blastscan.parallel import executor, exit_with_parent
 
 __all__ = ["ExtractorRun", "FLUSH_ROWS", "FLUSH_SECONDS", "TASK_IMAGES", "BATCHES_PER_TASK", "compute_missing",
            "featurise_batch"]
@@ -34,7 +33,6 @@ FLUSH_SECONDS = 2.0
 COMPACT_MIN_PARTS = 8
 # Images per task sent to a worker process: small, so finished rows come back (and are published) often.
 TASK_IMAGES = 8
-PARENT_POLL_SECONDS = 1.0
 # On a cluster a deep extractor's task is this many of its batches: the worker's read-ahead threads keep
 # the network busy within a task, and a worker that dies loses at most this much.
 BATCHES_PER_TASK = 4
@@ -68,23 +66,9 @@ def progress_bar(total: int, desc: str, enabled: bool):
 
 
 # -- per-image extractors: chunks of paths to worker processes -----------------------------------------
-_watching: set[int] = set()
-
-
 def _exit_with_parent(parent_pid: int | None) -> None:
-    """In a worker process: exit as soon as ``parent_pid`` is gone (a kill -9 of the parent runs no
-    clean-up, and loky's idle workers would otherwise linger for minutes)."""
-    if parent_pid is None or parent_pid == os.getpid() or parent_pid in _watching:
-        return
-    _watching.add(parent_pid)
-
-    def watch():
-        while True:
-            if os.getppid() != parent_pid:  # re-parented: the parent died
-                os._exit(1)
-            time.sleep(PARENT_POLL_SECONDS)
-
-    threading.Thread(target=watch, name="blastscan-parent-watch", daemon=True).start()
+    """In a worker process: exit as soon as ``parent_pid`` is gone (see :func:`blastscan.parallel.exit_with_parent`)."""
+    exit_with_parent(parent_pid)
 
 
 def _featurise_chunk(extractor, paths: list[str], shas: list[str], parent_pid: int | None = None):

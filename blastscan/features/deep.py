@@ -221,7 +221,7 @@ class DeepExtractor(BatchExtractor):
                                                                           self.weights_sha256)
                     try:
                         self._run = ox.load_or_export(path, self._keras_model, self.input_size,
-                                                      self.backbone.preprocess_mode)
+                                                      self.backbone.preprocess_mode, dim=self.backbone.dim)
                         self.engine_used = f"onnxruntime {self._run.version}"
                         return
                     except ox.UnsupportedLayer as exc:

@@ -6,8 +6,13 @@ Layout of a store folder::
     STORE/<identity>/part-*.parquet        feature rows: ``sha256`` + one float32 column per feature
     STORE/<identity>/fail-*.parquet        images that could not be featurised: ``sha256, reason``
 
-Every part is written to a temporary name and renamed into place, so a reader never sees half a file
-and an interrupted run keeps every chunk it finished. Parts have unique names, so concurrent writers
+Every part is written to a temporary name, fsynced, renamed into place and its folder fsynced, so a
+reader never sees half a file, an interrupted run keeps every chunk it finished and a power cut leaves
+no empty part. Each part carries the sha256 of its content in its Parquet metadata
+(:data:`CHECKSUM_KEY`), checked (with its columns and finite values) the first time a process reads it:
+a damaged part is one error naming it, never rows read back wrong (issue 24). Parts written before
+checksums existed are still read; their columns and values are checked. Rows with NaN or inf values are
+never written: they are recorded as failures with that reason. Parts have unique names, so concurrent writers
 never touch the same file; :meth:`FeatureStore.compact` merges parts under a file lock. Rows are
 keyed by content (sha256), so the same image under two paths is computed once.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import time
@@ -28,10 +34,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from blastscan._io import atomic_path, atomic_write_bytes, check_writable_dir
+from blastscan._io import TEMP_MARK, atomic_path, atomic_write_bytes, check_writable_dir, pid_alive
 from blastscan.errors import BlastscanError
 
-__all__ = ["FeatureStore"]
+__all__ = ["CHECKSUM_KEY", "NONFINITE_REASON", "FeatureStore"]
+
+#: Parquet schema-metadata key holding the sha256 of a part's content (see :func:`content_sha256`).
+CHECKSUM_KEY = b"blastscan.content_sha256"
+NONFINITE_REASON = "non-finite feature values (NaN or inf); not stored"
+_REPAIR_HINT = ("run `blastscan extract --repair` (it deletes damaged parts; their rows are computed again) or "
+                "delete this file and run extract again")
 
 
 class FeatureStore:
@@ -45,6 +57,7 @@ class FeatureStore:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        self._verified: set[tuple] = set()  # parts checked by this instance: (path, size, mtime, inode)
 
     # -- layout -------------------------------------------------------------------------------
     def _dir(self, identity: str) -> Path:
@@ -62,9 +75,14 @@ class FeatureStore:
         if not path.is_file():
             return None
         try:
-            return json.loads(path.read_text())
+            meta = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise BlastscanError(str(path), f"unreadable store metadata ({exc})") from None
+        names = meta.get("feature_names") if isinstance(meta, dict) else None
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise BlastscanError(str(path), "not a feature-table description (expected an object with a list of "
+                                            "feature_names); delete this table's folder and run extract again")
+        return meta
 
     def ensure_table(self, description: Mapping, feature_names: Sequence[str]) -> str:
         """Create the table for an extractor (``description`` from ``Extractor.describe()``).
@@ -75,6 +93,7 @@ class FeatureStore:
         identity = description["identity"]
         meta = {"feature_names": list(feature_names), "extractor": dict(description), "created": time.time()}
         existing = self.meta(identity)
+        remove_dead_temp_files(self._dir(identity))  # a killed writer's half parts (best effort)
         if existing is not None:
             if existing["feature_names"] != list(feature_names):
                 raise BlastscanError(
@@ -116,17 +135,39 @@ class FeatureStore:
             return []
         return sorted(d.glob(f"{prefix}-*.parquet"))
 
+    def _read_part(self, path: Path, identity: str, prefix: str, columns=None) -> pa.Table:
+        """One part, checked the first time this instance reads it: readable, its checksum (when it has
+        one), its columns and (feature parts) finite values. Raises a one-line error naming the part."""
+        st = os.stat(path)  # FileNotFoundError: a compaction removed it; the caller lists again
+        key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+        if key in self._verified:
+            return pq.read_table(path, columns=columns)
+        try:
+            table = pq.read_table(path)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # damaged pages, footer, or not Parquet at all
+            raise BlastscanError(str(path), f"damaged feature-store part, cannot be read "
+                                            f"({type(exc).__name__}: {str(exc)[:120]}); {_REPAIR_HINT}") from None
+        _check_part(path, table, self._expected_columns(identity, prefix))
+        self._verified.add(key)
+        return table.select(columns) if columns is not None else table
+
+    def _expected_columns(self, identity: str, prefix: str) -> list[str]:
+        if prefix == "fail":
+            return ["sha256", "reason"]
+        meta = self.meta(identity)
+        return ["sha256", *(meta["feature_names"] if meta else [])]
+
     def _read_parts(self, identity: str, prefix: str, columns=None) -> pd.DataFrame | None:
         # A compaction may delete a part between listing and reading; list again when that happens.
         for _ in range(5):
             frames = []
             try:
                 for p in self._parts(identity, prefix):
-                    frames.append(pd.read_parquet(p, columns=columns))
+                    frames.append(self._read_part(p, identity, prefix, columns).to_pandas())
             except FileNotFoundError:
                 continue
-            except Exception as exc:  # a damaged part: name it rather than fail obscurely
-                raise BlastscanError(str(p), f"unreadable feature-store part ({exc}); delete it and re-run extract") from None
             if not frames:
                 return None
             df = pd.concat(frames, ignore_index=True)
@@ -148,14 +189,20 @@ class FeatureStore:
         names = meta["feature_names"]
         stamp = f"{time.time_ns():x}-{uuid.uuid4().hex[:8]}"
         d = self._dir(identity)
+        failures = dict(failures or {})
         if len(shas):
             features = np.asarray(features, dtype=np.float32).reshape(len(shas), len(names))
+            finite = np.isfinite(features).all(axis=1)
+            if not finite.all():  # never stored: a NaN row would be reused by every later run
+                failures.update({s: NONFINITE_REASON for s, ok in zip(shas, finite) if not ok})
+                shas, features = [s for s, ok in zip(shas, finite) if ok], features[finite]
+        if len(shas):
             with atomic_path(d / f"part-{stamp}.parquet") as tmp:
                 _write_table(_feature_table(shas, features, names), tmp)
         if failures:
             fdf = pd.DataFrame({"sha256": list(failures), "reason": [str(v) for v in failures.values()]})
             with atomic_path(d / f"fail-{stamp}.parquet") as tmp:
-                fdf.to_parquet(tmp, index=False)
+                _write_table(pa.Table.from_pandas(fdf, preserve_index=False), tmp)
 
     def compact(self, identity: str, min_parts: int = 2) -> None:
         """Merge all parts of a table into one file when it has ``min_parts`` or more (under a lock;
@@ -171,7 +218,7 @@ class FeatureStore:
                     done = self.known_shas(identity, include_failures=False)
                     table = pa.Table.from_pandas(df[~df["sha256"].isin(done)], preserve_index=False)
                 else:  # in Arrow, column by column: a 2048-wide table through pandas costs seconds
-                    table = self._merged_parts(parts)
+                    table = self._merged_parts([self._read_part(p, identity, prefix) for p in parts])
                 stamp = f"{time.time_ns():x}-{uuid.uuid4().hex[:8]}"
                 with atomic_path(self._dir(identity) / f"{prefix}-{stamp}.parquet") as tmp:
                     _write_table(table, tmp)
@@ -180,18 +227,42 @@ class FeatureStore:
                         p.unlink()
 
     @staticmethod
-    def _merged_parts(parts: list[Path]) -> "pa.Table":
-        """The rows of ``parts`` as one table, the last part's row kept for a sha256 found twice."""
-        try:
-            tables = [pq.read_table(p) for p in parts]
-        except Exception as exc:  # a damaged part: name it rather than fail obscurely
-            raise BlastscanError(str(parts), f"unreadable feature-store part ({exc}); delete it and re-run extract") from None
+    def _merged_parts(tables: list["pa.Table"]) -> "pa.Table":
+        """The rows of checked parts as one table, the last part's row kept for a sha256 found twice."""
         schema = tables[-1].schema.remove_metadata()
         table = pa.concat_tables([t.replace_schema_metadata(None).select(schema.names).cast(schema) for t in tables])
         shas = table.column("sha256").to_numpy(zero_copy_only=False)
         _, first_from_end = np.unique(shas[::-1], return_index=True)
         keep = np.sort(len(shas) - 1 - first_from_end)
         return table.take(pa.array(keep)) if len(keep) < len(shas) else table
+
+    def repair(self) -> list[tuple[str, str]]:
+        """Delete every part (of every table) that fails its check, and tables whose ``meta.json`` is not
+        a table description; their rows are computed again by the next extract. Returns ``(path, why)``
+        for each deletion."""
+        import shutil
+
+        removed: list[tuple[str, str]] = []
+        if not self.root.is_dir():
+            return removed
+        for d in sorted(p for p in self.root.iterdir() if (p / "meta.json").is_file()):
+            try:
+                self.meta(d.name)
+            except BlastscanError as exc:
+                shutil.rmtree(d)
+                removed.append((str(d), exc.why or str(exc)))
+                continue
+            with self._lock(d.name):
+                for prefix in ("part", "fail"):
+                    for p in self._parts(d.name, prefix):
+                        try:
+                            self._read_part(p, d.name, prefix)
+                        except FileNotFoundError:
+                            continue
+                        except BlastscanError as exc:
+                            p.unlink()
+                            removed.append((str(p), (exc.why or "").split(";")[0]))
+        return removed
 
     # -- reading ------------------------------------------------------------------------------
     def known_shas(self, identity: str, include_failures: bool = True) -> set[str]:
@@ -247,6 +318,65 @@ def _feature_table(shas: Sequence[str], features: np.ndarray, names: Sequence[st
                                 names=["sha256", *names])
 
 
+def content_sha256(table: pa.Table) -> str:
+    """sha256 over a table's column names and values (strings joined by NUL, numbers as their bytes):
+    what a part's checksum covers. Independent of the Parquet encoding, so it is checked after decoding."""
+    h = hashlib.sha256()
+    for name, col in zip(table.column_names, table.columns):
+        h.update(name.encode() + b"\0" + str(col.type).encode() + b"\0")
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            h.update("\0".join("\1" if v is None else v for v in col.to_pylist()).encode())
+        else:
+            h.update(np.ascontiguousarray(col.to_numpy()).tobytes())
+    return h.hexdigest()
+
+
+def _check_part(path: Path, table: pa.Table, expected: list[str]) -> None:
+    """Raise a one-line error naming ``path`` when its checksum, columns or values are wrong."""
+    recorded = (table.schema.metadata or {}).get(CHECKSUM_KEY)
+    if recorded is not None and recorded.decode(errors="replace") != content_sha256(table):
+        raise BlastscanError(str(path), f"damaged feature-store part (its content does not match the checksum "
+                                        f"recorded when it was written); {_REPAIR_HINT}")
+    have = set(table.column_names)  # a set: a 2048-wide part checked in milliseconds
+    missing = [c for c in expected if c not in have]
+    if missing:
+        raise BlastscanError(str(path), f"damaged feature-store part (no column {missing[0]!r}"
+                                        + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+                                        + f"); {_REPAIR_HINT}")
+    if table.column("sha256").null_count:
+        raise BlastscanError(str(path), f"damaged feature-store part (a row without sha256); {_REPAIR_HINT}")
+    wanted = set(expected[1:])
+    for name, col in zip(table.column_names, table.columns):
+        if name in wanted and pa.types.is_floating(col.type):
+            values = col.to_numpy()
+            if not np.isfinite(values).all():
+                raise BlastscanError(str(path), f"feature-store part holds NaN or inf values (column {name!r}); "
+                                                f"{_REPAIR_HINT}")
+
+
+def remove_dead_temp_files(folder: Path) -> int:
+    """Remove ``.*.<pid>.<random>.tmp`` files (:func:`blastscan._io.atomic_path`) whose writer no longer
+    runs: what a killed writer left. Returns how many; errors are ignored."""
+    n = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for e in entries:
+        fields = e.name.split(".")
+        if not (e.name.startswith(".") and e.name.endswith(TEMP_MARK) and len(fields) >= 4):
+            continue
+        pid = fields[-3]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                os.unlink(e.path)
+                n += 1
+    return n
+
+
 def _write_table(table: pa.Table, path) -> None:
+    """Write a part with its content checksum (fsync and rename are :func:`atomic_path`'s)."""
+    meta = dict(table.schema.metadata or {})
+    meta[CHECKSUM_KEY] = content_sha256(table).encode()
     # no dictionaries or statistics for 2048 float columns: 2.5x faster to write, and smaller
-    pq.write_table(table, path, use_dictionary=False, write_statistics=False)
+    pq.write_table(table.replace_schema_metadata(meta), path, use_dictionary=False, write_statistics=False)

@@ -24,7 +24,8 @@ from blastscan.options import parse_params, resolve_jobs, split_list
 from blastscan.pipelines.assemble import assemble_grid
 from blastscan.pipelines.grid import ConfigSpec, add_votes, plan_splits, prepare_data, run_grid, vote_spec
 from blastscan.pipelines.results import CompareResult
-from blastscan.pipelines.runrecord import default_run_dir, run_record, used_manifest, write_outputs
+from blastscan.pipelines.runrecord import (check_replaceable, default_run_dir, run_dir_lock, run_record, used_manifest,
+                                          write_outputs)
 
 __all__ = ["DEFAULT_ENSEMBLES", "DEFAULT_FEATURE_SETS", "default_feature_sets", "default_classifiers",
            "default_ensembles", "parse_ensembles", "collapse_equivalent", "compare"]
@@ -246,6 +247,15 @@ def compare(
     # before any feature is computed: an evaluation is called subject-disjoint only when it is one
     leaky = require_subjects(manifest_df, settings.per_image_split, "compare")
     check_writable_dir(run_dir, "--out")
+    check_replaceable(run_dir)
+    with run_dir_lock(run_dir):  # a second compare into the same --out fails now, not after its work
+        return _compare_locked(manifest_df, run_dir, settings, votes, feature_sets, classifiers, configs, needed,
+                               store=store, dataset=dataset, extractor_options=extractor_options, jobs=jobs,
+                               progress=progress, leaky=leaky, t_start=t_start, started=started)
+
+
+def _compare_locked(manifest_df, run_dir, settings, votes, feature_sets, classifiers, configs, needed, *, store,
+                    dataset, extractor_options, jobs, progress, leaky, t_start, started) -> CompareResult:
     data = prepare_data(manifest_df, needed, classifiers, store, extractor_options, jobs, progress, dataset)
     splits = plan_splits(data, settings)
     screening = _screening(data)

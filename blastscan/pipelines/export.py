@@ -30,13 +30,21 @@ __all__ = ["read_run", "export_run", "run_estimate"]
 
 def read_run(run_dir: str | os.PathLike) -> dict:
     """The ``run.json`` of a compare run folder."""
+    from blastscan.pipelines.runrecord import INCOMPLETE_MARK
+
     run_dir = Path(run_dir)
+    if (run_dir / INCOMPLETE_MARK).exists():
+        raise BlastscanError(str(run_dir), "an incomplete compare run (it was stopped before the end); "
+                                           "run compare again")
     try:
-        return json.loads((run_dir / "run.json").read_text())
+        run = json.loads((run_dir / "run.json").read_text())
     except FileNotFoundError:
         raise BlastscanError(str(run_dir), "not a compare run folder (no run.json)") from None
     except (OSError, ValueError) as exc:
         raise BlastscanError(str(run_dir / "run.json"), f"unreadable ({exc})") from None
+    if not isinstance(run, dict) or not isinstance(run.get("configs"), list):
+        raise BlastscanError(str(run_dir / "run.json"), "not a compare run record (expected an object with configs)")
+    return run
 
 
 def _used_manifest(run_dir: Path, run: dict) -> pd.DataFrame:

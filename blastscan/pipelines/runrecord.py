@@ -1,17 +1,28 @@
 """The run folder of a comparison: its ``run.json`` record (config, versions, data hashes, folds) and the
-files written beside it (metrics, predictions, per-subject table, manifest, report), each atomically."""
+files written beside it (metrics, predictions, per-subject table, manifest, report).
+
+The folder is written whole or not at all (issue 24): its files go into a temporary folder beside it
+(``.<name>.<pid>.tmp``, holding an ``INCOMPLETE`` marker until the end), which is renamed into place when
+complete. A rerun into an existing run folder **replaces it whole** (no file of the old run stays beside
+the new ``run.json``); a folder that is not a run folder and not empty is refused, never replaced. A lock
+beside the folder (:func:`run_dir_lock`, held for the whole comparison) makes a second ``compare`` into the
+same ``--out`` fail at once with one line; temporary folders of killed runs are removed by the next run."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import shutil
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import pandas as pd
 
-from blastscan._io import atomic_path, atomic_write_bytes
+from blastscan._io import WriteError, atomic_path, atomic_write_bytes, fsync_path, remove_stale_temp
+from blastscan.errors import BlastscanError
 from blastscan.evaluation import EvalSettings
 from blastscan.evaluation.decision import operating_targets
 from blastscan.options import clean_options
@@ -20,9 +31,48 @@ from blastscan.pipelines.grid import CompareData, SplitPlan
 from blastscan.pipelines.results import LEAKY_NOTE, SPLIT_KINDS, CompareResult
 
 
-__all__ = ["MANIFEST_NAME", "default_run_dir", "run_record", "used_manifest", "write_outputs"]
+__all__ = ["INCOMPLETE_MARK", "MANIFEST_NAME", "check_replaceable", "default_run_dir", "run_dir_lock", "run_record",
+           "used_manifest", "write_outputs"]
 
 MANIFEST_NAME = "manifest.parquet"
+#: Present in a run folder until it is complete (only ever seen in a temporary folder); export refuses it.
+INCOMPLETE_MARK = "INCOMPLETE"
+
+
+def _tmp_prefix(run_dir: Path) -> str:
+    return f".{run_dir.name}."
+
+
+def check_replaceable(run_dir: Path) -> None:
+    """Refuse (one line) an existing ``--out`` that is neither empty nor a run folder: only a run is replaced."""
+    if run_dir.is_dir() and not (run_dir / "run.json").is_file() and any(run_dir.iterdir()):
+        raise BlastscanError(f"--out {run_dir}", "exists and is not a compare run folder (no run.json); a rerun "
+                                                 "replaces a run folder whole, so give an empty or new folder")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise BlastscanError(f"--out {run_dir}", "exists and is not a folder")
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the lock of ``run_dir`` (a ``.<name>.lock`` file beside it) for the block; a second holder
+    fails at once with one line naming the folder. Also removes temp folders of killed runs."""
+    run_dir = Path(os.path.abspath(run_dir))
+    try:
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(run_dir.parent / f".{run_dir.name}.lock", "a+")
+    except OSError as exc:
+        raise WriteError.of(run_dir, exc) from None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BlastscanError(f"--out {run_dir}", "another compare is writing this run folder now; wait for it "
+                                                     "to finish or give another --out") from None
+        try:
+            remove_stale_temp(run_dir.parent, _tmp_prefix(run_dir))
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def default_run_dir(base: str | os.PathLike = "blastscan-runs") -> Path:
@@ -129,12 +179,51 @@ def _write_table(df: pd.DataFrame, path: Path) -> None:
 
 
 def write_outputs(result: CompareResult, manifest: pd.DataFrame) -> None:
-    """Write the run folder: manifest, tables, metrics.json, the report, and run.json last."""
+    """Write the run folder whole: manifest, tables, metrics.json, the report and run.json into a temporary
+    folder, renamed onto ``result.run_dir`` when complete (an old run folder there is replaced whole)."""
+    final = Path(result.run_dir)
+    check_replaceable(final)
+    d = final.parent / f"{_tmp_prefix(final)}{os.getpid()}.tmp"
+    try:
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        (d / INCOMPLETE_MARK).write_text("this run folder was not finished; run compare again\n")
+    except OSError as exc:
+        raise WriteError.of(d, exc) from None
+    result.run_dir = d  # the report and every table are written into the temporary folder
+    try:
+        _write_files(result, manifest, d)
+        _publish(d, final)
+    except WriteError as exc:  # name the run folder the user gave, not the temporary one
+        shutil.rmtree(d, ignore_errors=True)
+        failed = Path(exc.what).name if Path(exc.what).parent == d else exc.what
+        raise WriteError(f"--out {final}", f"{failed}: {exc.why}") from None
+    except BaseException:
+        shutil.rmtree(d, ignore_errors=True)
+        raise
+    finally:
+        result.run_dir = final
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename the complete ``tmp`` onto ``final``, replacing an old run folder whole."""
+    old = final.parent / f"{_tmp_prefix(final)}{os.getpid()}.old.tmp"
+    try:
+        (tmp / INCOMPLETE_MARK).unlink()
+        fsync_path(tmp)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        fsync_path(final.parent)
+    except OSError as exc:
+        raise WriteError.of(final, exc) from None
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_files(result: CompareResult, manifest: pd.DataFrame, d: Path) -> None:
     from blastscan import provenance as prov
     from blastscan.pipelines.report import write_report
 
-    d = result.run_dir
-    d.mkdir(parents=True, exist_ok=True)
     _write_table(manifest, d / MANIFEST_NAME)
     _write_table(result.metrics, d / "metrics.csv")
     _write_table(result.predictions, d / "predictions.csv")

@@ -28,7 +28,7 @@ from blastscan.options import resolve_jobs
 from blastscan.parallel import executor
 
 __all__ = ["COLUMNS", "SUBJECT_COLUMNS", "WITHIN_COLUMNS", "ScoreResult", "TrainingRates", "score",
-           "subject_summary", "subjects_path", "training_rates", "fraction_warnings"]
+           "subject_summary", "subjects_path", "training_rates", "fraction_warnings", "flag_odd_sizes"]
 
 COLUMNS = ["path", "sha256", "subject", "p_all", "pred", "status"]
 SUBJECT_COLUMNS = ["subject", "n_cells", "n_scored", "n_pred_all", "fraction_pred_all", "blast_fraction",
@@ -48,7 +48,7 @@ def _prepare_output(out: Path) -> None:
     remove_stale_temp(tempfile.gettempdir(), SCORE_TMP_PREFIX)
 
 
-def _flag_odd_sizes(rows: pd.DataFrame) -> pd.DataFrame:
+def flag_odd_sizes(rows: pd.DataFrame) -> pd.DataFrame:
     """Scored cells whose size is far from a single-cell image keep their score, with a warning status."""
     if not len(rows) or "width" not in rows:
         return rows
@@ -58,6 +58,9 @@ def _flag_odd_sizes(rows: pd.DataFrame) -> pd.DataFrame:
         if warn:
             status[i] = f"ok (warning: {warn})"
     return rows.assign(status=status)
+
+
+_flag_odd_sizes = flag_odd_sizes  # the name tests and older callers use
 
 
 def subjects_path(output_csv: str | os.PathLike) -> Path:
@@ -288,7 +291,7 @@ def _write_predictions(out: Path, bundle: Bundle, built, manifest_df: pd.DataFra
                     # without a store each chunk gets its own, so nothing grows with the batch
                     rows = bundle.score_manifest(part, store if store is not None else chunk_store,
                                                  extractor_options=extractor_options, jobs=jobs, built=built)
-                counts.record(_flag_odd_sizes(rows), fh)
+                counts.record(flag_odd_sizes(rows), fh)
                 bar.update(len(part))
             if len(failed):
                 counts.record(failed, fh)

@@ -5,14 +5,22 @@ The server is the standard library's threaded HTTP server; the page is three sta
 uses (:func:`input_manifest` + :meth:`Bundle.score_manifest`), so probabilities and the status of bad
 files are the same. Uploads are size-limited, written only into the server's temporary folder and
 deleted once scored; that folder (and the default feature store inside it) is removed when the server
-stops. :func:`training_reference` computes, at training time, what the page shows beside a cell.
+stops, and folders of a killed server (``blastscan-view-<pid>-*`` whose pid is gone) at the next start.
+:func:`training_reference` computes, at training time, what the page shows beside a cell.
+
+Access (issue 24): the server makes a random token and prints the page's URL with it (as Jupyter does).
+``GET /?token=T`` serves the page, whose script reads the token from its URL and sends it as the
+``X-Blastscan-Token`` header on every API call; requests without it get 403. The page's two static assets (``app.js``, ``style.css``: files shipped with the
+package, no data) are served without it. Server-side batch paths are read only under the folders given
+with ``--allow DIR`` (none by default: dropping cells needs no server-side path).
 """
 
 from __future__ import annotations
 
-import io
+import hmac
 import json
 import os
+import secrets
 import re
 import shutil
 import sys
@@ -21,9 +29,9 @@ import threading
 import time
 import uuid
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -32,17 +40,21 @@ import pandas as pd
 # every import from other blastscan modules is here, so a restructuring can retarget them in one place
 from blastscan.dataset import parse_cnmc_name
 from blastscan.errors import BlastscanError
+from blastscan._io import remove_stale_temp
 from blastscan.bundle import Bundle, load_bundle
 from blastscan.dataset.inputs import input_manifest
-from blastscan.pipelines.score import COLUMNS, subject_summary, training_rates
+from blastscan.pipelines.view_access import ApiError, QuietServer, batch_error, check_batch_path, too_many_pixels
+from blastscan.pipelines.score import COLUMNS, flag_odd_sizes, subject_summary, training_rates
 from blastscan.pipelines.view_detail import cell_detail, data_url, outline_png, training_reference
 
 __all__ = ["NOTICE", "ViewServer", "training_reference", "cell_detail", "serve"]
 
 NOTICE = "Research use only, not a medical device."
 MAX_UPLOAD_MB = 16.0
-MAX_PIXELS = 25_000_000  # a decoded image this large is refused before segmentation (C-NMC cells: 0.2 MP)
 BATCH_CHUNK = 32  # images scored per step of a batch, so the page can show progress
+TOKEN_HEADER = "X-Blastscan-Token"
+TMP_PREFIX = "blastscan-view-"  # + "<pid>-<random>": a folder whose pid is gone is a killed server's
+
 _STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
            "/app.js": ("app.js", "text/javascript; charset=utf-8"),
            "/style.css": ("style.css", "text/css; charset=utf-8")}
@@ -92,17 +104,28 @@ class ViewServer:
         Processes for a batch's per-image features.
     trust : bool
         Load a bundle whose sidecar is missing or does not match.
+    allow : list of paths
+        Folders whose files a batch may read (``--allow``); none by default.
+    token : str, optional
+        The access token (default: a random one; :attr:`page_url` carries it).
     """
 
     def __init__(self, bundle: Bundle | str | os.PathLike, host: str = "127.0.0.1", port: int = 8765, *,
                  store: str | os.PathLike | None = None, extractor_options: Mapping[str, Any] | None = None,
-                 max_upload_mb: float = MAX_UPLOAD_MB, jobs: int | None = None, trust: bool = False):
+                 max_upload_mb: float = MAX_UPLOAD_MB, jobs: int | None = None, trust: bool = False,
+                 allow: Sequence[str | os.PathLike] = (), token: str | None = None):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, trust=trust)
         self.extractor_options = dict(extractor_options or {})
         self.built = self.bundle.features(self.extractor_options)  # wrong weights stop here
         self.max_upload = int(max_upload_mb * 1024 * 1024)
         self.jobs = jobs
-        self.tmp = Path(tempfile.mkdtemp(prefix="blastscan-view-"))
+        self.token = token or secrets.token_urlsafe(24)
+        self.allow = [os.path.realpath(a) for a in allow]
+        for a in self.allow:
+            if not os.path.isdir(a):
+                raise BlastscanError(f"--allow {a}", "not a folder")
+        remove_stale_temp(tempfile.gettempdir(), TMP_PREFIX)  # what a killed server left (its pid is gone)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-"))
         self.uploads = self.tmp / "uploads"
         self.uploads.mkdir()
         self.store = Path(store) if store is not None else self.tmp / "store"
@@ -110,7 +133,7 @@ class ViewServer:
         self.batches: dict[str, dict] = {}
         self.static = Path(__file__).resolve().parents[1] / "view_static"
         try:
-            self.httpd = ThreadingHTTPServer((host, port), _handler(self))
+            self.httpd = QuietServer((host, port), _handler(self))
         except OSError as exc:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise BlastscanError(f"--host {host} --port {port}", f"cannot listen there ({exc.strerror or exc})") from None
@@ -122,6 +145,14 @@ class ViewServer:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"
+
+    @property
+    def page_url(self) -> str:
+        """The page's URL with the access token (what the command prints)."""
+        return f"{self.url}?token={self.token}"
+
+    def token_ok(self, given: str | None) -> bool:
+        return bool(given) and hmac.compare_digest(str(given).encode(), self.token.encode())
 
     @property
     def local_only(self) -> bool:
@@ -184,7 +215,7 @@ class ViewServer:
                                               jobs=self.jobs if len(manifest_df) > 1 else 1, built=self.built)
         if "subject" not in rows:
             rows["subject"] = ""
-        return rows
+        return flag_odd_sizes(rows)  # score's size warning, word for word
 
     def detail(self, path: str, sha: str, status: str) -> dict:
         png, note = outline_png(path) if sha else (None, "")
@@ -200,7 +231,7 @@ class ViewServer:
         path = folder / _safe_name(name)
         try:
             path.write_bytes(data)
-            too_big = _too_many_pixels(data)  # checked before anything decodes the whole image
+            too_big = too_many_pixels(data)  # checked before anything decodes the whole image
             if too_big:
                 import hashlib
 
@@ -227,8 +258,7 @@ class ViewServer:
             shutil.rmtree(folder, ignore_errors=True)
 
     def start_batch(self, path: str) -> str:
-        if not path or not os.path.exists(path):
-            raise BlastscanError(path or "path", "no such file or folder on the server's machine")
+        path = check_batch_path(path, self.allow)
         job = {"id": uuid.uuid4().hex[:12], "path": path, "state": "running", "done": 0, "total": None,
                "rows": None, "subjects": None, "error": None, "started": time.time()}
         self.batches[job["id"]] = job
@@ -255,10 +285,8 @@ class ViewServer:
             job["subjects"] = subject_summary(rows, self.bundle.threshold, rates=training_rates(self.bundle))
             job["done"] = job["total"]
             job["state"] = "done"
-        except BlastscanError as exc:
-            job["error"], job["state"] = str(exc), "failed"
         except Exception as exc:  # shown on the page, not lost in a thread
-            job["error"], job["state"] = f"{type(exc).__name__}: {exc}", "failed"
+            job["error"], job["state"] = batch_error(job["path"], exc), "failed"
 
     def batch_status(self, job_id: str) -> dict:
         job = self.batches.get(job_id)
@@ -282,8 +310,11 @@ class ViewServer:
         out.update(self.detail(str(row["path"]), str(row["sha256"] or ""), str(row["status"])))
         return _jsonable(out)
 
-    def subjects(self, rows: list[dict]) -> list[dict]:
+    def subjects(self, rows) -> list[dict]:
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ApiError(HTTPStatus.BAD_REQUEST, "rows must be a list of objects (subject, p_all, pred)")
         df = pd.DataFrame(rows, columns=["subject", "p_all", "pred"])
+        df["p_all"] = pd.to_numeric(df["p_all"], errors="coerce")
         df["subject"] = df["subject"].fillna("").astype(str)
         df["pred"] = df["pred"].fillna("").astype(str)
         return _jsonable(subject_summary(df, self.bundle.threshold, rates=training_rates(self.bundle)).to_dict(orient="records"))
@@ -295,21 +326,6 @@ def _refusal(path: Path) -> pd.DataFrame:
     if len(failed):
         return failed[["path", "sha256", "subject", "status"]]
     return pd.DataFrame([{"path": str(path), "sha256": "", "subject": "", "status": "no usable image"}])
-
-
-def _too_many_pixels(data: bytes) -> str:
-    """The refusal for an image whose pixel count is over :data:`MAX_PIXELS` (read from its header)."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-    except Exception:  # not an image at all: the scoring engine says so in its own words
-        return ""
-    if w * h > MAX_PIXELS:
-        return (f"image of {w} x {h} pixels is over the viewer's limit of {MAX_PIXELS / 1e6:.0f} megapixels "
-                "(a C-NMC cell image is 450 x 450)")
-    return ""
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -345,10 +361,21 @@ class _Handler(BaseHTTPRequestHandler):
         host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]").lower()
         return host in ("127.0.0.1", "localhost", "::1", self.app.host)
 
+    def _token_ok(self, url) -> bool:
+        """The token: from the header (the page's API calls), or the query string (opening the page)."""
+        given = self.headers.get(TOKEN_HEADER) or (parse_qs(url.query).get("token") or [None])[0]
+        return self.app.token_ok(given)
+
+    def _refuse_token(self) -> None:
+        self._error(HTTPStatus.FORBIDDEN, "missing or wrong token: open the URL that blastscan view printed "
+                                          "(it ends with ?token=...)")
+
     def do_GET(self):
         if not self._host_ok():
             return self._error(HTTPStatus.FORBIDDEN, "unexpected Host header")
         url = urlsplit(self.path)
+        if url.path not in ("/app.js", "/style.css") and not self._token_ok(url):
+            return self._refuse_token()  # the two assets are package files; the page and the API need it
         if url.path in _STATIC:
             name, ctype = _STATIC[url.path]
             return self._send(HTTPStatus.OK, (self.app.static / name).read_bytes(), ctype)
@@ -396,6 +423,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._body()
             return self._error(HTTPStatus.FORBIDDEN, "requests must come from the blastscan page")
         url = urlsplit(self.path)
+        if not self.app.token_ok(self.headers.get(TOKEN_HEADER)):
+            self._body()
+            return self._refuse_token()
         body = self._body()
         if body is None:
             return
@@ -411,19 +441,28 @@ class _Handler(BaseHTTPRequestHandler):
             if url.path in ("/api/batch", "/api/subjects"):
                 try:
                     payload = json.loads(body or b"{}")
-                except ValueError:
+                except (ValueError, UnicodeDecodeError):
                     return self._error(HTTPStatus.BAD_REQUEST, "the request body is not JSON")
+                if not isinstance(payload, dict):
+                    return self._error(HTTPStatus.BAD_REQUEST, "the request body must be a JSON object")
                 if url.path == "/api/batch":
-                    return self._json(HTTPStatus.ACCEPTED, {"id": self.app.start_batch(str(payload.get("path", "")).strip())})
-                return self._json(HTTPStatus.OK, {"subjects": self.app.subjects(list(payload.get("rows", [])))})
+                    path = payload.get("path", "")
+                    if not isinstance(path, str):
+                        return self._error(HTTPStatus.BAD_REQUEST, "path must be a string")
+                    return self._json(HTTPStatus.ACCEPTED, {"id": self.app.start_batch(path.strip())})
+                return self._json(HTTPStatus.OK, {"subjects": self.app.subjects(payload.get("rows", []))})
+        except ApiError as exc:
+            return self._error(exc.status, str(exc))
         except BlastscanError as exc:
             return self._error(HTTPStatus.BAD_REQUEST, str(exc))
-        except Exception as exc:  # a bug: the traceback goes to the terminal, a line to the page
-            import traceback
-
-            traceback.print_exc()
-            return self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error ({type(exc).__name__}: {exc}); "
-                                                                 "the server's terminal shows the traceback")
+        except (ConnectionError, TimeoutError):  # the client went away: nobody to answer
+            self.close_connection = True
+            return None
+        except Exception as exc:  # a bug: one line on the terminal (no request content), one to the page
+            print(f"blastscan view: internal error on POST {url.path} ({type(exc).__name__}); please report it",
+                  file=sys.stderr)
+            return self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error ({type(exc).__name__}); "
+                                                                 "please report it")
         return self._error(HTTPStatus.NOT_FOUND, f"no endpoint {url.path}")
 
 
@@ -434,17 +473,19 @@ def _handler(app: ViewServer) -> type:
 def serve(bundle_path: str | os.PathLike, host: str = "127.0.0.1", port: int = 8765, *,
           store: str | os.PathLike | None = None, extractor_options: Mapping[str, Any] | None = None,
           max_upload_mb: float = MAX_UPLOAD_MB, jobs: int | None = None, trust: bool = False,
-          echo: Callable[[str], None] = print) -> None:
+          allow: Sequence[str | os.PathLike] = (), echo: Callable[[str], None] = print) -> None:
     """Serve the page until interrupted (Ctrl+C or SIGTERM); the temporary folder goes with it."""
     import signal
 
     server = ViewServer(bundle_path, host, port, store=store, extractor_options=extractor_options,
-                        max_upload_mb=max_upload_mb, jobs=jobs, trust=trust)
-    where = ("only this machine can open it" if server.local_only
-             else "WARNING: other machines can open it, and it reads any path it is given")
+                        max_upload_mb=max_upload_mb, jobs=jobs, trust=trust, allow=allow)
+    where = ("only this machine can open it, with the token" if server.local_only
+             else "WARNING: other machines can open it, with the token")
+    where += (f"; batches may read under {', '.join(server.allow)}" if server.allow
+              else "; no server-side paths (--allow DIR)")
     echo(f"blastscan view: {server.bundle.feature_set} / {server.bundle.metadata.get('classifier')} at "
          f"P(ALL) >= {server.bundle.threshold:.4f}")
-    echo(f"serving on {server.url} ({where}); Ctrl+C stops it. {NOTICE}")
+    echo(f"serving on {server.page_url} ({where}); Ctrl+C stops it. {NOTICE}")
     for w in server.bundle.warnings:
         echo(f"warning: {w}")
 

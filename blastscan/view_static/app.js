@@ -21,8 +21,12 @@ function svg(tag, attrs = {}) {
   return e;
 }
 
+// The access token: given in the page's URL (?token=..., printed by blastscan view); every API call
+// sends it as a header (the server refuses calls without it).
+const TOKEN = new URL(window.location.href).searchParams.get("token") || "";
+
 async function api(path, options = {}) {
-  const headers = Object.assign({ "X-Blastscan": "1" }, options.headers || {});
+  const headers = Object.assign({ "X-Blastscan": "1", "X-Blastscan-Token": TOKEN }, options.headers || {});
   const resp = await fetch(path, Object.assign({}, options, { headers }));
   let body;
   try { body = await resp.json(); } catch (e) { body = { error: `${resp.status} ${resp.statusText}` }; }
