@@ -220,10 +220,11 @@ def test_view_serves_a_data_only_bundle(made):
     from blastscan.pipelines.view import ViewServer
 
     expected = load_bundle(made["joblib"]).score_frame(made["paths"][:2], made["store"]).set_index("path")
-    srv = ViewServer(made["bsb"], "127.0.0.1", 0, max_upload_mb=1.0, jobs=1).start()
+    srv = ViewServer(made["bsb"], "127.0.0.1", 0, max_upload_mb=1.0, jobs=1, token="bsb-test-token").start()
     try:
         def request(url, data=None):
-            req = urllib.request.Request(url, data=data, headers={"X-Blastscan": "1"})
+            req = urllib.request.Request(url, data=data, headers={"X-Blastscan": "1",
+                                                                 "X-Blastscan-Token": "bsb-test-token"})
             with urllib.request.urlopen(req, timeout=60) as resp:
                 return json.loads(resp.read())
 

@@ -251,11 +251,13 @@ def compare(
     with run_dir_lock(run_dir):  # a second compare into the same --out fails now, not after its work
         return _compare_locked(manifest_df, run_dir, settings, votes, feature_sets, classifiers, configs, needed,
                                store=store, dataset=dataset, extractor_options=extractor_options, jobs=jobs,
-                               progress=progress, leaky=leaky, t_start=t_start, started=started)
+                               progress=progress, leaky=leaky, t_start=t_start, started=started,
+                               feature_set_notes=feature_set_notes)
 
 
 def _compare_locked(manifest_df, run_dir, settings, votes, feature_sets, classifiers, configs, needed, *, store,
-                    dataset, extractor_options, jobs, progress, leaky, t_start, started) -> CompareResult:
+                    dataset, extractor_options, jobs, progress, leaky, t_start, started,
+                    feature_set_notes: Sequence[str] = ()) -> CompareResult:
     data = prepare_data(manifest_df, needed, classifiers, store, extractor_options, jobs, progress, dataset)
     splits = plan_splits(data, settings)
     screening = _screening(data)
