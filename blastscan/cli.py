@@ -12,9 +12,9 @@ import sys
 import click
 
 from blastscan import __version__
-from blastscan.cli_options import (dataset_manifest, deep_options, engine_option, jobs_option, params_option,
-                                   per_image_split_option, precision_option, scheduler_option, store_option,
-                                   subject_pattern_option, weights_dir_option, weights_option)
+from blastscan.cli_options import (dataset_manifest, deep_option_group, deep_options, jobs_option, params_option,
+                                   per_image_split_option, scheduler_option, store_option, subject_pattern_option,
+                                   weights_dir_option, weights_option)
 from blastscan.errors import BlastscanError
 
 
@@ -157,11 +157,8 @@ def weights(weights_dir, random_weights, download):
                    "handcrafted+inception_v3. `blastscan features` lists the handcrafted ones.")
 @store_option
 @jobs_option
-@weights_option
+@deep_option_group()
 @click.option("--input-size", type=int, default=None, help="Deep backbones' input size (default: each backbone's own).")
-@click.option("--batch-size", type=int, default=None, help="Images per forward pass for deep backbones.")
-@precision_option
-@engine_option
 @click.option("--retry-failed", is_flag=True, help="Try again the images that failed in an earlier run.")
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
               help="Also write the per-cell feature table here (.parquet or .csv): path, sha256, subject, label, "
@@ -238,9 +235,8 @@ def masks(inputs, out, n, subjects, seed, columns, tile, store, quiet):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               show_default="blastscan-runs/<timestamp>", help="Run folder for the report, metrics and predictions.")
 @store_option
-@weights_option
+@deep_option_group()
 @click.option("--input-size", type=int, default=None, help="Deep backbones' input size, as given to extract.")
-@precision_option
 @click.option("--folds", type=int, default=5, show_default=True,
               help="Subject-disjoint folds (fewer when a class has fewer subject groups; the report says so).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of folds, models and bootstrap.")
@@ -264,7 +260,7 @@ def masks(inputs, out, n, subjects, seed, columns, tile, store, quiet):
 @scheduler_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def compare(dataset, features, classifiers, ensembles, out_dir, store, weights_dir, random_weights, input_size, precision,
-            folds, seed, threshold_rule, target_recall, params, params_file, inner_folds, leaky_folds, n_boot, jobs,
+            engine, batch_size, folds, seed, threshold_rule, target_recall, params, params_file, inner_folds, leaky_folds, n_boot, jobs,
             subject_pattern, per_image_split, tune, scheduler, quiet):
     """Compare feature sets x classifiers on DATASET with subject-disjoint evaluation.
 
@@ -282,7 +278,8 @@ def compare(dataset, features, classifiers, ensembles, out_dir, store, weights_d
                             inner_folds=inner_folds, leaky_folds=leaky_folds, n_boot=n_boot,
                             per_image_split=per_image_split)
     manifest = dataset_manifest(dataset, store, jobs, quiet, subject_pattern)
-    opts = deep_options(weights_dir, random_weights, input_size=input_size, precision=precision)
+    opts = deep_options(weights_dir, random_weights, input_size=input_size, batch_size=batch_size, precision=precision,
+                        engine=engine)
     votes = default_ensembles(features) if not ensembles else [e for e in ensembles if e.lower() != "none"]
     with session(scheduler):
         result = run_compare(manifest.df, features, classifiers or default_classifiers(), store, out_dir,
@@ -316,9 +313,8 @@ _bundle_weights_option = weights_dir_option(
               help="Write the bundle here (e.g. model.joblib; a .json sidecar is written beside it).")
 @store_option
 @jobs_option
-@weights_option
+@deep_option_group()
 @click.option("--input-size", type=int, default=None, help="Deep backbones' input size (default: each backbone's own).")
-@precision_option
 @click.option("--threshold", "threshold_rule", type=click.Choice(["recall", "f1"]), default="recall",
               show_default=True, help="Threshold rule, applied to subject-disjoint out-of-fold P(ALL) of the "
                                       "training data: reach --target-recall for ALL, or best weighted F1.")
@@ -334,7 +330,7 @@ _bundle_weights_option = weights_dir_option(
 @scheduler_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def train(dataset, features, classifier, params, params_file, out, store, jobs, weights_dir, random_weights, input_size,
-          precision, threshold_rule, target_recall, inner_folds, seed, subject_pattern, per_image_split, tune,
+          precision, engine, batch_size, threshold_rule, target_recall, inner_folds, seed, subject_pattern, per_image_split, tune,
           scheduler, quiet):
     """Fit one model on every labelled image of DATASET; with --out, save it as a scoring bundle.
 
@@ -348,7 +344,8 @@ def train(dataset, features, classifier, params, params_file, out, store, jobs, 
 
     settings = EvalSettings(seed=seed, threshold_rule=threshold_rule, target_recall=target_recall,
                             inner_folds=inner_folds, per_image_split=per_image_split)
-    opts = deep_options(weights_dir, random_weights, input_size=input_size, precision=precision)
+    opts = deep_options(weights_dir, random_weights, input_size=input_size, batch_size=batch_size, precision=precision,
+                        engine=engine)
     with session(scheduler):
         run_train(dataset, features, classifier, store, params=params, params_file=params_file, out=out,
                   extractor_options=opts, settings=settings, jobs=jobs, progress=not quiet, echo=click.echo,
@@ -386,7 +383,7 @@ def export(run_dir, config_name, out, store, weights_dir, quiet):
                                       "summary goes to <stem>_subjects.csv beside it.")
 @click.option("--store", type=click.Path(file_okay=False), default=None, show_default="a temporary store",
               help="Feature store to reuse and fill (by default nothing is kept).")
-@_bundle_weights_option
+@deep_option_group(bundle=True)
 @jobs_option
 @click.option("--trust", is_flag=True, help=_TRUST_HELP)
 @click.option("--within-subject", is_flag=True,
@@ -394,7 +391,7 @@ def export(run_dir, config_name, out, store, weights_dir, quiet):
                    "p_all_within_subject, pred_within_subject). It uses other cells of the same patient.")
 @scheduler_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def score(bundle, inputs, output, store, weights_dir, jobs, trust, within_subject, scheduler, quiet):
+def score(bundle, inputs, output, store, weights_dir, precision, engine, batch_size, jobs, trust, within_subject, scheduler, quiet):
     """Score INPUTS (image files, folders, CSVs with a path column) with a BUNDLE from train/export.
 
     Every input image gets a row; those that cannot be read or featurised get the reason in the status
@@ -404,7 +401,7 @@ def score(bundle, inputs, output, store, weights_dir, jobs, trust, within_subjec
     from blastscan.parallel import session
     from blastscan.pipelines.score import score as run_score
 
-    opts = {"weights_dir": weights_dir} if weights_dir else None
+    opts = deep_options(weights_dir, None, precision=precision, engine=engine, batch_size=batch_size)
     with session(scheduler):
         result = run_score(bundle, list(inputs), output, store=store, extractor_options=opts, trust=trust,
                            jobs=jobs, progress=not quiet, within_subject=within_subject)
@@ -421,10 +418,10 @@ def score(bundle, inputs, output, store, weights_dir, jobs, trust, within_subjec
 @click.option("--store", type=click.Path(file_okay=False), default=None, show_default="a temporary store",
               help="Feature store to reuse and fill (by default nothing is kept after the server stops).")
 @click.option("--max-upload-mb", type=float, default=16.0, show_default=True, help="Largest accepted upload.")
-@_bundle_weights_option
+@deep_option_group(bundle=True)
 @jobs_option
 @click.option("--trust", is_flag=True, help=_TRUST_HELP)
-def view(bundle, port, host, store, max_upload_mb, weights_dir, jobs, trust):
+def view(bundle, port, host, store, max_upload_mb, weights_dir, precision, engine, batch_size, jobs, trust):
     """Serve a local page over BUNDLE: drop cell images (or give a folder/CSV on this machine) and see
     P(ALL), the call, the cell's outline, its key features against the training cells, and the bundle.
 
@@ -433,7 +430,7 @@ def view(bundle, port, host, store, max_upload_mb, weights_dir, jobs, trust):
     """
     from blastscan.pipelines.view import serve
 
-    opts = {"weights_dir": weights_dir} if weights_dir else None
+    opts = deep_options(weights_dir, None, precision=precision, engine=engine, batch_size=batch_size)
     serve(bundle, host, port, store=store, extractor_options=opts, max_upload_mb=max_upload_mb, jobs=jobs,
           trust=trust, echo=lambda line: click.echo(line))
 

@@ -53,6 +53,8 @@ class ExtractorRun:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     seconds: float = 0.0
     engine: str = ""  # what ran a deep backbone's forward ("onnxruntime 1.32.0"), when it ran
+    note: str = ""  # e.g. a float32 table reused in place of bf16 (FeatureSet.settle_precision)
+    precision: str = ""  # a deep backbone's arithmetic ("float32", "bf16"); "" for other extractors
 
     @property
     def rate(self) -> float:
@@ -252,7 +254,8 @@ def _plan(ext: Extractor, unique: pd.DataFrame, fstore: FeatureStore, retry_fail
 
 def _finish(t: _Todo, unique: pd.DataFrame, fstore: FeatureStore, seconds: float) -> ExtractorRun:
     run = ExtractorRun(name=t.ext.name, identity=t.identity, n_images=len(unique), seconds=seconds,
-                       engine=getattr(t.ext, "engine_used", None) or "")
+                       engine=getattr(t.ext, "engine_used", None) or "",
+                       precision=getattr(t.ext, "precision", None) or "")
     failures = fstore.failures(t.identity)
     run.computed = int((~t.todo["sha256"].isin(failures)).sum())
     by_sha = dict(zip(unique["sha256"], unique["path"]))

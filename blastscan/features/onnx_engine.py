@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -238,12 +238,18 @@ class OnnxRunner:
 
 
 def load_or_export(path: Path | None, build_keras, input_size: int, preprocess: str,
-                   threads: int | None = None) -> OnnxRunner:
+                   threads: int | None = None, make_runner: Callable[..., Any] | None = None):
     """The runner for the cached graph at ``path``, exporting (and caching) it from ``build_keras()`` when
-    it is missing or does not load. ``path`` None: export in memory, cache nothing."""
+    it is missing or does not load. ``path`` None: export in memory, cache nothing.
+
+    ``make_runner(graph, threads)`` builds the engine's runner from the graph (a file path or bytes):
+    :class:`OnnxRunner` by default, an OpenVINO runner for that engine. Every engine loads the cached
+    graph through this one function.
+    """
+    make_runner = make_runner or OnnxRunner
     if path is not None and path.is_file():
         try:
-            return OnnxRunner(path, threads)
+            return make_runner(path, threads)
         except Exception:  # a damaged cache entry: write it again below
             pass
     blob = export_keras(build_keras(), input_size, preprocess)
@@ -255,4 +261,4 @@ def load_or_export(path: Path | None, build_keras, input_size: int, preprocess: 
             atomic_write_bytes(path, blob)
         except OSError:
             pass  # no cache, same result
-    return OnnxRunner(blob, threads)
+    return make_runner(blob, threads)
