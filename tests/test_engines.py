@@ -216,3 +216,15 @@ def test_every_feature_command_takes_the_deep_option_group(command):
     assert res.exit_code == 0
     for option in ("--weights-dir", "--precision", "--engine", "--batch-size", "openvino"):
         assert option in res.output, (command, option)
+
+
+@pytest.mark.parametrize("n, batch, workers", [(192, 32, 2), (300, 32, 2), (1000, 32, 3), (5, 32, 4), (64, 8, 1)])
+def test_deep_tasks_on_a_cluster_keep_every_worker_busy_to_the_end(n, batch, workers):
+    from blastscan.features.compute import BATCHES_PER_TASK, _task_images
+
+    size = _task_images(n, batch, workers)
+    tasks = [min(size, n - lo) for lo in range(0, n, size)]
+    assert size <= BATCHES_PER_TASK * batch and sum(tasks) == n
+    # as many tasks per worker for all (the last round is not one worker's alone), and within one image
+    assert len(tasks) % workers == 0 or len(tasks) < workers
+    assert max(tasks) - min(tasks) <= max(1, len(tasks))

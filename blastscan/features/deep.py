@@ -125,6 +125,9 @@ class DeepExtractor(BatchExtractor):
         if self.batch_size < 1:
             raise BlastscanError("--batch-size", f"must be at least 1, not {self.batch_size}")
         self.random_weights = bool(random_weights)
+        # threads of the network's forward (None: every core this process may use); not part of the identity.
+        # A Dask worker sets it to its own thread count (compute._worker_extractor).
+        self.threads: int | None = None
         if self.random_weights:
             self.weights_path, self.weights_sha256 = None, None
         else:
@@ -217,7 +220,8 @@ class DeepExtractor(BatchExtractor):
                                                                       self.weights_sha256)
                 try:
                     self._run = ox.load_or_export(path, self._keras_model, self.input_size,
-                                                  self.backbone.preprocess_mode, make_runner=self._runner_factory())
+                                                  self.backbone.preprocess_mode, threads=self.threads,
+                                                  make_runner=self._runner_factory())
                     self.engine_used = f"{self.engine_choice} {self._run.version}" + (
                         f" ({self.precision})" if self.precision != "float32" else "")
                     return
