@@ -27,6 +27,9 @@ RETRIES = 2
 SHARE_BYTES = 1 << 20
 INSTALL_HINT = 'Dask is not installed; install it with: pip install "blastscan[dask]"'
 _OFF = ("", "none", "off", "no")
+#: Unset for the workers of a ``local:N`` cluster (see :func:`_connect`); set it to null in the Dask config
+#: of your own worker machines for the same rate.
+MALLOC_TRIM_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 
 
 class LocalExecutor:
@@ -156,8 +159,14 @@ def _connect(address: str) -> DaskExecutor:
     if n_local is not None:
         # Single-threaded worker processes, as the local pool: models and feature code are not all
         # thread-safe, and BLAS/OpenMP are limited to one thread per worker by Dask's nanny.
-        cluster = LocalCluster(n_workers=n_local, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=logging.ERROR)
+        import dask
+
+        # Dask's nanny gives its workers MALLOC_TRIM_THRESHOLD_=65536, which fixes glibc's mmap threshold:
+        # every large temporary array is then mapped and unmapped afresh. Measured interleaved on 96 cells,
+        # handcrafted extraction took 1.6-1.7x the worker CPU time with it (the "half the local rate").
+        with dask.config.set({MALLOC_TRIM_KEY: None}):
+            cluster = LocalCluster(n_workers=n_local, threads_per_worker=1, processes=True,
+                                   dashboard_address=None, silence_logs=logging.ERROR)
         return DaskExecutor(Client(cluster), cluster, address)
     try:
         client = Client(address, timeout="20s")
