@@ -350,7 +350,7 @@ def test_cli_bf16_on_a_cpu_without_it_is_one_line_error(tmp_path, monkeypatch):
     from blastscan.cli import main
 
     monkeypatch.delenv(deep.BF16_EMULATED_ENV, raising=False)
-    monkeypatch.setattr(deep, "bf16_support", lambda cpuinfo=None: (False, "Test CPU has no bfloat16 instructions"))
+    monkeypatch.setattr(deep, "bf16_support", lambda cpuinfo=None, cpu=None: (False, "Test CPU has no bfloat16 instructions"))
     for i in range(2):
         write_png(tmp_path / "data" / "all" / f"a{i}.png", i)
         write_png(tmp_path / "data" / "hem" / f"h{i}.png", 10 + i)

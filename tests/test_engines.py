@@ -202,6 +202,10 @@ def test_a_bundles_precision_is_followed_unless_another_is_asked():
     else:  # which this CPU cannot run: one line that names the way out
         with pytest.raises(BlastscanError, match="use --precision float32"):
             FeatureSet.from_specs("vgg16", record, {})
+    # a CPU without bfloat16 (given as a parameter): one line that names the way out
+    no_bf16 = [{**record[0], "options": {**record[0]["options"], "cpu": ZEN3}}]
+    with pytest.raises(BlastscanError, match="--precision bf16: AMD EPYC 7B13 has no bfloat16.*--precision float32"):
+        FeatureSet.from_specs("vgg16", no_bf16, {})
     # other weights are still refused, whatever the precision
     other = [{**record[0], "config": {**record[0]["config"], "weights": "sha256:0000"}}]
     with pytest.raises(BlastscanError, match="cannot be recomputed as in training"):

@@ -110,6 +110,7 @@ class DeepExtractor(BatchExtractor):
                  input_size: int | None = None, batch_size: int | None = None, precision: str | None = None,
                  engine: str | None = None, cpu: Cpu | None = None, **_: Any):
         self.backbone = backbone
+        self.cpu = cpu  # None: this machine's, read when needed
         self.precision_asked = check_precision(precision)
         self.precision = resolve_precision(self.precision_asked, engine, cpu)
         self.engine = check_engine(engine, self.precision)
@@ -170,7 +171,7 @@ class DeepExtractor(BatchExtractor):
         """Raise :class:`BlastscanError` now if this extractor cannot run here (bf16 on a CPU without it,
         an engine that is not installed)."""
         if self.precision == "bf16":
-            ok, why = bf16_support()
+            ok, why = bf16_support(cpu=self.cpu)
             emulated = os.environ.get(BF16_EMULATED_ENV) == "1" and self.engine_choice == "tensorflow"
             if not ok and not emulated:  # OpenVINO does not emulate bfloat16: it would compute float32
                 raise BlastscanError("--precision bf16", f"{why}; use --precision float32")

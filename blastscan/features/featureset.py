@@ -41,7 +41,7 @@ def build_extractor(name: str, options: Mapping[str, Any] | None = None) -> Extr
         same = (e for e in _EXTRACTOR_CACHE.values() if e.name == ext.name and e.identity == ext.identity
                 and getattr(e, "batch_size", None) == getattr(ext, "batch_size", None)
                 and getattr(e, "engine", None) == getattr(ext, "engine", None)
-                and getattr(e, "precision_asked", None) == getattr(ext, "precision_asked", None))
+                and all(getattr(e, k, None) == getattr(ext, k, None) for k in ("precision_asked", "cpu")))
         _EXTRACTOR_CACHE[key] = next(same, ext)
     return _EXTRACTOR_CACHE[key]
 
