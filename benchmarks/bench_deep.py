@@ -2,6 +2,7 @@
 
 Usage::
 
+    .venv/bin/python benchmarks/bench_deep.py --cells 64 --weights-dir DIR     # the engines only, minutes
     .venv/bin/python benchmarks/bench_deep.py [--backbones inception_v3,vgg16] [--n 128] [--rounds 3]
         [--user-n 384] [--batch-size 32] [--data DIR] [--weights-dir DIR] [--emulated-bf16]
 
@@ -18,6 +19,11 @@ figures to quote, absolute rates are not):
   a fresh store (read, decode, resize, forward, write the store), each compared with its own engine's
   bare forward. bf16 runs only on CPUs with bfloat16 instructions, unless ``--emulated-bf16`` (then its
   speed means nothing, but its cosine to float32 is real).
+
+``--cells N`` runs the engines only (``bench_engines``): the bare forward of ONNX Runtime float32,
+OpenVINO float32 and bf16 (bf16 where the CPU has it), TensorFlow float32, and ``extract`` as a user runs
+it (``--precision auto``) against ``--engine onnxruntime --precision float32``, interleaved; the CPU's
+model and its bfloat16/AMX flags are printed with the load average.
 
 Then: the cosine between the engines' embeddings (and of bf16 to float32), the peak resident memory of
 float32 extract over ``n`` and ``2n`` images (flat: batches are streamed, the store written in chunks),
@@ -237,6 +243,94 @@ def bench_backbone(name: str, paths: list[str], args) -> dict:
     return med
 
 
+def bench_engines(name: str, paths: list[str], args) -> dict:
+    """The engines side by side on ``args.cells`` real cells, interleaved rounds: each engine's bare forward
+    over preloaded resized batches (ONNX Runtime, OpenVINO float32 and bf16, TensorFlow's compiled graph),
+    then ``extract`` end to end as a user runs it (``--precision auto --engine auto``) against
+    ``--engine onnxruntime --precision float32`` (the float32 default before OpenVINO), into fresh stores."""
+    import numpy as np
+
+    from blastscan.dataset import build_manifest, load_image
+    from blastscan.features.featureset import build_extractor
+    from blastscan.features.precision import bf16_support
+    from blastscan.pipelines.extract import extract, load_features
+
+    n = args.cells
+    df = build_manifest(paths[:n], progress=False).df
+    base = {k: v for k, v in {"weights_dir": args.weights_dir, "batch_size": args.batch_size}.items() if v}
+    ok, why = bf16_support()
+    setups = {"onnxruntime f32": dict(engine="onnxruntime", precision="float32"),
+              "openvino f32": dict(engine="openvino", precision="float32")}
+    if ok:
+        setups["openvino bf16"] = dict(engine="openvino", precision="bf16")
+    if not args.no_tensorflow:
+        setups["tensorflow f32"] = dict(engine="tensorflow", precision="float32")
+    exts = {k: build_extractor(name, {**base, **o}) for k, o in setups.items()}
+    first = next(iter(exts.values()))
+    images = [first.resize(load_image(p)) for p in df["path"]]
+    batches = [np.stack(images[i:i + first.batch_size]) for i in range(0, n, first.batch_size)]
+    warm, out = {}, {}
+    for k, ext in exts.items():
+        t0 = time.perf_counter()
+        out[k] = np.vstack([ext.forward(b) for b in batches])  # build (graph cached after the first), and check
+        warm[k] = time.perf_counter() - t0
+    user = {"auto (as a user runs it)": dict(base, precision="auto"),
+            "onnxruntime float32": dict(base, engine="onnxruntime", precision="float32")}
+    user_ext = {k: build_extractor(name, o) for k, o in user.items()}
+    stores = {}
+
+    def bare(ext):
+        def run():
+            for b in batches:
+                ext.forward(b)
+        return run
+
+    def run_extract(label, options):
+        def run():
+            store = tempfile.mkdtemp(prefix="bench-deep-engines-")
+            summary = extract(df, [name], store, extractor_options=options, progress=False)
+            assert summary.runs[0].computed == n, summary.format()
+            stores[label] = store
+        return run
+
+    fns = {**{f"bare {k}": bare(e) for k, e in exts.items()},
+           **{f"extract {k}": run_extract(k, o) for k, o in user.items()}}
+    rates = {k: [] for k in fns}
+    for _ in range(args.rounds):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            rates[k].append(n / (time.perf_counter() - t0))
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    ref = med["bare onnxruntime f32"]
+    print(f"\n{name} (input {first.input_size}, batch {first.batch_size}); {n} real cells, {args.rounds} "
+          f"interleaved rounds, medians; load average now {os.getloadavg()[0]:.1f}")
+    print(f"  {'path':<44} {'images/s':>9} {'vs ORT f32':>10}   rounds")
+    for k in fns:
+        if k.startswith("extract"):
+            continue
+        print(f"  {k:<44} {med[k]:9.1f} {med[k] / ref:9.2f}x   {' '.join(f'{r:.1f}' for r in rates[k])}"
+              f"   (first batch {warm[k.split(' ', 1)[1]]:.1f} s)")
+    e_auto, e_ort = (f"extract {k}" for k in user)
+    auto_ext = user_ext["auto (as a user runs it)"]
+    for k in (e_auto, e_ort):
+        print(f"  {k:<44} {med[k]:9.1f} {med[k] / med[e_ort]:9.2f}x   {' '.join(f'{r:.1f}' for r in rates[k])}")
+    print(f"  as a user runs it: {auto_ext.precision} on {auto_ext.engine_choice} = "
+          f"{med[e_auto] / med[e_ort]:.2f}x extract --engine onnxruntime --precision float32")
+    f32 = out["onnxruntime f32"]
+    for k, x in out.items():
+        if k == "onnxruntime f32":
+            continue
+        cos = (x * f32).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(f32, axis=1)
+        print(f"  cosine {k} vs onnxruntime f32: min {cos.min():.7f}")
+    if not ok:
+        print(f"  openvino bf16: not run ({why})")
+    a = load_features(df, name, stores["onnxruntime float32"], extractor_options=user["onnxruntime float32"]).X
+    assert a.shape[0] == n
+    sys.stdout.flush()
+    return med
+
+
 def clean_process(name: str, paths: list[str], args) -> dict:
     """Run in a fresh process without TensorFlow (as ``extract`` runs once the ONNX graph is cached):
     the bare onnxruntime forward and ``extract`` into a fresh store, interleaved; medians in images/s."""
@@ -319,6 +413,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--data", type=Path, default=Path("/work/shared/data/cnmc2019"))
     ap.add_argument("--weights-dir", default=os.environ.get("BLASTSCAN_WEIGHTS_DIR", "/work/shared/weights"))
+    ap.add_argument("--cells", type=int, default=0,
+                    help="Engines only, on this many cells (a few minutes): ONNX Runtime, OpenVINO f32/bf16, "
+                         "TensorFlow bare forwards, and extract as a user runs it vs ONNX Runtime float32.")
+    ap.add_argument("--no-tensorflow", action="store_true", help="With --cells: leave TensorFlow out.")
     ap.add_argument("--emulated-bf16", action="store_true",
                     help="Run bf16 even where the CPU lacks it (cosine is real, speed is not).")
     ap.add_argument("--clean-process", nargs=1, metavar="BACKBONE", help=argparse.SUPPRESS)
@@ -330,11 +428,20 @@ def main() -> None:
     if args.seeds_only:
         return seeds_only(args.seeds_only[0], args.weights_dir, args.folder)
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    paths = cell_paths(args.data, 2 * args.n)
-    print(f"{os.cpu_count()} CPU cores ({cpu}), load average {os.getloadavg()[0]:.1f}; {args.n} real cells "
-          f"from {args.data}")
+    from blastscan.features.precision import read_cpu
+
+    cpu = read_cpu()
     names = [n.strip() for n in args.backbones.split(",")]
+    cells = args.cells or args.n
+    print(f"{len(os.sched_getaffinity(0))} CPU cores: {cpu.describe()}; load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}; {cells} real cells from {args.data}")
+    if args.cells:
+        paths = cell_paths(args.data, args.cells)
+        for name in names:
+            bench_engines(name, paths, args)
+        print(f"\nload average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        return
+    paths = cell_paths(args.data, 2 * args.n)
     for name in names:
         bench_backbone(name, paths, args)
     if args.user_n:

@@ -117,7 +117,9 @@ class Bundle:
         """
         from blastscan.features.featureset import FeatureSet
 
-        runtime = {**clean_options(self.metadata.get("extractor_options")), **clean_options(extractor_options)}
+        trained = {k: v for k, v in clean_options(self.metadata.get("extractor_options")).items()
+                   if k not in ("precision", "engine")}  # the records carry what made the features
+        runtime = {**trained, **clean_options(extractor_options)}
         if self.extras.get("embedded_backbones"):  # a data-only bundle's own backbone graphs: no weight files
             runtime["embedded_backbones"] = self.extras["embedded_backbones"]
         return FeatureSet.from_specs(self.feature_set, self.metadata["extractors"], runtime, what=self._what())
@@ -205,6 +207,9 @@ class Bundle:
                  f"{d['n_hem']} HEM from {d['n_subjects_hem']} subjects"
                  + (f" ({d['n_dropped']} cells without features left out)" if d.get("n_dropped") else ""),
                  f"threshold: P(ALL) >= {self.threshold:.4f} ({m['threshold']['rule_text']})"]
+        deep = [f"{e['name']} {e['precision']} on {e['engine']}" for e in m.get("extractors", []) if e.get("engine")]
+        if deep:
+            lines.append(f"deep features: {', '.join(deep)} (score follows the precision; --precision overrides)")
         op = m.get("operating_point")
         if op and op.get("fold_thresholds"):
             ft = op["fold_thresholds"]

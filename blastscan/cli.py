@@ -12,9 +12,9 @@ import sys
 import click
 
 from blastscan import __version__
-from blastscan.cli_options import (dataset_manifest, deep_options, engine_option, jobs_option, params_option,
-                                   per_image_split_option, precision_option, scheduler_option, store_option,
-                                   subject_pattern_option, weights_dir_option, weights_option)
+from blastscan.cli_options import (dataset_manifest, deep_option_group, deep_options, jobs_option, params_option,
+                                   per_image_split_option, scheduler_option, store_option, subject_pattern_option,
+                                   weights_dir_option, weights_option)
 from blastscan.errors import BlastscanError
 
 
@@ -165,11 +165,8 @@ def weights(weights_dir, random_weights, download):
                    "handcrafted+inception_v3. `blastscan features` lists the handcrafted ones.")
 @store_option
 @jobs_option
-@weights_option
+@deep_option_group()
 @click.option("--input-size", type=int, default=None, help="Deep backbones' input size (default: each backbone's own).")
-@click.option("--batch-size", type=int, default=None, help="Images per forward pass for deep backbones.")
-@precision_option
-@engine_option
 @click.option("--retry-failed", is_flag=True, help="Try again the images that failed in an earlier run.")
 @click.option("--repair", is_flag=True, help="First delete the store's damaged parts (checksum, columns or values "
                                              "wrong); their rows are computed again.")
@@ -257,9 +254,8 @@ def masks(inputs, out, n, subjects, seed, columns, tile, store, quiet):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               show_default="blastscan-runs/<timestamp>", help="Run folder for the report, metrics and predictions.")
 @store_option
-@weights_option
+@deep_option_group()
 @click.option("--input-size", type=int, default=None, help="Deep backbones' input size, as given to extract.")
-@precision_option
 @click.option("--folds", type=int, default=5, show_default=True,
               help="Subject-disjoint folds (fewer when a class has fewer subject groups; the report says so).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of folds, models and bootstrap.")
@@ -283,7 +279,7 @@ def masks(inputs, out, n, subjects, seed, columns, tile, store, quiet):
 @scheduler_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def compare(dataset, features, classifiers, ensembles, out_dir, store, weights_dir, random_weights, input_size, precision,
-            folds, seed, threshold_rule, target_recall, params, params_file, inner_folds, leaky_folds, n_boot, jobs,
+            engine, batch_size, folds, seed, threshold_rule, target_recall, params, params_file, inner_folds, leaky_folds, n_boot, jobs,
             subject_pattern, per_image_split, tune, scheduler, quiet):
     """Compare feature sets x classifiers on DATASET with subject-disjoint evaluation.
 
@@ -301,7 +297,8 @@ def compare(dataset, features, classifiers, ensembles, out_dir, store, weights_d
                             inner_folds=inner_folds, leaky_folds=leaky_folds, n_boot=n_boot,
                             per_image_split=per_image_split)
     manifest = dataset_manifest(dataset, store, jobs, quiet, subject_pattern)
-    opts = deep_options(weights_dir, random_weights, input_size=input_size, precision=precision)
+    opts = deep_options(weights_dir, random_weights, input_size=input_size, batch_size=batch_size, precision=precision,
+                        engine=engine)
     left_out = []
     if features is None:
         from blastscan.pipelines.compare import default_feature_sets
@@ -359,9 +356,8 @@ _bundle_weights_option = weights_dir_option(
 @_no_embed_option
 @store_option
 @jobs_option
-@weights_option
+@deep_option_group()
 @click.option("--input-size", type=int, default=None, help="Deep backbones' input size (default: each backbone's own).")
-@precision_option
 @click.option("--threshold", "threshold_rule", type=click.Choice(["recall", "f1"]), default="recall",
               show_default=True, help="Threshold rule, applied to subject-disjoint out-of-fold P(ALL) of the "
                                       "training data: reach --target-recall for ALL, or best weighted F1.")
@@ -383,8 +379,8 @@ _bundle_weights_option = weights_dir_option(
 @scheduler_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def train(dataset, features, classifier, params, params_file, out, no_embed, store, jobs, weights_dir, random_weights,
-          input_size, precision, threshold_rule, target_recall, folds, inner_folds, n_boot, seed, subject_pattern,
-          per_image_split, tune, scheduler, quiet):
+          input_size, precision, engine, batch_size, threshold_rule, target_recall, folds, inner_folds, n_boot, seed,
+          subject_pattern, per_image_split, tune, scheduler, quiet):
     """Fit one model on every labelled image of DATASET; with --out, save it as a scoring bundle.
 
     Missing features are computed first. The calibration of P(ALL) and the threshold come from the procedure
@@ -398,7 +394,8 @@ def train(dataset, features, classifier, params, params_file, out, no_embed, sto
 
     settings = EvalSettings(seed=seed, threshold_rule=threshold_rule, target_recall=target_recall, folds=folds,
                             inner_folds=inner_folds, n_boot=n_boot, per_image_split=per_image_split)
-    opts = deep_options(weights_dir, random_weights, input_size=input_size, precision=precision)
+    opts = deep_options(weights_dir, random_weights, input_size=input_size, batch_size=batch_size, precision=precision,
+                        engine=engine)
     with session(scheduler):
         run_train(dataset, features, classifier, store, params=params, params_file=params_file, out=out,
                   extractor_options=opts, settings=settings, jobs=jobs, progress=not quiet, echo=click.echo,
@@ -466,7 +463,7 @@ def _max_pixels_option(f):
                                       "summary goes to <stem>_subjects.csv beside it.")
 @click.option("--store", type=click.Path(file_okay=False), default=None, show_default="a temporary store",
               help="Feature store to reuse and fill (by default nothing is kept).")
-@_bundle_weights_option
+@deep_option_group(bundle=True)
 @jobs_option
 @click.option("--trust", is_flag=True, help=_TRUST_HELP)
 @click.option("--within-subject", is_flag=True,
@@ -475,7 +472,7 @@ def _max_pixels_option(f):
 @scheduler_option
 @_max_pixels_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def score(bundle, inputs, output, store, weights_dir, jobs, trust, within_subject, scheduler, quiet):
+def score(bundle, inputs, output, store, weights_dir, precision, engine, batch_size, jobs, trust, within_subject, scheduler, quiet):
     """Score INPUTS (image files, folders, CSVs with a path column) with a BUNDLE from train/export.
 
     Every input image gets a row; those that cannot be read or featurised get the reason in the status
@@ -486,7 +483,7 @@ def score(bundle, inputs, output, store, weights_dir, jobs, trust, within_subjec
     from blastscan.parallel import session
     from blastscan.pipelines.score import score as run_score
 
-    opts = {"weights_dir": weights_dir} if weights_dir else None
+    opts = deep_options(weights_dir, None, precision=precision, engine=engine, batch_size=batch_size)
     with session(scheduler):
         result = run_score(bundle, list(inputs), output, store=store, extractor_options=opts, trust=trust,
                            jobs=jobs, progress=not quiet, within_subject=within_subject)
@@ -504,14 +501,15 @@ def score(bundle, inputs, output, store, weights_dir, jobs, trust, within_subjec
 @click.option("--store", type=click.Path(file_okay=False), default=None, show_default="a temporary store",
               help="Feature store to reuse and fill (by default nothing is kept after the server stops).")
 @click.option("--max-upload-mb", type=float, default=16.0, show_default=True, help="Largest accepted upload.")
-@_bundle_weights_option
+@deep_option_group(bundle=True)
 @jobs_option
 @click.option("--trust", is_flag=True, help=_TRUST_HELP)
 @_max_pixels_option
 @click.option("--allow", "allow", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="A folder whose images and CSVs the page may score as a server-side batch (repeatable). "
                    "Default: none; dropped cells need no server-side path.")
-def view(bundle, port, host, store, max_upload_mb, weights_dir, jobs, trust, allow):
+def view(bundle, port, host, store, max_upload_mb, weights_dir, precision, engine, batch_size, jobs, trust,
+         allow):
     """Serve a local page over BUNDLE: drop cell images (or give a folder/CSV on this machine) and see
     P(ALL), the call, the cell's outline, its key features against the training cells, and the bundle.
 
@@ -521,7 +519,7 @@ def view(bundle, port, host, store, max_upload_mb, weights_dir, jobs, trust, all
     """
     from blastscan.pipelines.view import serve
 
-    opts = {"weights_dir": weights_dir} if weights_dir else None
+    opts = deep_options(weights_dir, None, precision=precision, engine=engine, batch_size=batch_size)
     noted = []
 
     def echo(line):

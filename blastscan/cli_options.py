@@ -8,7 +8,8 @@ import os
 import click
 
 __all__ = ["store_option", "weights_dir_option", "weights_option", "jobs_option", "subject_pattern_option",
-           "per_image_split_option", "scheduler_option", "dataset_manifest", "params_option", "precision_option", "engine_option", "deep_options"]
+           "per_image_split_option", "scheduler_option", "dataset_manifest", "params_option",
+           "precision_option", "engine_option", "batch_size_option", "deep_option_group", "deep_options"]
 
 
 def store_option(f):
@@ -88,25 +89,53 @@ def params_option(f):
                         help="Classifier parameter, e.g. --param svm.C=10 (repeatable).")(f)
 
 
-def precision_option(f):
+def precision_option(f, bundle: bool = False):
+    if bundle:
+        default, shown = None, "the bundle's"
+        extra = (" Default: the precision the bundle's features were made with; float32 scores a bf16 bundle on a "
+                 "CPU without bfloat16 (features within cosine 0.999 of training's).")
+    else:
+        default, shown = "auto", True
+        extra = (" auto: bf16 where the CPU has bfloat16 instructions (avx512_bf16, amx_bf16, Arm bf16) and "
+                 "OpenVINO is installed, else float32; a float32 table the store holds for all the images is "
+                 "reused then. float32 gives the same features on every machine (to float32 rounding).")
     return click.option(
-        "--precision", type=click.Choice(["float32", "bf16"]), default="float32", show_default=True,
-        help="Deep backbones' arithmetic. bf16 (bfloat16) is faster on CPUs with avx512_bf16/amx_bf16, gives "
-             "embeddings within cosine 0.999 of float32, and is stored as its own feature table.")(f)
+        "--precision", type=click.Choice(["auto", "float32", "bf16"]), default=default, show_default=shown,
+        help="Deep backbones' arithmetic. bf16 (bfloat16) runs 2.5-7x faster on CPUs with bfloat16 units, gives "
+             "embeddings within cosine 0.999 of float32, and is stored as its own feature table." + extra)(f)
 
 
 def engine_option(f):
     return click.option(
-        "--engine", type=click.Choice(["auto", "onnxruntime", "tensorflow"]), default=None,
+        "--engine", type=click.Choice(["auto", "onnxruntime", "openvino", "tensorflow"]), default=None,
         show_default="$BLASTSCAN_ENGINE, else auto",
-        help="What runs the deep backbones in float32: auto takes ONNX Runtime (about 1.5x TensorFlow on CPU; "
-             "the network is written as an ONNX graph once and cached) and falls back to TensorFlow. Both give "
-             "the same features up to float32 rounding, so the store shares them; bf16 runs on TensorFlow.")(f)
+        help="What runs the deep backbones. auto: bf16 on OpenVINO; float32 on OpenVINO where the CPU has AVX-512, "
+             "else ONNX Runtime (see the README). ONNX Runtime and OpenVINO run the network as an ONNX graph "
+             "written once and cached; TensorFlow is the reference. In float32 all give the same features to "
+             "float32 rounding, so the store shares them.")(f)
 
 
-def deep_options(weights_dir, random_weights, **extra):
+def batch_size_option(f):
+    return click.option("--batch-size", type=int, default=None, show_default="32",
+                        help="Images per forward pass of the deep backbones (does not change the features).")(f)
+
+
+def deep_option_group(bundle: bool = False):
+    """The deep backbones' options, one group on every command that computes features: weights
+    (``--weights-dir``, and ``--random-weights`` unless ``bundle``), ``--precision``, ``--engine``,
+    ``--batch-size``. ``bundle`` (score, view): the weights and the precision follow the bundle."""
+    def decorate(f):
+        f = batch_size_option(engine_option(precision_option(f, bundle=bundle)))
+        if bundle:
+            return weights_dir_option("$BLASTSCAN_WEIGHTS_DIR, else where training found them",
+                                      "Folder with the ImageNet weight files; they must be the ones the model "
+                                      "was trained with.")(f)
+        return weights_option(f)
+    return decorate
+
+
+def deep_options(weights_dir, random_weights=False, **extra):
+    """The extractor options of the deep option group (unset ones dropped)."""
     from blastscan.options import clean_options
 
-    if extra.get("precision") == "float32":  # the default: options (and records) as before bf16 existed
-        extra["precision"] = None
     return {"weights_dir": weights_dir, "random_weights": random_weights, **clean_options(extra)}

@@ -30,6 +30,9 @@ SHARE_BYTES = 1 << 20
 SCRATCH_PREFIX = "blastscan-dask-"
 INSTALL_HINT = 'Dask is not installed; install it with: pip install "blastscan[dask]"'
 _OFF = ("", "none", "off", "no")
+#: Unset for the workers of a ``local:N`` cluster (see :func:`_connect`); set it to null in the Dask config
+#: of your own worker machines for the same rate.
+MALLOC_TRIM_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 
 
 #: How often a local worker process checks that its parent still runs (it exits when not).
@@ -208,7 +211,10 @@ def _connect(address: str) -> DaskExecutor:
         try:
             import dask
 
-            with dask.config.set({"temporary-directory": scratch}):
+            # Dask's nanny gives its workers MALLOC_TRIM_THRESHOLD_=65536, which fixes glibc's mmap threshold:
+            # every large temporary array is then mapped and unmapped afresh. Measured interleaved on 96 cells,
+            # handcrafted extraction took 1.6-1.7x the worker CPU time with it (the "half the local rate").
+            with dask.config.set({"temporary-directory": scratch, MALLOC_TRIM_KEY: None}):
                 cluster = LocalCluster(n_workers=n_local, threads_per_worker=1, processes=True,
                                        dashboard_address=None, silence_logs=logging.ERROR, local_directory=scratch)
         except BaseException:

@@ -350,7 +350,7 @@ def test_cli_bf16_on_a_cpu_without_it_is_one_line_error(tmp_path, monkeypatch):
     from blastscan.cli import main
 
     monkeypatch.delenv(deep.BF16_EMULATED_ENV, raising=False)
-    monkeypatch.setattr(deep, "bf16_support", lambda cpuinfo=None: (False, "Test CPU has no bfloat16 instructions"))
+    monkeypatch.setattr(deep, "bf16_support", lambda cpuinfo=None, cpu=None: (False, "Test CPU has no bfloat16 instructions"))
     for i in range(2):
         write_png(tmp_path / "data" / "all" / f"a{i}.png", i)
         write_png(tmp_path / "data" / "hem" / f"h{i}.png", 10 + i)
@@ -366,7 +366,7 @@ def test_bf16_embeddings_match_float32_on_real_cells(weights_dir, real_cell_path
     monkeypatch.setenv(deep.BF16_EMULATED_ENV, "1")  # runs on any CPU (slower where emulated)
     # at the backbone's own input size (299): the setting the 0.999 promise is made for
     f32 = embed(built("inception_v3", weights_dir=weights_dir), real_cell_paths)
-    bf16_ext = get_extractor("inception_v3", weights_dir=weights_dir, precision="bf16")
+    bf16_ext = get_extractor("inception_v3", weights_dir=weights_dir, precision="bf16", engine="tensorflow")
     bf16 = embed(bf16_ext, real_cell_paths)
     assert bf16.dtype == np.float32 and bf16.shape == f32.shape
     assert bf16_ext._model.layers[-2].compute_dtype == "bfloat16"  # really computed in bfloat16 ...

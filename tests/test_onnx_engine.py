@@ -58,7 +58,7 @@ def test_real_weights_give_tensorflows_embeddings_and_the_graph_is_cached(name, 
     # a later process runs the cached graph without importing TensorFlow, and gets the same numbers
     code = ("import sys, numpy as np\n"
             "from blastscan.features.base import get_extractor\n"
-            f"e = get_extractor({name!r}, weights_dir={str(weights_dir)!r})\n"
+            f"e = get_extractor({name!r}, weights_dir={str(weights_dir)!r}, engine='onnxruntime')\n"
             f"paths = {[str(p) for p in real_cell_paths[:4]]!r}\n"
             "x = np.vstack([r.features for r in e.compute_paths(paths)])\n"
             "np.save(sys.argv[1], x)\n"
@@ -117,7 +117,7 @@ def test_damaged_or_unwritable_cache_still_gives_the_same_embeddings(weights_dir
 
 
 def test_engine_choice_is_checked_once_with_one_line_errors(monkeypatch):
-    with pytest.raises(BlastscanError, match="'gpu' is not one of auto, onnxruntime, tensorflow"):
+    with pytest.raises(BlastscanError, match="'gpu' is not one of auto, onnxruntime, openvino, tensorflow"):
         get_extractor("vgg16", random_weights=True, engine="gpu")
     with pytest.raises(BlastscanError, match="float32 only"):
         get_extractor("vgg16", random_weights=True, engine="onnxruntime", precision="bf16")
@@ -127,8 +127,9 @@ def test_engine_choice_is_checked_once_with_one_line_errors(monkeypatch):
     with pytest.raises(BlastscanError, match=r"\$BLASTSCAN_ENGINE"):
         get_extractor("vgg16", random_weights=True)
     monkeypatch.delenv("BLASTSCAN_ENGINE")
-    # bf16 (auto) runs on TensorFlow, the only engine that has it
-    assert get_extractor("vgg16", random_weights=True, precision="bf16").engine == "auto"
+    # bf16 (auto) runs on OpenVINO (installed here), TensorFlow being the reference
+    bf16 = get_extractor("vgg16", random_weights=True, precision="bf16")
+    assert bf16.engine == "auto" and bf16.engine_choice == "openvino"
 
 
 def test_cli_extract_names_the_engine_and_refuses_an_unknown_one(tmp_path, sample_root):

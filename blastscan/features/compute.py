@@ -51,6 +51,8 @@ class ExtractorRun:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     seconds: float = 0.0
     engine: str = ""  # what ran a deep backbone's forward ("onnxruntime 1.32.0"), when it ran
+    note: str = ""  # e.g. a float32 table reused in place of bf16 (FeatureSet.settle_precision)
+    precision: str = ""  # a deep backbone's arithmetic ("float32", "bf16"); "" for other extractors
 
     @property
     def rate(self) -> float:
@@ -182,8 +184,22 @@ def _worker_extractor(extractor) -> Extractor:
                                      f"{rebuilt.identity}, the client's {extractor.identity}; give every "
                                      "worker the client's weight files")
             extractor = rebuilt
+        if hasattr(extractor, "threads"):
+            # the worker's own thread count, not every core: two local:2 workers of two network threads
+            # each on two cores ran at 0.7-0.9x of one local process
+            extractor.threads = _worker_threads()
         _WORKER_EXTRACTORS[key] = extractor
     return _WORKER_EXTRACTORS[key]
+
+
+def _worker_threads() -> int | None:
+    """Threads of the Dask worker this runs on (None outside a worker)."""
+    try:
+        from distributed import get_worker
+
+        return int(get_worker().state.nthreads)
+    except (ImportError, ValueError, AttributeError):
+        return None
 
 
 def featurise_batch(extractor, paths: list[str], shas: list[str]):
@@ -198,11 +214,21 @@ def featurise_batch(extractor, paths: list[str], shas: list[str]):
     return ok, mat, failures
 
 
+def _task_images(n_images: int, batch_size: int, workers: int) -> int:
+    """Images per deep task on a cluster: at most BATCHES_PER_TASK batches, in a number of tasks that is a
+    multiple of ``workers``, so that no worker is left alone with the last task (192 cells in tasks of
+    128 kept one of two workers idle half the time)."""
+    most = BATCHES_PER_TASK * batch_size
+    rounds = -(-n_images // (most * workers))  # ceil
+    return max(1, -(-n_images // (rounds * workers)))
+
+
 def _batch_results(extractor, todo: pd.DataFrame, jobs: int = 1) -> Iterator[tuple[list, np.ndarray, dict]]:
     shas = todo["sha256"].tolist()
     ex = executor(jobs)
     if ex.remote:  # issue 17: batches go to the cluster's workers; results come back here
-        paths, n = todo["path"].tolist(), BATCHES_PER_TASK * getattr(extractor, "batch_size", TASK_IMAGES)
+        paths, n = todo["path"].tolist(), _task_images(len(todo), getattr(extractor, "batch_size", TASK_IMAGES),
+                                                       ex.workers)
         yield from ex.map_unordered(featurise_batch, [(extractor, paths[i:i + n], shas[i:i + n])
                                                       for i in range(0, len(paths), n)])
         return
@@ -236,7 +262,8 @@ def _plan(ext: Extractor, unique: pd.DataFrame, fstore: FeatureStore, retry_fail
 
 def _finish(t: _Todo, unique: pd.DataFrame, fstore: FeatureStore, seconds: float) -> ExtractorRun:
     run = ExtractorRun(name=t.ext.name, identity=t.identity, n_images=len(unique), seconds=seconds,
-                       engine=getattr(t.ext, "engine_used", None) or "")
+                       engine=getattr(t.ext, "engine_used", None) or "",
+                       precision=getattr(t.ext, "precision", None) or "")
     failures = fstore.failures(t.identity)
     run.computed = int((~t.todo["sha256"].isin(failures)).sum())
     by_sha = dict(zip(unique["sha256"], unique["path"]))

@@ -8,8 +8,10 @@ preprocessing function, so a backbone cannot run with the wrong input scaling. A
 
 Weights are found as :mod:`blastscan.features.backbones` says; the weight file's sha256 is part of the
 extractor's config, with the backbone, input size, resize method and pooling, so embeddings from other
-weights or sizes never mix in the feature store. The batch size and the engine are not: they do not
-change the output (beyond float32 rounding, see :mod:`blastscan.features.onnx_engine`).
+weights or sizes never mix in the feature store. The batch size and the float32 engine are not: they do not
+change the output (beyond float32 rounding, see :mod:`blastscan.features.onnx_engine`). bf16 does, and
+where its rounding happens depends on the engine, so a bf16 table records both (``precision: bf16`` and,
+on OpenVINO, ``engine: openvino``; TensorFlow's bf16 tables keep the identity they had before OpenVINO).
 
 TensorFlow/Keras are imported on the first computation only; importing this module and building
 extractors stays fast (the CLI's ``--help`` never pays for TensorFlow).
@@ -28,8 +30,8 @@ from blastscan.errors import BlastscanError
 from blastscan.features.backbones import (BACKBONES, WEIGHTS_ENV, Backbone, WeightsLookup, download_weights,
                                           file_sha256, find_weights, keras_cache_dir)
 from blastscan.features.base import BatchExtractor, BatchResult, register_extractor
-from blastscan.features.precision import (BF16_EMULATED_ENV, ENGINES, PRECISIONS, bf16_support, check_engine,
-                                          check_precision)
+from blastscan.features.precision import (BF16_EMULATED_ENV, ENGINES, PRECISIONS, Cpu, bf16_support, check_engine,
+                                          check_precision, choose_engine, engine_installed, resolve_precision)
 
 __all__ = [
     "Backbone",
@@ -81,19 +83,25 @@ class DeepExtractor(BatchExtractor):
         Square input size in pixels (default: the backbone's own). Part of the identity.
     batch_size : int, optional
         Images per forward pass (default 32). Not part of the identity.
-    precision : {"float32", "bf16"}, optional
-        ``"bf16"`` runs the network under Keras' ``mixed_bfloat16`` policy (float32 weights, bfloat16
-        arithmetic; embeddings within cosine 0.999 of float32). It changes the output, so it is part of
-        the identity; float32 (the default) is not written into the config, so float32 tables keep theirs.
-        Needs a CPU with bfloat16 instructions (checked when the network is built; see :func:`bf16_support`).
-    engine : {"auto", "onnxruntime", "tensorflow"}, optional
-        What runs the float32 network (default ``$BLASTSCAN_ENGINE``, else ``"auto"``: ONNX Runtime where
-        it is installed and the network exports, else TensorFlow; bf16 always runs on TensorFlow). Not
-        part of the identity: both give the same embeddings up to float32 rounding.
+    precision : {"float32", "bf16", "auto"}, optional
+        ``"bf16"`` runs the network in bfloat16 (OpenVINO's bf16 kernels, or Keras' ``mixed_bfloat16``
+        policy on TensorFlow: float32 weights, bfloat16 arithmetic; embeddings within cosine 0.999 of
+        float32). It changes the output, so it is part of the identity; float32 (the default here) is not
+        written into the config, so float32 tables keep theirs. ``"auto"`` (the command line's default) is
+        bf16 where the CPU has bfloat16 instructions and OpenVINO runs it, else float32 (see
+        :mod:`blastscan.features.precision`); :attr:`precision` holds the result, :attr:`precision_asked`
+        what was asked. bf16 needs a CPU with bfloat16 instructions (see :func:`bf16_support`).
+    engine : {"auto", "onnxruntime", "openvino", "tensorflow"}, optional
+        What runs the network (default ``$BLASTSCAN_ENGINE``, else ``"auto"``, the rule in
+        :mod:`blastscan.features.precision`; :attr:`engine_choice` holds the result). In float32 not part
+        of the identity: the engines give the same embeddings up to float32 rounding.
+    cpu : Cpu, optional
+        The CPU the ``auto`` choices are made for (default: this machine's ``/proc/cpuinfo``).
     embedded_backbones : dict of str to EmbeddedGraph, optional
         Graphs a data-only bundle carries, by backbone name (:mod:`blastscan.bundle_onnx`). When this
-        backbone's is there (float32 only), it runs on ONNX Runtime and no weight file is looked up; its
-        weights' sha256 comes from the graph's record (checked against the bundle's feature identity).
+        backbone's is there (float32, or bf16 on OpenVINO, which compiles the same float32 graph in
+        bfloat16), it runs on that engine and no weight file is looked up; its weights' sha256 comes from
+        the graph's record (checked against the bundle's feature identity).
 
     Raises
     ------
@@ -105,10 +113,15 @@ class DeepExtractor(BatchExtractor):
 
     def __init__(self, backbone: Backbone, weights_dir=None, random_weights: bool = False,
                  input_size: int | None = None, batch_size: int | None = None, precision: str | None = None,
-                 engine: str | None = None, embedded_backbones=None, **_: Any):
+                 engine: str | None = None, cpu: Cpu | None = None, embedded_backbones=None, **_: Any):
         self.backbone = backbone
-        self.precision = check_precision(precision)
+        self.cpu = cpu  # None: this machine's, read when needed
+        self.precision_asked = check_precision(precision)
+        self.precision = resolve_precision(self.precision_asked, engine, cpu)
         self.engine = check_engine(engine, self.precision)
+        # a backbone without a graph preprocessing mode is not exported: TensorFlow runs it
+        self.engine_choice = (choose_engine(engine, self.precision, cpu) if backbone.preprocess_mode
+                              else "tensorflow")
         self.name = backbone.name
         self.input_size = backbone.input_size if input_size is None else int(input_size)
         self.batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
@@ -118,9 +131,14 @@ class DeepExtractor(BatchExtractor):
         if self.batch_size < 1:
             raise BlastscanError("--batch-size", f"must be at least 1, not {self.batch_size}")
         self.random_weights = bool(random_weights)
-        # a data-only bundle's own graph of this backbone: no weight file, no TensorFlow (float32 only)
-        self.embedded = (embedded_backbones or {}).get(self.name) if self.precision == "float32" else None
-        if self.embedded is not None and not self.random_weights:
+        # threads of the network's forward (None: every core this process may use); not part of the identity.
+        # A Dask worker sets it to its own thread count (compute._worker_extractor).
+        self.threads: int | None = None
+        # a data-only bundle's own graph of this backbone: no weight file, no TensorFlow (the graph is float32;
+        # OpenVINO runs it in bf16 too)
+        self.embedded = ((embedded_backbones or {}).get(self.name)
+                         if self.precision == "float32" or self.engine_choice == "openvino" else None)
+        if self.embedded is not None and not random_weights:
             if not str(self.embedded.weights).startswith("sha256:"):
                 raise BlastscanError(repr(self.embedded), f"records weights {self.embedded.weights!r}, not a sha256")
             self.weights_path, self.weights_sha256 = None, str(self.embedded.weights)[len("sha256:"):]
@@ -150,7 +168,10 @@ class DeepExtractor(BatchExtractor):
         return [f"{self.name}_avgpool_{i:04d}" for i in range(self.backbone.dim)]
 
     def build_options(self) -> dict[str, Any]:
-        return {"input_size": self.input_size, "random_weights": self.random_weights, "precision": self.precision}
+        opts = {"input_size": self.input_size, "random_weights": self.random_weights, "precision": self.precision}
+        if self.precision != "float32":  # bf16's output depends on its engine: rebuild it on the same one
+            opts["engine"] = self.engine_choice
+        return opts
 
     def config(self) -> dict[str, Any]:
         weights = f"random:seed={RANDOM_SEED}" if self.random_weights else f"sha256:{self.weights_sha256}"
@@ -158,21 +179,22 @@ class DeepExtractor(BatchExtractor):
                "weights": weights}
         if self.precision != "float32":  # float32 stays out: the tables computed before bf16 existed keep their identity
             cfg["precision"] = self.precision
+            if self.engine_choice != "tensorflow":  # TensorFlow's bf16 tables keep the identity they had
+                cfg["engine"] = self.engine_choice
         return cfg
 
     def check_runtime(self) -> None:
         """Raise :class:`BlastscanError` now if this extractor cannot run here (bf16 on a CPU without it,
-        ``--engine onnxruntime`` without onnxruntime)."""
-        if self.precision == "bf16" and os.environ.get(BF16_EMULATED_ENV) != "1":
-            ok, why = bf16_support()
+        an engine that is not installed)."""
+        if self.precision == "bf16":
+            ok, why = bf16_support(cpu=self.cpu)
+            emulated = os.environ.get(BF16_EMULATED_ENV) == "1" and self.engine_choice == "tensorflow"
+            if not ok and not emulated:  # OpenVINO does not emulate bfloat16: it would compute float32
+                raise BlastscanError("--precision bf16", f"{why}; use --precision float32")
+        if self.engine_choice != "tensorflow":
+            ok, why = engine_installed(self.engine_choice)
             if not ok:
-                raise BlastscanError("--precision bf16", f"{why}; use --precision float32 (the default)")
-        if self.engine == "onnxruntime":
-            from blastscan.features.onnx_engine import available
-
-            ok, why = available()
-            if not ok:
-                raise BlastscanError("--engine onnxruntime", f"{why}; or use --engine tensorflow")
+                raise BlastscanError(f"--engine {self.engine_choice}", f"{why}; or use --engine tensorflow")
 
     # -- model ---------------------------------------------------------------------------------------
     def _keras_model(self):
@@ -202,46 +224,59 @@ class DeepExtractor(BatchExtractor):
         return model
 
     def _build(self) -> None:
-        """Build the forward once per instance: ONNX Runtime (graph cached) or a compiled TensorFlow graph."""
+        """Build the forward once per instance: the cached ONNX graph on ONNX Runtime or OpenVINO, or a
+        compiled TensorFlow graph."""
         with self._lock:
             if self._run is not None:
                 return
             if self.embedded is not None:
                 from blastscan.features.onnx_engine import OnnxRunner
 
-                self._run = OnnxRunner(self.embedded.data)
-                self.engine_used = f"onnxruntime {self._run.version} (the bundle's graph)"
+                make = self._runner_factory() or OnnxRunner
+                self._run = make(self.embedded.data, self.threads)
+                self.engine_used = f"{self.engine_choice} {self._run.version} (the bundle's graph)" + (
+                    f" ({self.precision})" if self.precision != "float32" else "")
                 return
             self.check_runtime()
-            if self.precision == "float32" and self.engine != "tensorflow" and self.backbone.preprocess_mode:
+            if self.engine_choice != "tensorflow":
                 from blastscan.features import onnx_engine as ox
 
-                if self.engine == "onnxruntime" or ox.available()[0]:
-                    path = None if self.random_weights else ox.cache_path(self.name, self.input_size,
-                                                                          self.weights_sha256)
-                    try:
-                        self._run = ox.load_or_export(path, self._keras_model, self.input_size,
-                                                      self.backbone.preprocess_mode, dim=self.backbone.dim)
-                        self.engine_used = f"onnxruntime {self._run.version}"
-                        return
-                    except ox.UnsupportedLayer as exc:
-                        if self.engine == "onnxruntime":
-                            raise BlastscanError("--engine onnxruntime", f"{self.name} cannot be written as an "
-                                                 f"ONNX graph ({exc}); use --engine tensorflow") from None
+                path = None if self.random_weights else ox.cache_path(self.name, self.input_size,
+                                                                      self.weights_sha256)
+                try:
+                    self._run = ox.load_or_export(path, self._keras_model, self.input_size,
+                                                  self.backbone.preprocess_mode, threads=self.threads,
+                                                  dim=self.backbone.dim, runner=self._runner_factory())
+                    self.engine_used = f"{self.engine_choice} {self._run.version}" + (
+                        f" ({self.precision})" if self.precision != "float32" else "")
+                    return
+                except ox.UnsupportedLayer as exc:
+                    # explicit engine, or bf16 (whose identity names the engine): say so; auto float32 falls back
+                    if self.engine != "auto" or self.precision != "float32":
+                        raise BlastscanError(f"--engine {self.engine_choice}", f"{self.name} cannot be written as "
+                                             f"an ONNX graph ({exc}); use --engine tensorflow") from None
             self._build_tensorflow()
 
+    def _runner_factory(self):
+        if self.engine_choice == "openvino":
+            from blastscan.features.engines.openvino import OpenVinoRunner
+
+            return lambda graph, threads: OpenVinoRunner(graph, self.precision, threads)
+        return None  # ONNX Runtime's, the default
+
     def onnx_graph(self) -> bytes:
-        """The float32 network as the ONNX graph the engine runs (cached, else exported: that needs
+        """The float32 network as the ONNX graph the engines run (cached, else exported: that needs
         TensorFlow and the weights once). For data-only bundles, which carry it."""
         from blastscan.features import onnx_engine as ox
 
         if self.embedded is not None:
             return self.embedded.data
-        if self.precision != "float32" or not self.backbone.preprocess_mode:
-            raise ox.UnsupportedLayer(f"{self.name} in {self.precision}" if self.precision != "float32"
+        if self.engine_choice == "tensorflow" or not self.backbone.preprocess_mode:
+            raise ox.UnsupportedLayer(f"{self.name} in {self.precision} on TensorFlow" if self.backbone.preprocess_mode
                                       else f"{self.name} has no ONNX preprocessing mode")
         path = None if self.random_weights else ox.cache_path(self.name, self.input_size, self.weights_sha256)
-        return ox.graph_bytes(path, self._keras_model, self.input_size, self.backbone.preprocess_mode)
+        return ox.graph_bytes(path, self._keras_model, self.input_size, self.backbone.preprocess_mode,
+                              dim=self.backbone.dim)
 
     def _build_tensorflow(self) -> None:
         model = self._keras_model()  # imports TensorFlow with its start-up chatter silenced

@@ -40,7 +40,8 @@ def build_extractor(name: str, options: Mapping[str, Any] | None = None) -> Extr
         # can describe the same extractor: reuse the instance whose network may already be built.
         same = (e for e in _EXTRACTOR_CACHE.values() if e.name == ext.name and e.identity == ext.identity
                 and getattr(e, "batch_size", None) == getattr(ext, "batch_size", None)
-                and getattr(e, "engine", None) == getattr(ext, "engine", None))
+                and getattr(e, "engine", None) == getattr(ext, "engine", None)
+                and all(getattr(e, k, None) == getattr(ext, k, None) for k in ("precision_asked", "cpu")))
         _EXTRACTOR_CACHE[key] = next(same, ext)
     return _EXTRACTOR_CACHE[key]
 
@@ -65,8 +66,11 @@ class ExtractSummary:
         for r in self.runs:
             rate = f", {r.rate:.1f} images/s" if r.computed else ""
             rate += f", {r.engine}" if r.computed and r.engine else ""
-            lines.append(f"{r.name:<14} {r.identity}: {r.n_images} images: computed {r.computed}, "
+            made = f" [{r.precision}]" if r.precision else ""
+            lines.append(f"{r.name:<14} {r.identity}{made}: {r.n_images} images: computed {r.computed}, "
                          f"reused {r.reused}, failed {r.failed} ({r.seconds:.1f} s{rate})")
+            if r.note:
+                lines.append(f"  {r.note}")
             for path, reason in r.failures:
                 failed.setdefault(path, {}).setdefault(reason, []).append(r.name)
         for path, reasons in list(failed.items())[:max_failures]:
@@ -161,14 +165,25 @@ class FeatureSet:
         """Rebuild a recorded feature set (:meth:`specs`) exactly: each extractor gets its recorded build
         options over ``options`` (where things are now, e.g. ``weights_dir``).
 
+        The recorded precision is followed unless ``options`` name one (``"float32"`` or ``"bf16"``; not
+        ``"auto"``): then deep features are computed at that precision (a bf16 model scored where the CPU
+        has no bfloat16), which differs from training by bf16 rounding only (cosine >= 0.999).
+
         Raises ``BlastscanError`` when an extractor built now has another identity than recorded (other
         weights, version or settings): its features would not be those a model learned from.
         """
         runtime = clean_options(options)
+        asked = runtime.pop("precision", None)
+        asked = None if asked in (None, "auto") else asked
         built = []
         for rec in records:
-            ext = build_extractor(rec["name"], {**runtime, **dict(rec.get("options") or {})})
-            if ext.identity != rec["identity"]:
+            opts = {**runtime, **dict(rec.get("options") or {})}
+            other = asked is not None and "precision" in opts and opts["precision"] != asked
+            if other:  # the engine recorded with bf16 belongs to that precision
+                opts.pop("engine", None)
+                opts = {**opts, "precision": asked, **({"engine": runtime["engine"]} if "engine" in runtime else {})}
+            ext = build_extractor(rec["name"], opts)
+            if not (_same_but_precision(rec, ext.describe()) if other else ext.identity == rec["identity"]):
                 raise BlastscanError(what, _identity_mismatch(rec, ext.describe()))
             built.append(ext)
         _check_runtime(built)
@@ -177,8 +192,37 @@ class FeatureSet:
         return fs
 
     def specs(self) -> list[dict[str, Any]]:
-        """Serialisable descriptions that rebuild these extractors exactly (see :meth:`from_specs`)."""
-        return [{**ext.describe(), "kind": ext.kind, "options": ext.build_options()} for ext in self.extractors]
+        """Serialisable descriptions that rebuild these extractors exactly (see :meth:`from_specs`); deep
+        extractors add what runs them (``precision``, ``engine``: recorded in run.json and bundles)."""
+        out = []
+        for ext in self.extractors:
+            spec = {**ext.describe(), "kind": ext.kind, "options": ext.build_options()}
+            if hasattr(ext, "engine_choice"):
+                spec["precision"], spec["engine"] = ext.precision, ext.engine_choice
+            out.append(spec)
+        return out
+
+    def settle_precision(self, manifest_df: pd.DataFrame, store: str | os.PathLike) -> list[str]:
+        """Reuse float32 tables instead of computing bf16 ones: a deep extractor whose precision was
+        ``auto`` (resolved to bf16 on this CPU) is replaced by its float32 twin when the store's float32
+        table already holds every image of ``manifest_df`` (rows or recorded failures). A partial float32
+        table is not mixed with bf16 rows: bf16 then computes them all. Returns one note per replacement.
+
+        A pure function of the store's content, so ``ensure`` and a later ``read`` settle alike.
+        """
+        fstore = FeatureStore(store)
+        shas = set(manifest_df["sha256"])
+        notes = []
+        for i, ext in enumerate(self.extractors):
+            if getattr(ext, "precision_asked", None) != "auto" or ext.precision == "float32":
+                continue
+            twin = build_extractor(self.names[i], {**self.options, "precision": "float32"})
+            if fstore.meta(twin.identity) is None or not shas <= fstore.known_shas(twin.identity):
+                continue
+            self.extractors[i] = twin
+            notes.append(f"{self.names[i]}: float32 table {twin.identity} reused (it holds all {len(shas):,} "
+                         f"images); {ext.precision} not computed (--precision {ext.precision} computes it)")
+        return notes
 
     # -- the two operations -----------------------------------------------------------------------
     def ensure(self, manifest_df: pd.DataFrame, store: str | os.PathLike, *, jobs: int | None = None,
@@ -187,12 +231,14 @@ class FeatureSet:
         :func:`blastscan.pipelines.extract.extract`)."""
         if len(manifest_df) == 0:
             raise BlastscanError("manifest", "no images to extract features from")
+        notes = self.settle_precision(manifest_df, store)
         fstore = FeatureStore(store)
         unique = manifest_df.drop_duplicates("sha256")[["path", "sha256"]]
         runs = compute_missing(self.extractors, unique, fstore, jobs=resolve_jobs(jobs), progress=progress,
                                retry_failed=retry_failed)
         for name, run in zip(self.names, runs):
             run.name = name
+            run.note = next((n for n in notes if n.startswith(f"{name}: ")), "")
         return ExtractSummary(runs=runs, store=Path(store))
 
     def read(self, manifest_df: pd.DataFrame, store: str | os.PathLike, *,
@@ -202,6 +248,7 @@ class FeatureSet:
         Rows whose image an extractor could not featurise are dropped (listed in ``dropped`` with the
         reason); rows never computed are an error that names the command computing them.
         """
+        self.settle_precision(manifest_df, store)
         fstore = FeatureStore(store)
         shas = manifest_df["sha256"].tolist()
         blocks, all_names = [], []
@@ -248,6 +295,18 @@ class FeatureSet:
 def _check_runtime(extractors: Sequence[Extractor]) -> None:
     for ext in extractors:  # e.g. --precision bf16 on a CPU without bfloat16: one line now, not after an hour
         getattr(ext, "check_runtime", lambda: None)()
+
+
+_PRECISION_KEYS = ("precision", "engine")
+
+
+def _same_but_precision(recorded: Mapping, now: Mapping) -> bool:
+    """Same extractor, version and config, except for the precision (and the engine recorded with it)."""
+    def strip(cfg):
+        return {k: v for k, v in dict(cfg or {}).items() if k not in _PRECISION_KEYS}
+
+    return (recorded["name"] == now["name"] and str(recorded.get("version")) == str(now.get("version"))
+            and strip(recorded.get("config")) == strip(now.get("config")))
 
 
 def _identity_mismatch(recorded: Mapping, now: Mapping) -> str:

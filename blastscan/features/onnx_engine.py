@@ -321,8 +321,6 @@ def graph_bytes(path: Path | None, build_keras, input_size: int, preprocess: str
     return model if isinstance(model, bytes) else Path(model).read_bytes()
 
 
-
-
 def load_or_export(path: Path | None, build_keras, input_size: int, preprocess: str,
                    threads: int | None = None, *, dim: int | None = None,
                    runner: Callable[[Any, int | None], Callable] | None = None):

@@ -367,7 +367,9 @@ def _details(result: CompareResult) -> list[str]:
         f"{run['n_boot']}; {run.get('fits_per_config')} model fits per configuration",
     ]
     for fs, info in run.get("feature_sets", {}).items():
-        ids = ", ".join(e.get("identity", e.get("name", "?")) for e in info.get("extractors", []))
+        ids = ", ".join(e.get("identity", e.get("name", "?"))
+                        + (f" [{e['precision']} on {e['engine']}]" if e.get("engine") else "")
+                        for e in info.get("extractors", []))
         items.append(f"feature set {fs}: {info['n_features']} features ({ids})")
     items.append("versions: " + ", ".join(f"{k} {v}" for k, v in run.get("versions", {}).items() if v))
     items.append(f"code: blastscan {run.get('blastscan_version')}, git {run.get('git_revision') or 'n/a'}")

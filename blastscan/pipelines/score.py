@@ -185,11 +185,14 @@ class ScoreResult:
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
     subject_fraction: float = 0.5
+    deep: str = ""  # what computed the deep features: "vgg16 bf16 on openvino" (the bundle's, or --precision's)
 
     def summary(self) -> str:
         share = f" ({self.n_pred_all / self.n_scored:.0%})" if self.n_scored else ""
         lines = [f"scored {self.n_scored} of {self.n_images} images in {self.seconds:.1f} s; "
                  f"{self.n_pred_all} predicted ALL{share} at P(ALL) >= {self.threshold:.4f}"]
+        if self.deep:
+            lines.append(f"deep features: {self.deep}")
         if self.n_failed:
             lines.append(f"{self.n_failed} image{'s' if self.n_failed != 1 else ''} could not be scored "
                          "(the status column says why):")
@@ -384,4 +387,6 @@ def score(
                        subjects=subjects, failures=failures, examples=examples,
                        seconds=time.perf_counter() - t0,
                        warnings=list(bundle.warnings) + (fraction_warnings(rates) if len(subjects) else []),
-                       subject_fraction=subject_fraction)
+                       subject_fraction=subject_fraction,
+                       deep=", ".join(f"{s['name']} {s['precision']} on {s['engine']}" for s in built.specs()
+                                      if s.get("engine")))
