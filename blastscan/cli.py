@@ -12,7 +12,8 @@ import sys
 import click
 
 from blastscan import __version__
-from blastscan.cli_options import (dataset_manifest, deep_option_group, deep_options, jobs_option, params_option,
+from blastscan.cli_options import (TRUST_HELP, bundle_weights_option, dataset_manifest, deep_option_group, deep_options,
+                                   jobs_option, joblib_note, max_pixels_option, no_embed_option, params_option,
                                    per_image_split_option, scheduler_option, store_option, subject_pattern_option,
                                    weights_dir_option, weights_option)
 from blastscan.errors import BlastscanError
@@ -319,30 +320,6 @@ def compare(dataset, features, classifiers, ensembles, out_dir, store, weights_d
 
 
 # ---- export / score (bundle) -----------------------------------------------------------------
-_TRUST_HELP = ("Load the bundle even when its .json sidecar is missing or its hash does not match. A bundle is a "
-               "pickle: loading one can run any code; only load bundles you trust.")
-
-
-_no_embed_option = click.option(
-    "--no-embed", is_flag=True,
-    help="Data-only bundles (.bsb): leave the backbones' ONNX graphs out (a smaller file; scoring then needs "
-         "the same weight files, checked by their sha256).")
-
-
-def _joblib_note(bundle) -> None:
-    """One line on stderr once a joblib bundle was loaded (a refused one gives only its error line): it runs
-    code when loaded; the data-only one does not."""
-    from blastscan.bundle import JOBLIB_NOTE
-    from blastscan.bundle_onnx import is_data_only
-
-    if not is_data_only(bundle):
-        click.echo(JOBLIB_NOTE.format(path=bundle), err=True)
-
-
-_bundle_weights_option = weights_dir_option(
-    "$BLASTSCAN_WEIGHTS_DIR, else where training found them",
-    "Folder with the ImageNet weight files; they must be the ones the model was trained with.")
-
 
 @main.command()
 @click.argument("dataset", type=click.Path(exists=True))
@@ -353,7 +330,7 @@ _bundle_weights_option = weights_dir_option(
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
               help="Write the bundle here: model.bsb, the data-only bundle to share (JSON + ONNX, no code), or "
                    "model.joblib (a pickle, with a .json sidecar beside it).")
-@_no_embed_option
+@no_embed_option
 @store_option
 @jobs_option
 @deep_option_group()
@@ -409,10 +386,10 @@ def train(dataset, features, classifier, params, params_file, out, no_embed, sto
 @click.option("--out", "out", type=click.Path(dir_okay=False), required=True,
               help="Bundle file to write: model.bsb (data-only: JSON + ONNX, no code; for sharing) or "
                    "model.joblib (a pickle, with a .json sidecar beside it).")
-@_no_embed_option
+@no_embed_option
 @click.option("--store", type=click.Path(file_okay=False), default=None, show_default="the run's store",
               help="Feature store, if it moved since the run.")
-@_bundle_weights_option
+@bundle_weights_option
 @click.option("--target-recall", type=float, default=None, show_default="the run's",
               help="The operating point to ship, among those the run measured (0.90, 0.95, 0.97 and its own "
                    "--target-recall); for runs with --threshold recall.")
@@ -436,25 +413,6 @@ def export(run_dir, config_name, out, no_embed, store, weights_dir, target_recal
                                       else f"joblib, + {bundle.path.with_suffix('.json').name}") + ")")
 
 
-def _max_pixels_option(f):
-    """``--max-pixels``: the pixel budget (issue 24) shared by score and view, for this run and its workers."""
-    def apply(ctx, param, value):
-        if value is not None:
-            import os
-
-            from blastscan.dataset.images import PIXEL_BUDGET_ENV
-
-            if value < 1:
-                raise click.BadParameter("expected a positive number of pixels")
-            os.environ[PIXEL_BUDGET_ENV] = str(value)  # inherited by worker processes started later
-        return value
-
-    return click.option("--max-pixels", type=int, default=None, expose_value=False, callback=apply,
-                        show_default="4000000 (2000 x 2000), or $BLASTSCAN_MAX_PIXELS",
-                        help="Images with more pixels are refused from their header, before decoding "
-                             "(a C-NMC cell is 450 x 450).")(f)
-
-
 @main.command()
 @click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
@@ -465,12 +423,12 @@ def _max_pixels_option(f):
               help="Feature store to reuse and fill (by default nothing is kept).")
 @deep_option_group(bundle=True)
 @jobs_option
-@click.option("--trust", is_flag=True, help=_TRUST_HELP)
+@click.option("--trust", is_flag=True, help=TRUST_HELP)
 @click.option("--within-subject", is_flag=True,
               help="Also write each cell's P(ALL) combined with the other cells of its subject (columns "
                    "p_all_within_subject, pred_within_subject). It uses other cells of the same patient.")
 @scheduler_option
-@_max_pixels_option
+@max_pixels_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def score(bundle, inputs, output, store, weights_dir, precision, engine, batch_size, jobs, trust, within_subject, scheduler, quiet):
     """Score INPUTS (image files, folders, CSVs with a path column) with a BUNDLE from train/export.
@@ -487,7 +445,7 @@ def score(bundle, inputs, output, store, weights_dir, precision, engine, batch_s
     with session(scheduler):
         result = run_score(bundle, list(inputs), output, store=store, extractor_options=opts, trust=trust,
                            jobs=jobs, progress=not quiet, within_subject=within_subject)
-    _joblib_note(bundle)
+    joblib_note(bundle)
     click.echo(result.summary())
 
 
@@ -503,8 +461,8 @@ def score(bundle, inputs, output, store, weights_dir, precision, engine, batch_s
 @click.option("--max-upload-mb", type=float, default=16.0, show_default=True, help="Largest accepted upload.")
 @deep_option_group(bundle=True)
 @jobs_option
-@click.option("--trust", is_flag=True, help=_TRUST_HELP)
-@_max_pixels_option
+@click.option("--trust", is_flag=True, help=TRUST_HELP)
+@max_pixels_option
 @click.option("--allow", "allow", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="A folder whose images and CSVs the page may score as a server-side batch (repeatable). "
                    "Default: none; dropped cells need no server-side path.")
@@ -524,7 +482,7 @@ def view(bundle, port, host, store, max_upload_mb, weights_dir, precision, engin
 
     def echo(line):
         if not noted:  # the first line comes once the bundle is loaded
-            noted.append(_joblib_note(bundle))
+            noted.append(joblib_note(bundle))
         click.echo(line)
 
     serve(bundle, host, port, store=store, extractor_options=opts, max_upload_mb=max_upload_mb, jobs=jobs,

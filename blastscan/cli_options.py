@@ -9,7 +9,8 @@ import click
 
 __all__ = ["store_option", "weights_dir_option", "weights_option", "jobs_option", "subject_pattern_option",
            "per_image_split_option", "scheduler_option", "dataset_manifest", "params_option",
-           "precision_option", "engine_option", "batch_size_option", "deep_option_group", "deep_options"]
+           "precision_option", "engine_option", "batch_size_option", "deep_option_group", "deep_options",
+           "TRUST_HELP", "no_embed_option", "joblib_note", "bundle_weights_option", "max_pixels_option"]
 
 
 def store_option(f):
@@ -139,3 +140,48 @@ def deep_options(weights_dir, random_weights=False, **extra):
     from blastscan.options import clean_options
 
     return {"weights_dir": weights_dir, "random_weights": random_weights, **clean_options(extra)}
+
+
+# ---- bundles: export / score / view ------------------------------------------------------------
+TRUST_HELP = ("Load the bundle even when its .json sidecar is missing or its hash does not match. A bundle is a "
+               "pickle: loading one can run any code; only load bundles you trust.")
+
+
+no_embed_option = click.option(
+    "--no-embed", is_flag=True,
+    help="Data-only bundles (.bsb): leave the backbones' ONNX graphs out (a smaller file; scoring then needs "
+         "the same weight files, checked by their sha256).")
+
+
+def joblib_note(bundle) -> None:
+    """One line on stderr once a joblib bundle was loaded (a refused one gives only its error line): it runs
+    code when loaded; the data-only one does not."""
+    from blastscan.bundle import JOBLIB_NOTE
+    from blastscan.bundle_onnx import is_data_only
+
+    if not is_data_only(bundle):
+        click.echo(JOBLIB_NOTE.format(path=bundle), err=True)
+
+
+bundle_weights_option = weights_dir_option(
+    "$BLASTSCAN_WEIGHTS_DIR, else where training found them",
+    "Folder with the ImageNet weight files; they must be the ones the model was trained with.")
+
+
+def max_pixels_option(f):
+    """``--max-pixels``: the pixel budget shared by score and view, for this run and its workers."""
+    def apply(ctx, param, value):
+        if value is not None:
+            import os
+
+            from blastscan.dataset.images import PIXEL_BUDGET_ENV
+
+            if value < 1:
+                raise click.BadParameter("expected a positive number of pixels")
+            os.environ[PIXEL_BUDGET_ENV] = str(value)  # inherited by worker processes started later
+        return value
+
+    return click.option("--max-pixels", type=int, default=None, expose_value=False, callback=apply,
+                        show_default="4000000 (2000 x 2000), or $BLASTSCAN_MAX_PIXELS",
+                        help="Images with more pixels are refused from their header, before decoding "
+                             "(a C-NMC cell is 450 x 450).")(f)
