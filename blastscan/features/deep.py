@@ -27,7 +27,9 @@ import numpy as np
 from blastscan.errors import BlastscanError
 from blastscan.features.backbones import (BACKBONES, WEIGHTS_ENV, Backbone, WeightsLookup, download_weights,
                                           file_sha256, find_weights, keras_cache_dir)
-from blastscan.features.base import BatchExtractor, BatchResult, register_extractor
+from blastscan.features.base import BatchExtractor, BatchResult, register_extractor, register_variants
+from blastscan.features.deep_input import (OPTIONS_HELP, check_input, check_tta, dihedral, parse_variant, to_input,
+                                           variant_name)
 from blastscan.features.precision import (BF16_EMULATED_ENV, ENGINES, PRECISIONS, bf16_support, check_engine,
                                           check_precision)
 
@@ -62,11 +64,20 @@ def register_backbone(spec: Backbone) -> Backbone:
     return spec
 
 
+def _parse_variant(name: str):
+    """``inception_v3_grey_tta8`` -> its canonical name, backbone and options (:mod:`.deep_input`)."""
+    return parse_variant(name, BACKBONES)
+
+
+register_variants(_parse_variant, OPTIONS_HELP)
+
+
 # -- the extractor -------------------------------------------------------------------------------------
 class DeepExtractor(BatchExtractor):
     """Global-average-pooled embedding of a frozen ImageNet backbone.
 
-    Build it with ``get_extractor("inception_v3", ...)`` rather than directly.
+    Build it with ``get_extractor("inception_v3", ...)`` rather than directly; a variant name such as
+    ``"inception_v3_grey_tta8"`` sets ``input_mode`` and ``tta`` (:mod:`blastscan.features.deep_input`).
 
     Parameters
     ----------
@@ -90,6 +101,13 @@ class DeepExtractor(BatchExtractor):
         What runs the float32 network (default ``$BLASTSCAN_ENGINE``, else ``"auto"``: ONNX Runtime where
         it is installed and the network exports, else TensorFlow; bf16 always runs on TensorFlow). Not
         part of the identity: both give the same embeddings up to float32 rounding.
+    input_mode : {"rgb", "grey", "od"}, optional
+        What image goes into the network (default ``"rgb"``, the cell as it is; see
+        :mod:`blastscan.features.deep_input`). Part of the identity and of the name
+        (``inception_v3_grey``); ``rgb`` leaves both as they were before this option existed.
+    tta : {1, 4, 8}, optional
+        Views whose pooled embeddings are averaged: 1 (default), the 4 rotations, or the 8 rotations and
+        mirrors. Part of the identity and of the name (``inception_v3_tta8``); 1 leaves both unchanged.
 
     Raises
     ------
@@ -101,11 +119,12 @@ class DeepExtractor(BatchExtractor):
 
     def __init__(self, backbone: Backbone, weights_dir=None, random_weights: bool = False,
                  input_size: int | None = None, batch_size: int | None = None, precision: str | None = None,
-                 engine: str | None = None, **_: Any):
+                 engine: str | None = None, input_mode: str | None = None, tta: int | None = None, **_: Any):
         self.backbone = backbone
         self.precision = check_precision(precision)
         self.engine = check_engine(engine, self.precision)
-        self.name = backbone.name
+        self.input_mode, self.tta = check_input(input_mode), check_tta(tta)
+        self.name = variant_name(backbone.name, self.input_mode, self.tta)
         self.input_size = backbone.input_size if input_size is None else int(input_size)
         self.batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
         if self.input_size < backbone.min_size:
@@ -137,14 +156,33 @@ class DeepExtractor(BatchExtractor):
         return [f"{self.name}_avgpool_{i:04d}" for i in range(self.backbone.dim)]
 
     def build_options(self) -> dict[str, Any]:
-        return {"input_size": self.input_size, "random_weights": self.random_weights, "precision": self.precision}
+        opts = {"input_size": self.input_size, "random_weights": self.random_weights, "precision": self.precision}
+        opts.update(self._view_options())
+        return opts
+
+    def _view_options(self) -> dict[str, Any]:
+        """``input_mode`` and ``tta`` where not the defaults (rgb, 1), which stay out of configs and records."""
+        opts: dict[str, Any] = {}
+        if self.input_mode != "rgb":
+            opts["input_mode"] = self.input_mode
+        if self.tta != 1:
+            opts["tta"] = self.tta
+        return opts
 
     def config(self) -> dict[str, Any]:
         weights = f"random:seed={RANDOM_SEED}" if self.random_weights else f"sha256:{self.weights_sha256}"
-        cfg = {"backbone": self.name, "input_size": self.input_size, "resize": RESIZE, "pooling": "avg",
+        cfg = {"backbone": self.backbone.name, "input_size": self.input_size, "resize": RESIZE, "pooling": "avg",
                "weights": weights}
         if self.precision != "float32":  # float32 stays out: the tables computed before bf16 existed keep their identity
             cfg["precision"] = self.precision
+        if self.input_mode == "od":
+            from blastscan.features.deep_input import OD_MAX
+
+            cfg["input"] = f"od:h/{OD_MAX}"  # the scale is part of what the network sees
+        elif self.input_mode != "rgb":  # rgb and tta 1 stay out, like float32: older tables keep their identity
+            cfg["input"] = self.input_mode
+        if self.tta != 1:
+            cfg["tta"] = self.tta
         return cfg
 
     def check_runtime(self) -> None:
@@ -198,7 +236,7 @@ class DeepExtractor(BatchExtractor):
                 from blastscan.features import onnx_engine as ox
 
                 if self.engine == "onnxruntime" or ox.available()[0]:
-                    path = None if self.random_weights else ox.cache_path(self.name, self.input_size,
+                    path = None if self.random_weights else ox.cache_path(self.backbone.name, self.input_size,
                                                                           self.weights_sha256)
                     try:
                         self._run = ox.load_or_export(path, self._keras_model, self.input_size,
@@ -245,12 +283,26 @@ class DeepExtractor(BatchExtractor):
         return self._scale
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
-        """Embeddings (float32, ``(n, dim)``) of a batch of resized RGB uint8 images ``(n, size, size, 3)``.
+        """Embeddings (float32, ``(n, dim)``) of a batch of resized RGB uint8 images ``(n, size, size, 3)``:
+        one pass of the network as it is, whatever ``input_mode`` and ``tta`` (see :meth:`embed`).
 
         The backbone's ``preprocess_input`` is applied inside the engine's graph.
         """
         self._build()
         return np.asarray(self._run(_uint8_batch(batch)), dtype=np.float32)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """This extractor's embeddings of a batch of network inputs (:meth:`network_input` images): the mean
+        of the pooled embeddings of its ``tta`` symmetries (one :meth:`forward` each, so the batch size and
+        the memory per pass stay those of ``tta=1``), summed in float64."""
+        if self.tta == 1:
+            return self.forward(batch)
+        batch = _uint8_batch(batch)
+        total = None
+        for k in range(self.tta):
+            out = self.forward(dihedral(batch, k)).astype(np.float64)
+            total = out if total is None else total + out
+        return (total / self.tta).astype(np.float32)
 
     # -- preprocessing -------------------------------------------------------------------------------
     def resize(self, image) -> np.ndarray:
@@ -267,17 +319,23 @@ class DeepExtractor(BatchExtractor):
             image = image.resize((s, s), Image.Resampling.BILINEAR)
         return np.asarray(image)
 
+    def network_input(self, image) -> np.ndarray:
+        """The uint8 image ``(size, size, 3)`` the network is given for an RGB image: resized, then turned
+        into the ``input_mode`` (greyscale, haematoxylin density; rgb as is)."""
+        return to_input(self.resize(image), self.input_mode)
+
     def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """The float32 network input for RGB uint8 images: resized, then the backbone's ``preprocess_input``
-        (the step both engines run inside their graph; computed with TensorFlow, for inspection and tests)."""
-        return self._scale_fn()(np.stack([self.resize(im) for im in images])).numpy()
+        """The float32 network input for RGB uint8 images: :meth:`network_input`, then the backbone's
+        ``preprocess_input`` (the step both engines run inside their graph; computed with TensorFlow, for
+        inspection and tests)."""
+        return self._scale_fn()(np.stack([self.network_input(im) for im in images])).numpy()
 
     def _prepare_one(self, path: str):
-        """One resized uint8 image, or the reason it cannot be read (a str)."""
+        """One network input (resized uint8 image in the input mode), or the reason it cannot be read (a str)."""
         from blastscan.dataset.images import load_pil_image
 
         try:
-            return self.resize(load_pil_image(path))  # no full-size array copy
+            return self.network_input(load_pil_image(path))  # no full-size array copy
         except BlastscanError as exc:
             return exc.why or str(exc)
         except Exception as exc:  # one odd file must not end a long run; the reason names it
@@ -287,8 +345,8 @@ class DeepExtractor(BatchExtractor):
         """Yield one :class:`BatchResult` per batch of ``paths``, in order, covering every position.
 
         A low-priority thread reads, decodes and resizes the next batches while the current one runs
-        through the network (:mod:`blastscan.features.prefetch`). An image that cannot be read becomes a
-        failure with its reason.
+        through the network (:mod:`blastscan.features.prefetch`); with ``tta`` > 1 each batch goes through
+        it once per symmetry (:meth:`embed`). An image that cannot be read becomes a failure with its reason.
         """
         from blastscan.features.prefetch import Prefetcher
 
@@ -300,7 +358,7 @@ class DeepExtractor(BatchExtractor):
                 prepared = pf.take(b)
                 indices = [i for i, x in zip(items, prepared) if not isinstance(x, str)]
                 failures = {i: x for i, x in zip(items, prepared) if isinstance(x, str)}
-                feats = (self.forward(np.stack([x for x in prepared if not isinstance(x, str)])) if indices
+                feats = (self.embed(np.stack([x for x in prepared if not isinstance(x, str)])) if indices
                          else np.zeros((0, self.backbone.dim), np.float32))
                 yield BatchResult(indices, feats, failures)
 
