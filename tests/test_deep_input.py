@@ -160,3 +160,39 @@ def test_grey_input_ignores_the_stains_colour(cell, tmp_path):
     assert _rel(rgb[0], rgb[1]) > 1e-3
     grey = _embed("vgg16_grey", [paths[0], grey_copy])
     assert np.array_equal(grey[0], grey[1])
+
+
+# -- intermediate layers ----------------------------------------------------------------------------
+def test_a_tapped_layer_has_its_own_name_identity_and_width():
+    rgb = get_extractor("inception_v3", random_weights=True)
+    tap = get_extractor("inception_v3_mixed7", random_weights=True)
+    assert tap.identity != rgb.identity and tap.config()["layer"] == "mixed7"
+    assert len(tap.feature_names) == 768 and tap.feature_names[0] == "inception_v3_mixed7_avgpool_0000"
+    assert parse_feature_set("inception_v3+inception_v3_tta8_mixed7_grey") == ["inception_v3",
+                                                                              "inception_v3_grey_mixed7_tta8"]
+    with pytest.raises(BlastscanError, match="unknown option 'mixed11'.*layers: mixed0"):
+        parse_feature_set("inception_v3_mixed11")
+    with pytest.raises(BlastscanError, match="unknown option 'mixed7'"):  # VGG16 has no such layer
+        parse_feature_set("vgg16_mixed7")
+    with pytest.raises(BlastscanError, match="no layer"):
+        get_extractor("inception_v3", random_weights=True, layer="conv2d")
+
+
+@pytest.mark.slow
+def test_a_tapped_layer_is_the_spatial_mean_of_that_blocks_output():
+    """The cut network run by the default engine (the ONNX graph) gives the Keras block's output averaged
+    over space, with the width the backbone registry declares for every tap."""
+    size = 96
+    x = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+    full = get_extractor("inception_v3", random_weights=True, input_size=size)
+    model = full._keras_model()
+    for layer, width in full.backbone.taps:
+        assert model.get_layer(layer).output.shape[-1] == width
+    import keras
+
+    block = keras.Model(model.input, model.get_layer("mixed7").output)
+    ref = np.asarray(block(full.preprocess(list(x)))).mean(axis=(1, 2))
+    tap = get_extractor("inception_v3_mixed7", random_weights=True, input_size=size)
+    got = tap.forward(x)
+    assert got.shape == (2, 768)
+    assert _rel(ref[0], got[0]) < 1e-4 and _rel(ref[1], got[1]) < 1e-4

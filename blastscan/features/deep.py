@@ -108,6 +108,10 @@ class DeepExtractor(BatchExtractor):
     tta : {1, 4, 8}, optional
         Views whose pooled embeddings are averaged: 1 (default), the 4 rotations, or the 8 rotations and
         mirrors. Part of the identity and of the name (``inception_v3_tta8``); 1 leaves both unchanged.
+    layer : str, optional
+        One of the backbone's ``taps`` (InceptionV3's ``mixed0``-``mixed9``): the network cut after that
+        block, its output average-pooled, instead of the last block's. Part of the identity and the name
+        (``inception_v3_mixed7``); None (the last block) leaves both unchanged.
 
     Raises
     ------
@@ -119,12 +123,19 @@ class DeepExtractor(BatchExtractor):
 
     def __init__(self, backbone: Backbone, weights_dir=None, random_weights: bool = False,
                  input_size: int | None = None, batch_size: int | None = None, precision: str | None = None,
-                 engine: str | None = None, input_mode: str | None = None, tta: int | None = None, **_: Any):
+                 engine: str | None = None, input_mode: str | None = None, tta: int | None = None,
+                 layer: str | None = None, **_: Any):
         self.backbone = backbone
         self.precision = check_precision(precision)
         self.engine = check_engine(engine, self.precision)
         self.input_mode, self.tta = check_input(input_mode), check_tta(tta)
-        self.name = variant_name(backbone.name, self.input_mode, self.tta)
+        taps = dict(backbone.taps)
+        if layer is not None and layer not in taps:
+            raise BlastscanError("layer", f"{backbone.name} has no layer '{layer}' to pool; choose from: "
+                                          f"{', '.join(taps) or 'none'}")
+        self.layer = layer
+        self.dim = taps[layer] if layer else backbone.dim
+        self.name = variant_name(backbone.name, self.input_mode, self.tta, self.layer)
         self.input_size = backbone.input_size if input_size is None else int(input_size)
         self.batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
         if self.input_size < backbone.min_size:
@@ -153,7 +164,7 @@ class DeepExtractor(BatchExtractor):
 
     @property
     def feature_names(self) -> list[str]:
-        return [f"{self.name}_avgpool_{i:04d}" for i in range(self.backbone.dim)]
+        return [f"{self.name}_avgpool_{i:04d}" for i in range(self.dim)]
 
     def build_options(self) -> dict[str, Any]:
         opts = {"input_size": self.input_size, "random_weights": self.random_weights, "precision": self.precision}
@@ -161,12 +172,15 @@ class DeepExtractor(BatchExtractor):
         return opts
 
     def _view_options(self) -> dict[str, Any]:
-        """``input_mode`` and ``tta`` where not the defaults (rgb, 1), which stay out of configs and records."""
+        """``input_mode``, ``tta`` and ``layer`` where not the defaults (rgb, 1, the last block), which stay out
+        of configs and records."""
         opts: dict[str, Any] = {}
         if self.input_mode != "rgb":
             opts["input_mode"] = self.input_mode
         if self.tta != 1:
             opts["tta"] = self.tta
+        if self.layer:
+            opts["layer"] = self.layer
         return opts
 
     def config(self) -> dict[str, Any]:
@@ -183,6 +197,8 @@ class DeepExtractor(BatchExtractor):
             cfg["input"] = self.input_mode
         if self.tta != 1:
             cfg["tta"] = self.tta
+        if self.layer:
+            cfg["layer"] = self.layer
         return cfg
 
     def check_runtime(self) -> None:
@@ -224,6 +240,10 @@ class DeepExtractor(BatchExtractor):
                 raise BlastscanError(str(self.weights_path), f"cannot load as {b.name} weights "
                                                              f"({type(exc).__name__}: {exc})") from None
         model.trainable = False
+        if self.layer:  # cut after the tapped block: average-pool its output (one output, as every engine expects)
+            pooled = keras.layers.GlobalAveragePooling2D(name=f"{self.layer}_avgpool")(model.get_layer(self.layer).output)
+            model = keras.Model(model.input, pooled, name=f"{model.name}_{self.layer}")
+            model.trainable = False
         return model
 
     def _build(self) -> None:
@@ -236,8 +256,8 @@ class DeepExtractor(BatchExtractor):
                 from blastscan.features import onnx_engine as ox
 
                 if self.engine == "onnxruntime" or ox.available()[0]:
-                    path = None if self.random_weights else ox.cache_path(self.backbone.name, self.input_size,
-                                                                          self.weights_sha256)
+                    graph = self.backbone.name + (f"-{self.layer}" if self.layer else "")  # not the input or views
+                    path = None if self.random_weights else ox.cache_path(graph, self.input_size, self.weights_sha256)
                     try:
                         self._run = ox.load_or_export(path, self._keras_model, self.input_size,
                                                       self.backbone.preprocess_mode)
@@ -359,7 +379,7 @@ class DeepExtractor(BatchExtractor):
                 indices = [i for i, x in zip(items, prepared) if not isinstance(x, str)]
                 failures = {i: x for i, x in zip(items, prepared) if isinstance(x, str)}
                 feats = (self.embed(np.stack([x for x in prepared if not isinstance(x, str)])) if indices
-                         else np.zeros((0, self.backbone.dim), np.float32))
+                         else np.zeros((0, self.dim), np.float32))
                 yield BatchResult(indices, feats, failures)
 
 
@@ -385,6 +405,8 @@ register_backbone(Backbone(
     name="inception_v3", constructor="InceptionV3", preprocess_module="inception_v3", input_size=299,
     dim=2048, min_size=75, keras_file="inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
     keras_subdir="inception_v3", keras_md5="bcbd6486424b2319ff4ef7d526e38f63", preprocess_mode="tf",
+    taps=(("mixed0", 256), ("mixed1", 288), ("mixed2", 288), ("mixed3", 768), ("mixed4", 768), ("mixed5", 768),
+          ("mixed6", 768), ("mixed7", 768), ("mixed8", 1280), ("mixed9", 2048)),
 ))
 register_backbone(Backbone(
     name="vgg16", constructor="VGG16", preprocess_module="vgg16", input_size=224, dim=512, min_size=32,

@@ -17,10 +17,16 @@ tables computed before these options existed, unchanged:
     rotations. ``8``: of the eight symmetries of the square (the dihedral group: four rotations, each
     also mirrored). A cell on a slide has no orientation; with ``tta=8`` the embedding of a rotated or
     mirrored cell equals the cell's own up to float rounding. It costs 4 or 8 forward passes per cell.
+``layer`` (the backbone's ``taps``)
+    None (default): the global average pool of the last block. A tap such as InceptionV3's ``mixed7``:
+    the network cut after that block, its output average-pooled (768 values for ``mixed7``); cheaper than
+    the whole network. Join it to the last block's embedding with a union:
+    ``inception_v3+inception_v3_mixed7``.
 
-A user writes them in the feature-set name: ``<backbone>[_<input>][_tta<n>]``, e.g. ``inception_v3_grey``,
-``inception_v3_grey_tta8``, ``vgg16_od_tta4``. :func:`parse_variant` reads such a name (any order of the
-parts) and :func:`variant_name` writes the canonical one; a misspelt part is a one-line error.
+A user writes them in the feature-set name: ``<backbone>[_<input>][_<layer>][_tta<n>]``, e.g.
+``inception_v3_grey``, ``inception_v3_grey_tta8``, ``inception_v3_mixed7``, ``vgg16_od_tta4``.
+:func:`parse_variant` reads such a name (any order of the parts) and :func:`variant_name` writes the
+canonical one; a misspelt part is a one-line error.
 """
 
 from __future__ import annotations
@@ -42,8 +48,8 @@ OD_MAX = 0.30
 #: A pixel whose brightest channel is at most this is the black surround (as in the segmentation).
 BACKGROUND_MAX = 10
 _GREY_WEIGHTS = np.array([0.2125, 0.7154, 0.0721], np.float32)  # ITU-R 709, as skimage.color.rgb2gray
-OPTIONS_HELP = ("deep backbones take options in the name: <backbone>[_grey|_od][_tta4|_tta8], "
-                "e.g. inception_v3_grey_tta8")
+OPTIONS_HELP = ("deep backbones take options in the name: <backbone>[_grey|_od][_<layer>][_tta4|_tta8], "
+                "e.g. inception_v3_grey_tta8, inception_v3_mixed7")
 
 
 def check_input(value: Any) -> str:
@@ -97,16 +103,18 @@ def dihedral(batch: np.ndarray, k: int) -> np.ndarray:
 
 
 # -- the name ------------------------------------------------------------------------------------------
-def variant_name(backbone: str, input_mode: str = "rgb", tta: int = 1) -> str:
-    """The canonical feature-set name: ``inception_v3``, ``inception_v3_grey``, ``inception_v3_grey_tta8``."""
-    return backbone + ("" if input_mode == "rgb" else f"_{input_mode}") + ("" if tta == 1 else f"_tta{tta}")
+def variant_name(backbone: str, input_mode: str = "rgb", tta: int = 1, layer: str | None = None) -> str:
+    """The canonical feature-set name: ``inception_v3``, ``inception_v3_grey``, ``inception_v3_grey_mixed7_tta8``."""
+    return (backbone + ("" if input_mode == "rgb" else f"_{input_mode}") + (f"_{layer}" if layer else "")
+            + ("" if tta == 1 else f"_tta{tta}"))
 
 
 def parse_variant(name: str, backbones) -> tuple[str, str, dict[str, Any]] | None:
     """Read ``<backbone>_<part>...`` into ``(canonical name, backbone, options)``; None when ``name`` does
-    not start with one of ``backbones`` and ``_``.
+    not start with one of ``backbones`` (a mapping of names to :class:`Backbone`) and ``_``.
 
-    Parts: an input (``grey``, ``od``, ``rgb``) and ``tta<n>`` (n in 4, 8, or 1), each at most once.
+    Parts: an input (``grey``, ``od``, ``rgb``), ``tta<n>`` (n in 4, 8, or 1) and one of the backbone's
+    ``taps`` (``mixed7``), each at most once.
 
     Raises
     ------
@@ -116,23 +124,28 @@ def parse_variant(name: str, backbones) -> tuple[str, str, dict[str, Any]] | Non
     base = max((b for b in backbones if name.startswith(b + "_")), key=len, default=None)
     if base is None:
         return None
-    input_mode, tta = None, None
+    taps = [t for t, _ in getattr(backbones[base], "taps", ())]
+    input_mode, tta, layer = None, None, None
     for part in name[len(base) + 1:].split("_"):
+        is_tta = part.startswith("tta") and part[3:].isdigit() and int(part[3:]) in TTAS
         if part in INPUTS and input_mode is None:
             input_mode = part
-        elif part.startswith("tta") and tta is None and part[3:].isdigit() and int(part[3:]) in TTAS:
+        elif is_tta and tta is None:
             tta = int(part[3:])
+        elif part in taps and layer is None:
+            layer = part
         else:
-            twice = (part in INPUTS and input_mode is not None) or (part[3:].isdigit() and part.startswith("tta")
-                                                                     and int(part[3:]) in TTAS and tta is not None)
-            why = "repeated" if twice else "unknown"
+            why = "repeated" if part in INPUTS or is_tta or part in taps else "unknown"
+            layers = f", layers: {', '.join(taps)}" if taps else ""
             raise BlastscanError(f"feature set '{name}'",
                                  f"{why} option '{part}' of {base}; inputs: {', '.join(INPUTS)} (rgb is the "
-                                 f"default), rotation/flip averaging: tta4, tta8 (e.g. {base}_grey_tta8)")
+                                 f"default), rotation/flip averaging: tta4, tta8{layers} (e.g. {base}_grey_tta8)")
     input_mode, tta = check_input(input_mode), check_tta(tta)
-    options = {}
+    options: dict[str, Any] = {}
     if input_mode != "rgb":
         options["input_mode"] = input_mode
     if tta != 1:
         options["tta"] = tta
-    return variant_name(base, input_mode, tta), base, options
+    if layer:
+        options["layer"] = layer
+    return variant_name(base, input_mode, tta, layer), base, options
