@@ -196,3 +196,31 @@ def test_a_tapped_layer_is_the_spatial_mean_of_that_blocks_output():
     got = tap.forward(x)
     assert got.shape == (2, 768)
     assert _rel(ref[0], got[0]) < 1e-4 and _rel(ref[1], got[1]) < 1e-4
+
+
+@pytest.mark.slow
+def test_cli_a_misspelt_option_is_one_line_and_a_variant_is_extracted_into_its_own_table(sample_root, tmp_path):
+    from click.testing import CliRunner
+
+    from blastscan.cli import main
+    from blastscan.features.store import FeatureStore
+
+    rows = list(csv.DictReader(open(sample_root / "manifest.csv")))[:4]
+    (tmp_path / "cells.csv").write_text("path,label,subject\n" + "".join(
+        f"{sample_root / r['path']},{r['label']},{r['subject']}\n" for r in rows))
+    store = tmp_path / "store"
+    args = ["extract", str(tmp_path / "cells.csv"), "-q", "--store", str(store), "--random-weights",
+            "--input-size", str(SIZE)]
+    bad = CliRunner().invoke(main, args + ["-f", "vgg16_gray"])
+    assert bad.exit_code == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: feature set 'vgg16_gray': unknown option 'gray'")
+    ok = CliRunner().invoke(main, args + ["-f", "vgg16,vgg16_grey_tta4"])
+    assert ok.exit_code == 0, ok.output
+    fstore = FeatureStore(store)
+    tables = {}
+    for name in ("vgg16", "vgg16_grey_tta4"):
+        ident = get_extractor(name, random_weights=True, input_size=SIZE).identity
+        assert fstore.meta(ident)["feature_names"][0] == f"{name}_avgpool_0000"
+        tables[name] = fstore.read(ident).sort_index()
+        assert len(tables[name]) == 4
+    assert not np.allclose(tables["vgg16"].to_numpy(), tables["vgg16_grey_tta4"].to_numpy())
