@@ -62,6 +62,8 @@ def main() -> int:
     ap.add_argument("--backbone", default="inception_v3")
     ap.add_argument("--variants", default="grey,od,grey_tta8", help="Comma-separated name suffixes.")
     ap.add_argument("--classifiers", default="logreg,svm_pca")
+    ap.add_argument("--param", action="append", default=[], metavar="CLF.NAME=VALUE",
+                    help="Classifier parameter for every row, as compare's --param (e.g. logreg.C=0.01).")
     ap.add_argument("--out", type=Path, default=Path("blastscan-runs/bench-signal"))
     ap.add_argument("--jobs", type=int, default=None)
     args = ap.parse_args()
@@ -79,7 +81,8 @@ def main() -> int:
     t0 = time.perf_counter()
     # no leaky per-image split: it is not the question here, and it would cost a sixth of the fits
     result = compare(manifest.df, ["size"] + sets, classifiers, args.store, args.out, settings=EvalSettings(leaky_folds=0),
-                     ensembles=votes, extractor_options={"weights_dir": args.weights_dir}, jobs=args.jobs,
+                     ensembles=votes, params=args.param or None, extractor_options={"weights_dir": args.weights_dir},
+                     jobs=args.jobs,
                      progress=True, dataset=str(args.data))
     secs = time.perf_counter() - t0
     d = result.run["data"]
@@ -92,7 +95,8 @@ def main() -> int:
           f"out-of-fold: {d['n_images']} cells, {d['n_subjects']} subjects ({d['n_subjects_all']} ALL, "
           f"{d['n_subjects_hem']} HEM); the same folds for every row; threshold for ALL recall "
           f"{result.run['threshold']['target_recall']:.2f} chosen on training folds; 95% intervals from "
-          f"{result.run['n_boot']} subject bootstraps; classifiers at their defaults; {secs:.0f} s")
+          f"{result.run['n_boot']} subject bootstraps; classifiers at their defaults"
+          f"{' except ' + ', '.join(args.param) if args.param else ''}; {secs:.0f} s")
     print(f"{'configuration':<52} {'ROC-AUC [95% CI]':<24} {'dAUC vs RGB [95% CI]':<26} {'weighted F1':>11} "
           f"{'spec.':>6} {'subject AUC':>11}")
     for clf in classifiers:
