@@ -7,7 +7,8 @@ Usage::
         [--backbone inception_v3] [--variants grey,od,grey_tta8] [--out DIR]
 
 One `compare` run (the pipeline function: one fold plan for every configuration) over the backbone's RGB
-embedding and its variants (``<backbone>_<variant>``, see ``blastscan/features/deep_input.py``), each
+embedding and its variants (``<backbone>_<variant>``, see ``blastscan/features/deep_input.py``; ``+<variant>``
+for the union of RGB and the variant, e.g. the mixed7 block beside the last one), each
 with ``logreg`` and ``svm_pca`` at their defaults (nothing tuned), each also in a soft vote with
 ``size/logreg``. Prints one table: pooled out-of-fold ROC-AUC with its 95% subject-bootstrap interval,
 weighted F1 and specificity at the shipped threshold rule (ALL recall 0.90, chosen on training folds), the
@@ -60,7 +61,8 @@ def main() -> int:
     ap.add_argument("--store", type=Path, default=Path(os.environ.get("BLASTSCAN_STORE", "blastscan-store")))
     ap.add_argument("--weights-dir", default=os.environ.get("BLASTSCAN_WEIGHTS_DIR", str(ROOT.parent / "shared" / "weights")))
     ap.add_argument("--backbone", default="inception_v3")
-    ap.add_argument("--variants", default="grey,od,grey_tta8", help="Comma-separated name suffixes.")
+    ap.add_argument("--variants", default="grey,od,mixed7,grey_mixed7",
+                    help="Comma-separated name suffixes (grey_tta8); +suffix joins that variant to RGB (+mixed7).")
     ap.add_argument("--classifiers", default="logreg,svm_pca")
     ap.add_argument("--param", action="append", default=[], metavar="CLF.NAME=VALUE",
                     help="Classifier parameter for every row, as compare's --param (e.g. logreg.C=0.01).")
@@ -74,7 +76,9 @@ def main() -> int:
     from blastscan.pipelines.results import SUBJECT_POOLED
 
     rgb = args.backbone
-    sets = [rgb] + [f"{rgb}_{v}" for v in args.variants.split(",") if v.strip()]
+    # "grey" -> inception_v3_grey; "+mixed7" -> the union inception_v3+inception_v3_mixed7 (beside the last block)
+    sets = [rgb] + [f"{rgb}+{rgb}_{v[1:]}" if v.startswith("+") else f"{rgb}_{v}"
+                    for v in (v.strip() for v in args.variants.split(",")) if v]
     classifiers = args.classifiers.split(",")
     votes = [f"{fs}/{clf}+size/logreg" for fs in sets for clf in classifiers]
     manifest = build_manifest(args.data, cache=inspect_cache(args.store))
