@@ -28,8 +28,8 @@ from blastscan.errors import BlastscanError
 from blastscan.features.backbones import (BACKBONES, WEIGHTS_ENV, Backbone, WeightsLookup, download_weights,
                                           file_sha256, find_weights, keras_cache_dir)
 from blastscan.features.base import BatchExtractor, BatchResult, register_extractor, register_variants
-from blastscan.features.deep_input import (OPTIONS_HELP, check_input, check_tta, dihedral, parse_variant, to_input,
-                                           variant_name)
+from blastscan.features.deep_input import (OD_MAX, OPTIONS_HELP, check_input, check_tta, dihedral, parse_variant,
+                                           to_input, variant_name)
 from blastscan.features.precision import (BF16_EMULATED_ENV, ENGINES, PRECISIONS, bf16_support, check_engine,
                                           check_precision)
 
@@ -77,7 +77,8 @@ class DeepExtractor(BatchExtractor):
     """Global-average-pooled embedding of a frozen ImageNet backbone.
 
     Build it with ``get_extractor("inception_v3", ...)`` rather than directly; a variant name such as
-    ``"inception_v3_grey_tta8"`` sets ``input_mode`` and ``tta`` (:mod:`blastscan.features.deep_input`).
+    ``"inception_v3_grey_mixed7_tta8"`` sets ``input_mode``, ``layer`` and ``tta``
+    (:mod:`blastscan.features.deep_input`).
 
     Parameters
     ----------
@@ -190,8 +191,6 @@ class DeepExtractor(BatchExtractor):
         if self.precision != "float32":  # float32 stays out: the tables computed before bf16 existed keep their identity
             cfg["precision"] = self.precision
         if self.input_mode == "od":
-            from blastscan.features.deep_input import OD_MAX
-
             cfg["input"] = f"od:h/{OD_MAX}"  # the scale is part of what the network sees
         elif self.input_mode != "rgb":  # rgb and tta 1 stay out, like float32: older tables keep their identity
             cfg["input"] = self.input_mode
