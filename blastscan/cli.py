@@ -163,7 +163,9 @@ def weights(weights_dir, random_weights, download):
 @click.argument("dataset", type=click.Path(exists=True))
 @click.option("--features", "-f", default="handcrafted", show_default=True,
               help="Comma-separated feature sets: handcrafted, inception_v3, vgg16, or unions like "
-                   "handcrafted+inception_v3. `blastscan features` lists the handcrafted ones.")
+                   "handcrafted+inception_v3. `blastscan features` lists the handcrafted ones. A backbone takes "
+                   "options in its name: inception_v3_grey (greyscale input), _od (haematoxylin density), _tta8 "
+                   "(embedding averaged over 8 rotations/mirrors), _tta4 (4 rotations), e.g. inception_v3_grey_tta8.")
 @store_option
 @jobs_option
 @deep_option_group()
@@ -244,7 +246,8 @@ def masks(inputs, out, n, subjects, seed, columns, tile, store, quiet):
 @click.option("--features", "-f", default=None,
               show_default="size,handcrafted,inception_v3,vgg16, the deep sets only where their weights are found",
               help="Comma-separated feature sets to compare, e.g. size,handcrafted,inception_v3,vgg16 or unions "
-                   "like handcrafted+inception_v3; features the store lacks are computed first.")
+                   "like handcrafted+inception_v3, or backbone options such as inception_v3_grey_tta8 (see extract "
+                   "--help); features the store lacks are computed first.")
 @click.option("--classifiers", "-c", default=None, show_default="the registry's defaults",
               help="Comma-separated classifiers.")
 @click.option("--ensemble", "-e", "ensembles", multiple=True, metavar="SET/CLF+SET/CLF...",

@@ -65,6 +65,9 @@ class Backbone:
     preprocess_mode : str, optional
         The ``keras.applications`` preprocessing mode of ``preprocess_module`` (``"tf"``, ``"caffe"``), for
         the ONNX Runtime engine, which writes it into its graph; None: that backbone runs on TensorFlow.
+    taps : tuple of (str, int)
+        Intermediate layers whose global-average-pooled output a variant may take instead of the last
+        block's (``inception_v3_mixed7``), with their channel counts.
     """
 
     name: str
@@ -77,6 +80,7 @@ class Backbone:
     keras_subdir: str
     keras_md5: str
     preprocess_mode: str | None = None
+    taps: tuple[tuple[str, int], ...] = ()
 
     @property
     def weight_files(self) -> tuple[str, ...]:

@@ -34,6 +34,8 @@ __all__ = [
     "available_extractors",
     "parse_feature_set",
     "register_union",
+    "register_variants",
+    "resolve_name",
 ]
 
 
@@ -161,6 +163,36 @@ def register_union(name: str, members: Sequence[str]) -> None:
     _UNIONS[name] = tuple(members)
 
 
+#: Parameterised names (``inception_v3_grey_tta8``): functions that read a name into ``(canonical name,
+#: registered name, options)``, or return None when the name is not theirs (see :func:`register_variants`).
+_VARIANTS: list[Callable[[str], "tuple[str, str, dict] | None"]] = []
+_VARIANT_HINTS: list[str] = []
+
+
+def register_variants(parse: Callable[[str], "tuple[str, str, dict] | None"], hint: str = "") -> None:
+    """Let ``parse`` read names that are a registered extractor's name plus options (the deep backbones'
+    ``<backbone>_grey_tta8``): it returns ``(canonical name, registered name, options)``, None for a name
+    that is not its own, and raises :class:`BlastscanError` for one of its names with a misspelt option.
+    ``hint`` (how such names are written) is added to the error for an unknown feature-set name."""
+    if parse not in _VARIANTS:
+        _VARIANTS.append(parse)
+        if hint:
+            _VARIANT_HINTS.append(hint)
+
+
+def resolve_name(name: str) -> tuple[str, str, dict[str, Any]]:
+    """``(canonical name, registered name, options)`` of an extractor name; a name no variant parser claims
+    is returned as is (``(name, name, {})``), known or not."""
+    _load_builtin_extractors()
+    if name in _REGISTRY or name in _UNIONS:
+        return name, name, {}
+    for parse in _VARIANTS:
+        got = parse(name)
+        if got is not None:
+            return got
+    return name, name, {}
+
+
 _DISCOVERED = False
 
 
@@ -189,14 +221,15 @@ def available_extractors() -> list[str]:
 
 
 def get_extractor(name: str, **options: Any) -> Extractor:
-    """Build the extractor registered as ``name`` with ``options`` (e.g. ``weights_dir``)."""
-    _load_builtin_extractors()
+    """Build the extractor registered as ``name`` with ``options`` (e.g. ``weights_dir``); a variant name
+    (``inception_v3_grey``) builds its registered extractor with the options the name carries."""
+    _, registered, name_options = resolve_name(name)
     try:
-        factory = _REGISTRY[name]
+        factory = _REGISTRY[registered]
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
         raise BlastscanError(f"feature set '{name}'", f"unknown; choose from: {known}") from None
-    return factory(**options)
+    return factory(**{**options, **name_options})
 
 
 def parse_feature_set(spec: str) -> list[str]:
@@ -205,10 +238,11 @@ def parse_feature_set(spec: str) -> list[str]:
     if not parts:
         raise BlastscanError(f"feature set '{spec}'", "is empty")
     known = available_extractors()
-    names = [m for p in parts for m in _UNIONS.get(p, (p,))]
+    names = [resolve_name(m)[0] for p in parts for m in _UNIONS.get(p, (p,))]  # variants: canonical names
     for n in names:
-        if n not in known:
-            raise BlastscanError(f"feature set '{spec}'", f"unknown part '{n}'; choose from: {', '.join(known)}")
+        if n not in known and resolve_name(n)[1] not in _REGISTRY:
+            raise BlastscanError(f"feature set '{spec}'", f"unknown part '{n}'; choose from: {', '.join(known)}"
+                                                          + "".join(f"; {h}" for h in _VARIANT_HINTS))
     if len(set(names)) != len(names):
         raise BlastscanError(f"feature set '{spec}'", "names an extractor twice")
     return names

@@ -29,7 +29,9 @@ import numpy as np
 from blastscan.errors import BlastscanError
 from blastscan.features.backbones import (BACKBONES, WEIGHTS_ENV, Backbone, WeightsLookup, download_weights,
                                           file_sha256, find_weights, keras_cache_dir)
-from blastscan.features.base import BatchExtractor, BatchResult, register_extractor
+from blastscan.features.base import BatchExtractor, BatchResult, register_extractor, register_variants
+from blastscan.features.deep_input import (OD_MAX, OPTIONS_HELP, check_input, check_tta, dihedral, parse_variant,
+                                           to_input, variant_name)
 from blastscan.features.precision import (BF16_EMULATED_ENV, ENGINES, PRECISIONS, Cpu, bf16_support, check_engine,
                                           check_precision, choose_engine, engine_installed, resolve_precision)
 
@@ -64,11 +66,21 @@ def register_backbone(spec: Backbone) -> Backbone:
     return spec
 
 
+def _parse_variant(name: str):
+    """``inception_v3_grey_tta8`` -> its canonical name, backbone and options (:mod:`.deep_input`)."""
+    return parse_variant(name, BACKBONES)
+
+
+register_variants(_parse_variant, OPTIONS_HELP)
+
+
 # -- the extractor -------------------------------------------------------------------------------------
 class DeepExtractor(BatchExtractor):
     """Global-average-pooled embedding of a frozen ImageNet backbone.
 
-    Build it with ``get_extractor("inception_v3", ...)`` rather than directly.
+    Build it with ``get_extractor("inception_v3", ...)`` rather than directly; a variant name such as
+    ``"inception_v3_grey_mixed7_tta8"`` sets ``input_mode``, ``layer`` and ``tta``
+    (:mod:`blastscan.features.deep_input`).
 
     Parameters
     ----------
@@ -102,6 +114,17 @@ class DeepExtractor(BatchExtractor):
         backbone's is there (float32, or bf16 on OpenVINO, which compiles the same float32 graph in
         bfloat16), it runs on that engine and no weight file is looked up; its weights' sha256 comes from
         the graph's record (checked against the bundle's feature identity).
+    input_mode : {"rgb", "grey", "od"}, optional
+        What image goes into the network (default ``"rgb"``, the cell as it is; see
+        :mod:`blastscan.features.deep_input`). Part of the identity and of the name
+        (``inception_v3_grey``); ``rgb`` leaves both as they were before this option existed.
+    tta : {1, 4, 8}, optional
+        Views whose pooled embeddings are averaged: 1 (default), the 4 rotations, or the 8 rotations and
+        mirrors. Part of the identity and of the name (``inception_v3_tta8``); 1 leaves both unchanged.
+    layer : str, optional
+        One of the backbone's ``taps`` (InceptionV3's ``mixed0``-``mixed9``): the network cut after that
+        block, its output average-pooled, instead of the last block's. Part of the identity and the name
+        (``inception_v3_mixed7``); None (the last block) leaves both unchanged.
 
     Raises
     ------
@@ -113,7 +136,8 @@ class DeepExtractor(BatchExtractor):
 
     def __init__(self, backbone: Backbone, weights_dir=None, random_weights: bool = False,
                  input_size: int | None = None, batch_size: int | None = None, precision: str | None = None,
-                 engine: str | None = None, cpu: Cpu | None = None, embedded_backbones=None, **_: Any):
+                 engine: str | None = None, cpu: Cpu | None = None, embedded_backbones=None,
+                 input_mode: str | None = None, tta: int | None = None, layer: str | None = None, **_: Any):
         self.backbone = backbone
         self.cpu = cpu  # None: this machine's, read when needed
         self.precision_asked = check_precision(precision)
@@ -122,7 +146,14 @@ class DeepExtractor(BatchExtractor):
         # a backbone without a graph preprocessing mode is not exported: TensorFlow runs it
         self.engine_choice = (choose_engine(engine, self.precision, cpu) if backbone.preprocess_mode
                               else "tensorflow")
-        self.name = backbone.name
+        self.input_mode, self.tta = check_input(input_mode), check_tta(tta)
+        taps = dict(backbone.taps)
+        if layer is not None and layer not in taps:
+            raise BlastscanError("layer", f"{backbone.name} has no layer '{layer}' to pool; choose from: "
+                                          f"{', '.join(taps) or 'none'}")
+        self.layer = layer
+        self.dim = taps[layer] if layer else backbone.dim
+        self.name = variant_name(backbone.name, self.input_mode, self.tta, self.layer)
         self.input_size = backbone.input_size if input_size is None else int(input_size)
         self.batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
         if self.input_size < backbone.min_size:
@@ -165,22 +196,43 @@ class DeepExtractor(BatchExtractor):
 
     @property
     def feature_names(self) -> list[str]:
-        return [f"{self.name}_avgpool_{i:04d}" for i in range(self.backbone.dim)]
+        return [f"{self.name}_avgpool_{i:04d}" for i in range(self.dim)]
 
     def build_options(self) -> dict[str, Any]:
         opts = {"input_size": self.input_size, "random_weights": self.random_weights, "precision": self.precision}
         if self.precision != "float32":  # bf16's output depends on its engine: rebuild it on the same one
             opts["engine"] = self.engine_choice
+        opts.update(self._view_options())
+        return opts
+
+    def _view_options(self) -> dict[str, Any]:
+        """``input_mode``, ``tta`` and ``layer`` where not the defaults (rgb, 1, the last block), which stay out
+        of configs and records."""
+        opts: dict[str, Any] = {}
+        if self.input_mode != "rgb":
+            opts["input_mode"] = self.input_mode
+        if self.tta != 1:
+            opts["tta"] = self.tta
+        if self.layer:
+            opts["layer"] = self.layer
         return opts
 
     def config(self) -> dict[str, Any]:
         weights = f"random:seed={RANDOM_SEED}" if self.random_weights else f"sha256:{self.weights_sha256}"
-        cfg = {"backbone": self.name, "input_size": self.input_size, "resize": RESIZE, "pooling": "avg",
+        cfg = {"backbone": self.backbone.name, "input_size": self.input_size, "resize": RESIZE, "pooling": "avg",
                "weights": weights}
         if self.precision != "float32":  # float32 stays out: the tables computed before bf16 existed keep their identity
             cfg["precision"] = self.precision
             if self.engine_choice != "tensorflow":  # TensorFlow's bf16 tables keep the identity they had
                 cfg["engine"] = self.engine_choice
+        if self.input_mode == "od":
+            cfg["input"] = f"od:h/{OD_MAX}"  # the scale is part of what the network sees
+        elif self.input_mode != "rgb":  # rgb and tta 1 stay out, like float32: older tables keep their identity
+            cfg["input"] = self.input_mode
+        if self.tta != 1:
+            cfg["tta"] = self.tta
+        if self.layer:
+            cfg["layer"] = self.layer
         return cfg
 
     def check_runtime(self) -> None:
@@ -221,6 +273,10 @@ class DeepExtractor(BatchExtractor):
                 raise BlastscanError(str(self.weights_path), f"cannot load as {b.name} weights "
                                                              f"({type(exc).__name__}: {exc})") from None
         model.trainable = False
+        if self.layer:  # cut after the tapped block: average-pool its output (one output, as every engine expects)
+            pooled = keras.layers.GlobalAveragePooling2D(name=f"{self.layer}_avgpool")(model.get_layer(self.layer).output)
+            model = keras.Model(model.input, pooled, name=f"{model.name}_{self.layer}")
+            model.trainable = False
         return model
 
     def _build(self) -> None:
@@ -241,12 +297,12 @@ class DeepExtractor(BatchExtractor):
             if self.engine_choice != "tensorflow":
                 from blastscan.features import onnx_engine as ox
 
-                path = None if self.random_weights else ox.cache_path(self.name, self.input_size,
+                path = None if self.random_weights else ox.cache_path(self._graph_name(), self.input_size,
                                                                       self.weights_sha256)
                 try:
                     self._run = ox.load_or_export(path, self._keras_model, self.input_size,
                                                   self.backbone.preprocess_mode, threads=self.threads,
-                                                  dim=self.backbone.dim, runner=self._runner_factory())
+                                                  dim=self.dim, runner=self._runner_factory())
                     self.engine_used = f"{self.engine_choice} {self._run.version}" + (
                         f" ({self.precision})" if self.precision != "float32" else "")
                     return
@@ -274,9 +330,14 @@ class DeepExtractor(BatchExtractor):
         if self.engine_choice == "tensorflow" or not self.backbone.preprocess_mode:
             raise ox.UnsupportedLayer(f"{self.name} in {self.precision} on TensorFlow" if self.backbone.preprocess_mode
                                       else f"{self.name} has no ONNX preprocessing mode")
-        path = None if self.random_weights else ox.cache_path(self.name, self.input_size, self.weights_sha256)
-        return ox.graph_bytes(path, self._keras_model, self.input_size, self.backbone.preprocess_mode,
-                              dim=self.backbone.dim)
+        path = None if self.random_weights else ox.cache_path(self._graph_name(), self.input_size,
+                                                              self.weights_sha256)
+        return ox.graph_bytes(path, self._keras_model, self.input_size, self.backbone.preprocess_mode, dim=self.dim)
+
+    def _graph_name(self) -> str:
+        """The cached graph's name: the backbone and the layer it is cut at, not the input mode or the views
+        (those are applied outside the graph, so variants share one graph)."""
+        return self.backbone.name + (f"-{self.layer}" if self.layer else "")
 
     def _build_tensorflow(self) -> None:
         model = self._keras_model()  # imports TensorFlow with its start-up chatter silenced
@@ -312,12 +373,26 @@ class DeepExtractor(BatchExtractor):
         return self._scale
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
-        """Embeddings (float32, ``(n, dim)``) of a batch of resized RGB uint8 images ``(n, size, size, 3)``.
+        """Embeddings (float32, ``(n, dim)``) of a batch of resized RGB uint8 images ``(n, size, size, 3)``:
+        one pass of the network as it is, whatever ``input_mode`` and ``tta`` (see :meth:`embed`).
 
         The backbone's ``preprocess_input`` is applied inside the engine's graph.
         """
         self._build()
         return np.asarray(self._run(_uint8_batch(batch)), dtype=np.float32)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """This extractor's embeddings of a batch of network inputs (:meth:`network_input` images): the mean
+        of the pooled embeddings of its ``tta`` symmetries (one :meth:`forward` each, so the batch size and
+        the memory per pass stay those of ``tta=1``), summed in float64."""
+        if self.tta == 1:
+            return self.forward(batch)
+        batch = _uint8_batch(batch)
+        total = None
+        for k in range(self.tta):
+            out = self.forward(dihedral(batch, k)).astype(np.float64)
+            total = out if total is None else total + out
+        return (total / self.tta).astype(np.float32)
 
     # -- preprocessing -------------------------------------------------------------------------------
     def resize(self, image) -> np.ndarray:
@@ -334,17 +409,23 @@ class DeepExtractor(BatchExtractor):
             image = image.resize((s, s), Image.Resampling.BILINEAR)
         return np.asarray(image)
 
+    def network_input(self, image) -> np.ndarray:
+        """The uint8 image ``(size, size, 3)`` the network is given for an RGB image: resized, then turned
+        into the ``input_mode`` (greyscale, haematoxylin density; rgb as is)."""
+        return to_input(self.resize(image), self.input_mode)
+
     def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """The float32 network input for RGB uint8 images: resized, then the backbone's ``preprocess_input``
-        (the step both engines run inside their graph; computed with TensorFlow, for inspection and tests)."""
-        return self._scale_fn()(np.stack([self.resize(im) for im in images])).numpy()
+        """The float32 network input for RGB uint8 images: :meth:`network_input`, then the backbone's
+        ``preprocess_input`` (the step both engines run inside their graph; computed with TensorFlow, for
+        inspection and tests)."""
+        return self._scale_fn()(np.stack([self.network_input(im) for im in images])).numpy()
 
     def _prepare_one(self, path: str):
-        """One resized uint8 image, or the reason it cannot be read (a str)."""
+        """One network input (resized uint8 image in the input mode), or the reason it cannot be read (a str)."""
         from blastscan.dataset.images import load_pil_image
 
         try:
-            return self.resize(load_pil_image(path))  # no full-size array copy
+            return self.network_input(load_pil_image(path))  # no full-size array copy
         except BlastscanError as exc:
             return exc.why or str(exc)
         except Exception as exc:  # one odd file must not end a long run; the reason names it
@@ -354,8 +435,8 @@ class DeepExtractor(BatchExtractor):
         """Yield one :class:`BatchResult` per batch of ``paths``, in order, covering every position.
 
         A low-priority thread reads, decodes and resizes the next batches while the current one runs
-        through the network (:mod:`blastscan.features.prefetch`). An image that cannot be read becomes a
-        failure with its reason.
+        through the network (:mod:`blastscan.features.prefetch`); with ``tta`` > 1 each batch goes through
+        it once per symmetry (:meth:`embed`). An image that cannot be read becomes a failure with its reason.
         """
         from blastscan.features.prefetch import Prefetcher
 
@@ -367,8 +448,8 @@ class DeepExtractor(BatchExtractor):
                 prepared = pf.take(b)
                 indices = [i for i, x in zip(items, prepared) if not isinstance(x, str)]
                 failures = {i: x for i, x in zip(items, prepared) if isinstance(x, str)}
-                feats = (self.forward(np.stack([x for x in prepared if not isinstance(x, str)])) if indices
-                         else np.zeros((0, self.backbone.dim), np.float32))
+                feats = (self.embed(np.stack([x for x in prepared if not isinstance(x, str)])) if indices
+                         else np.zeros((0, self.dim), np.float32))
                 yield BatchResult(indices, feats, failures)
 
 
@@ -394,6 +475,8 @@ register_backbone(Backbone(
     name="inception_v3", constructor="InceptionV3", preprocess_module="inception_v3", input_size=299,
     dim=2048, min_size=75, keras_file="inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
     keras_subdir="inception_v3", keras_md5="bcbd6486424b2319ff4ef7d526e38f63", preprocess_mode="tf",
+    taps=(("mixed0", 256), ("mixed1", 288), ("mixed2", 288), ("mixed3", 768), ("mixed4", 768), ("mixed5", 768),
+          ("mixed6", 768), ("mixed7", 768), ("mixed8", 1280), ("mixed9", 2048)),
 ))
 register_backbone(Backbone(
     name="vgg16", constructor="VGG16", preprocess_module="vgg16", input_size=224, dim=512, min_size=32,
