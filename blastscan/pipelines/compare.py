@@ -75,8 +75,14 @@ def _plan_configs(feature_sets: list[str], classifiers: list[str], votes: list[l
     feature set they need."""
     pairs = [(fs, c) for fs in feature_sets for c in classifiers]
     pairs += [m for v in votes for m in v if m not in pairs]
-    sets = list(dict.fromkeys([fs for fs, _ in pairs]))
-    return [ConfigSpec(f"{fs}/{c}", fs, c, dict(params.get(c, {})), tune=tune) for fs, c in pairs], sets
+    from blastscan.classifiers import classifier_inputs
+
+    # a family that reads another table (finetune: cached activations) names it; None: not for this set
+    inputs = {(fs, c): classifier_inputs(c, fs) for fs, c in pairs}
+    sets = list(dict.fromkeys([fs for fs, _ in pairs] + [s for s in inputs.values() if s]))
+    return [ConfigSpec(f"{fs}/{c}", fs, c, dict(params.get(c, {})), tune=tune,
+                       inputs="" if inputs[fs, c] in (fs, None) else inputs[fs, c]) for fs, c in pairs
+            if inputs[fs, c] is not None], sets
 
 
 #: Feature sets up to this width get a feature-screening table in the report (handcrafted families).
@@ -188,7 +194,7 @@ def compare(
     data = prepare_data(manifest_df, needed, classifiers, store, extractor_options, jobs, progress, dataset)
     splits = plan_splits(data, settings)
     screening = _screening(data)
-    configs = [c for c in configs if c.feature_set in data.Xs]
+    configs = [c for c in configs if c.feature_set in data.Xs and (c.inputs or c.feature_set) in data.Xs]
     by_name = {c.name: c for c in configs}
     vote_specs = [vote_spec([by_name[f"{fs}/{c}"] for fs, c in v], data) for v in votes
                   if all(f"{fs}/{c}" in by_name for fs, c in v)]

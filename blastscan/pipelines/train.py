@@ -136,6 +136,16 @@ def _fit_with_threshold(data: TrainingData, classifier, params: Mapping[str, Any
     return _Fitted(est, threshold, metrics, split, plan, notes, boot)
 
 
+def _inputs(classifier, feature_set: str) -> str:
+    """The feature set the model reads (``finetune`` on ``inception_v3``: the cached mixed8 activations)."""
+    from blastscan.classifiers import classifier_inputs
+
+    found = classifier_inputs(classifier, feature_set)
+    if found is None:
+        raise BlastscanError(f"classifier '{classifier}'", f"does not run on the '{feature_set}' features")
+    return found
+
+
 def train_bundle(
     manifest_df: pd.DataFrame,
     feature_set: str,
@@ -182,7 +192,7 @@ def train_bundle(
     rows, _ = labelled_rows(manifest_df)
     if len(rows) == 0:
         raise BlastscanError(dataset or "manifest", "no labelled images (labels all/hem) to train on")
-    fs = FeatureSet(feature_set, extractor_options or {})
+    fs = FeatureSet(_inputs(classifier, feature_set), extractor_options or {})
     fm = fs.read(rows, store, dataset_hint=dataset or "DATASET")
     if len(fm.rows) == 0:
         raise BlastscanError("--features", f"no labelled image has '{feature_set}' features")
@@ -300,7 +310,8 @@ def train(
     data = labelled(manifest.df)
     if len(data) == 0:
         raise BlastscanError(str(dataset), "no labelled images (labels all/hem) to train on")
-    summary = FeatureSet(feature_set, extractor_options or {}).ensure(data, store, jobs=jobs, progress=progress)
+    summary = FeatureSet(_inputs(classifier, feature_set), extractor_options or {}).ensure(data, store, jobs=jobs,
+                                                                                          progress=progress)
     echo(summary.format(max_failures=5))
     bundle = train_bundle(data, feature_set, classifier, store, params=clf_params,
                           extractor_options=extractor_options, settings=settings, dataset=str(dataset),
