@@ -173,6 +173,9 @@ class FinetuneClassifier(BinaryClassifier):
         from blastscan._tf import import_keras
 
         keras = import_keras()
+        import tensorflow as tf
+
+        tf.get_logger().setLevel("ERROR")  # a fresh network per fit retraces by design: no warning per fit
         seed = int(self.random_state)
         keras.backend.clear_session()  # many fits in one process must not pile up graphs
         keras.utils.set_random_seed(seed)

@@ -85,6 +85,15 @@ def _plan_configs(feature_sets: list[str], classifiers: list[str], votes: list[l
             if inputs[fs, c] is not None], sets
 
 
+def _not_applicable(feature_sets: list[str], classifiers: list[str]) -> list[dict]:
+    """Skipped entries for the pairs a family cannot run on (``finetune`` needs ``inception_v3``)."""
+    from blastscan.classifiers import classifier_inputs
+
+    return [{"name": f"{fs}/{c}", "feature_set": fs, "classifier": c,
+             "reason": f"{c} does not run on the '{fs}' features"}
+            for fs in feature_sets for c in classifiers if classifier_inputs(c, fs) is None]
+
+
 #: Feature sets up to this width get a feature-screening table in the report (handcrafted families).
 SCREEN_MAX_FEATURES = 400
 
@@ -185,6 +194,7 @@ def compare(
     votes = [] if tune else parse_ensembles(ensembles)
     feature_sets, classifiers, params = _check_names(feature_sets, classifiers, params, votes)
     configs, needed = _plan_configs(feature_sets, classifiers, votes, params, tune)
+    not_run = _not_applicable(feature_sets, classifiers)
     run_dir = Path(out_dir) if out_dir is not None else default_run_dir()
     jobs = resolve_jobs(jobs)
 
@@ -204,7 +214,7 @@ def compare(
 
     notes = ([leaky] if leaky else []) + [f"{p.path} {p.reason}" for p in mixed_subjects(manifest_df)]
     notes += data.notes + splits.notes
-    skipped = data.skipped + tables.skipped
+    skipped = data.skipped + tables.skipped + not_run
     run = run_record(manifest_df, data, splits, tables, settings, store=store, dataset=dataset,
                      extractor_options=extractor_options, classifiers=classifiers, notes=notes, skipped=skipped,
                      seconds={"grid": round(grid.wall_seconds, 1), "total": round(time.time() - t_start, 1)},
