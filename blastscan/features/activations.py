@@ -22,7 +22,7 @@ import numpy as np
 
 from blastscan.features.backbones import BACKBONES, Backbone
 from blastscan.features.base import register_extractor
-from blastscan.features.deep import RANDOM_SEED, RESIZE, DeepExtractor, _randomise
+from blastscan.features.deep import RANDOM_SEED, RESIZE, DeepExtractor
 
 __all__ = ["ActivationExtractor", "BLOCKS", "STORAGE", "activation_feature_set"]
 
@@ -75,22 +75,11 @@ class ActivationExtractor(DeepExtractor):
         return {**super().describe(), "storage": STORAGE, "shape": list(self.shape)}
 
     def _keras_model(self):
+        """The backbone as the frozen extractor builds it (weights, precision), cut after ``block``."""
         from blastscan._tf import import_keras
 
         keras = import_keras()
-        b, s = self.backbone, self.input_size
-        previous = keras.config.dtype_policy()
-        if self.precision == "bf16":
-            keras.config.set_dtype_policy("mixed_bfloat16")
-        try:
-            full = getattr(keras.applications, b.constructor)(weights=None, include_top=False,
-                                                              input_shape=(s, s, 3))
-        finally:
-            keras.config.set_dtype_policy(previous)
-        if self.random_weights:
-            _randomise(full, RANDOM_SEED)
-        else:
-            full.load_weights(str(self.weights_path))
+        full = super()._keras_model()
         model = keras.Model(full.input, full.get_layer(self.block).output)
         model.trainable = False
         return model

@@ -136,6 +136,10 @@ def _fit_with_threshold(data: TrainingData, classifier, params: Mapping[str, Any
     return _Fitted(est, threshold, metrics, split, plan, notes, boot)
 
 
+#: Feature tables wider than this (block activations) keep no reference cells for ``view`` in the bundle.
+WIDE_FEATURES = 20_000
+
+
 def _inputs(classifier, feature_set: str) -> str:
     """The feature set the model reads (``finetune`` on ``inception_v3``: the cached mixed8 activations)."""
     from blastscan.classifiers import classifier_inputs
@@ -216,8 +220,10 @@ def train_bundle(
     # what `blastscan view` shows beside a cell: training distributions, importances, reference cells
     from blastscan.pipelines.view_detail import training_reference
 
+    # block activations (finetune: 81,920 columns) keep no reference cells: 240 of them would weigh 78 MB
+    wide = data.X.shape[1] > WIDE_FEATURES
     bundle.extras["view"] = training_reference(fitted.model, data.X, fm.rows, list(fm.feature_names),
-                                               seed=settings.seed)
+                                               seed=settings.seed, **({"max_cells": 0} if wide else {}))
     return bundle
 
 
