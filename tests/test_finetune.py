@@ -51,7 +51,7 @@ def test_array_table_round_trips_in_float16_and_survives_compaction(tmp_path):
 # -- configuration: -c finetune on -f inception_v3 reads the activations --------------------------------
 def test_finetune_reads_the_cached_activations_and_is_opt_in():
     from blastscan.classifiers import classifier_inputs, default_classifiers
-    from blastscan.pipelines.compare import _plan_configs
+    from blastscan.pipelines.compare import _not_applicable, _plan_configs
 
     assert "finetune" not in default_classifiers()
     assert classifier_inputs("finetune", "inception_v3") == "inception_v3_mixed8"
@@ -62,6 +62,9 @@ def test_finetune_reads_the_cached_activations_and_is_opt_in():
     assert by["inception_v3/finetune"].inputs == "inception_v3_mixed8"
     assert by["inception_v3/svm_pca"].inputs == "" and "size/finetune" not in by
     assert set(sets) == {"inception_v3", "size", "inception_v3_mixed8"}
+    skipped = _not_applicable(["inception_v3", "size"], ["finetune", "svm_pca"])
+    assert [(s["name"], s["reason"]) for s in skipped] == [("size/finetune",
+                                                           "finetune does not run on the 'size' features")]
 
 
 def test_activation_extractor_identity_names_block_precision_and_storage():
