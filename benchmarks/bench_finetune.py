@@ -84,8 +84,8 @@ def main() -> int:
     d = result.run["data"]
     print(f"# {reduced}subject-disjoint {result.run['n_splits']}-fold CV, pooled out-of-fold: {d['n_images']} cells, "
           f"{d['n_subjects']} subjects ({d['n_subjects_all']} ALL, {d['n_subjects_hem']} HEM); threshold for ALL "
-          f"recall {result.run['threshold']['target_recall']:.2f} chosen on {args.inner_folds}-fold inner CV of each "
-          f"training part; 95% intervals from {result.run['n_boot']} subject bootstraps; finetune: up to "
+          f"recall {result.run['threshold']['target_recall']:.2f} chosen on inner out-of-fold predictions of each "
+          f"training part (--inner-folds {args.inner_folds}); 95% intervals from {result.run['n_boot']} subject bootstraps; finetune: up to "
           f"{args.epochs} epochs, patience {args.patience}; {secs:.0f} s; load {load0[0]:.1f} -> "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"{'configuration':<26} {'weighted F1 [95% CI]':<24} {'ROC-AUC [95% CI]':<24} {'spec.':>6} "
