@@ -33,7 +33,7 @@ import numpy as np
 from blastscan.classifiers.base import BinaryClassifier, Param, balanced_weights, inner_folds, register_classifier
 from blastscan.errors import BlastscanError
 
-__all__ = ["FinetuneClassifier", "OK_ENV", "INPUTS", "build_tail"]
+__all__ = ["FinetuneClassifier", "OK_ENV", "INPUTS", "build_tail", "share_weights_dir"]
 
 OK_ENV = "BLASTSCAN_FINETUNE_OK"
 #: Feature set named on the command line -> the table the fits read.
@@ -206,6 +206,18 @@ class FinetuneClassifier(BinaryClassifier):
         X = np.asarray(X, dtype=np.float32).reshape(-1, *self.shape_)
         p = net.predict(X, batch_size=max(1, int(self.batch_size)) * 2, verbose=0)
         return np.asarray(p, dtype=np.float64)[:, 0]
+
+
+def share_weights_dir(classifiers, extractor_options) -> None:
+    """When ``finetune`` is among ``classifiers``, let its fits (which may run in worker processes) find the
+    ImageNet weights given as ``--weights-dir``: they look where the extractors look by default,
+    ``$BLASTSCAN_WEIGHTS_DIR``, which this sets for the process and the workers it starts."""
+    from blastscan.features.backbones import WEIGHTS_ENV
+
+    weights_dir = (extractor_options or {}).get("weights_dir")
+    names = [classifiers] if isinstance(classifiers, str) else list(classifiers or [])
+    if weights_dir and "finetune" in names:
+        os.environ[WEIGHTS_ENV] = str(weights_dir)
 
 
 def _resolve_precision(precision: str) -> str:

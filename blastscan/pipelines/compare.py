@@ -195,6 +195,9 @@ def compare(
     feature_sets, classifiers, params = _check_names(feature_sets, classifiers, params, votes)
     configs, needed = _plan_configs(feature_sets, classifiers, votes, params, tune)
     not_run = _not_applicable(feature_sets, classifiers)
+    from blastscan.classifiers.finetune import share_weights_dir
+
+    share_weights_dir(classifiers + [c for v in votes for _, c in v], extractor_options)
     run_dir = Path(out_dir) if out_dir is not None else default_run_dir()
     jobs = resolve_jobs(jobs)
 

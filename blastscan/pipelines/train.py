@@ -197,6 +197,9 @@ def train_bundle(
     if len(rows) == 0:
         raise BlastscanError(dataset or "manifest", "no labelled images (labels all/hem) to train on")
     fs = FeatureSet(_inputs(classifier, feature_set), extractor_options or {})
+    from blastscan.classifiers.finetune import share_weights_dir
+
+    share_weights_dir(classifier if isinstance(classifier, str) else [], extractor_options)
     fm = fs.read(rows, store, dataset_hint=dataset or "DATASET")
     if len(fm.rows) == 0:
         raise BlastscanError("--features", f"no labelled image has '{feature_set}' features")
