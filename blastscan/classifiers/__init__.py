@@ -20,7 +20,7 @@ from typing import Any
 from blastscan.errors import BlastscanError
 
 __all__ = ["available_classifiers", "default_classifiers", "get_classifier", "fit_classifier",
-           "describe_classifier", "classifier_defaults", "classifier_libraries"]
+           "describe_classifier", "classifier_defaults", "classifier_libraries", "classifier_inputs"]
 
 
 def _registry() -> dict:
@@ -138,3 +138,16 @@ def describe_classifier(name: str) -> str:
     spec = _spec(name)
     defaults = ", ".join(f"{k}={v!r}" for k, v in spec.defaults.items())
     return f"{name}: {spec.summary} (defaults: {defaults})"
+
+
+def classifier_inputs(name, feature_set: str) -> str | None:
+    """The feature set whose table the fits of classifier ``name`` on ``feature_set`` read.
+
+    ``feature_set`` itself for every family except those declaring ``input_features`` (a mapping): ``finetune``
+    on ``inception_v3`` reads the cached ``inception_v3_mixed8_act`` activations. ``None`` when such a family
+    cannot run on ``feature_set``. A classifier given as an estimator or factory reads ``feature_set``.
+    """
+    if not isinstance(name, str):
+        return feature_set
+    mapping = getattr(_spec(name).factory, "input_features", None)
+    return feature_set if mapping is None else mapping.get(feature_set)

@@ -152,7 +152,7 @@ class DeepExtractor(BatchExtractor):
             raise BlastscanError("layer", f"{backbone.name} has no layer '{layer}' to pool; choose from: "
                                           f"{', '.join(taps) or 'none'}")
         self.layer = layer
-        self.dim = taps[layer] if layer else backbone.dim
+        self._dim = taps[layer] if layer else backbone.dim
         self.name = variant_name(backbone.name, self.input_mode, self.tta, self.layer)
         self.input_size = backbone.input_size if input_size is None else int(input_size)
         self.batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
@@ -197,6 +197,11 @@ class DeepExtractor(BatchExtractor):
     @property
     def feature_names(self) -> list[str]:
         return [f"{self.name}_avgpool_{i:04d}" for i in range(self.dim)]
+
+    @property
+    def dim(self) -> int:
+        """Width of one embedding: the pooled channels of the last block, or of ``layer``."""
+        return self._dim
 
     def build_options(self) -> dict[str, Any]:
         opts = {"input_size": self.input_size, "random_weights": self.random_weights, "precision": self.precision}

@@ -37,13 +37,18 @@ import pyarrow.parquet as pq
 from blastscan._io import TEMP_MARK, atomic_path, atomic_write_bytes, check_writable_dir, pid_alive
 from blastscan.errors import BlastscanError
 
-__all__ = ["CHECKSUM_KEY", "NONFINITE_REASON", "FeatureStore"]
+__all__ = ["CHECKSUM_KEY", "NONFINITE_REASON", "FeatureStore", "ARRAY_LAYOUT"]
 
 #: Parquet schema-metadata key holding the sha256 of a part's content (see :func:`content_sha256`).
 CHECKSUM_KEY = b"blastscan.content_sha256"
 NONFINITE_REASON = "non-finite feature values (NaN or inf); not stored"
 _REPAIR_HINT = ("run `blastscan extract --repair` (it deletes damaged parts; their rows are computed again) or "
                 "delete this file and run extract again")
+
+#: Table layout for very wide tables (block activations): ``sha256`` + ``values``, one fixed-size binary cell
+#: of float16 per row, declared by the extractor description's ``storage`` key. Other tables: one float32
+#: column per feature.
+ARRAY_LAYOUT = "float16-array"
 
 
 class FeatureStore:
@@ -197,8 +202,10 @@ class FeatureStore:
                 failures.update({s: NONFINITE_REASON for s, ok in zip(shas, finite) if not ok})
                 shas, features = [s for s, ok in zip(shas, finite) if ok], features[finite]
         if len(shas):
+            table = (_array_table(shas, features) if _layout(meta) == ARRAY_LAYOUT
+                     else _feature_table(shas, features, names))
             with atomic_path(d / f"part-{stamp}.parquet") as tmp:
-                _write_table(_feature_table(shas, features, names), tmp)
+                _write_table(table, tmp)
         if failures:
             fdf = pd.DataFrame({"sha256": list(failures), "reason": [str(v) for v in failures.values()]})
             with atomic_path(d / f"fail-{stamp}.parquet") as tmp:
@@ -300,8 +307,10 @@ class FeatureStore:
         meta = self.meta(identity)
         if meta is None:
             raise BlastscanError(str(self._dir(identity)), "no such feature table")
-        df = self._read_parts(identity, "part")
         names = meta["feature_names"]
+        if _layout(meta) == ARRAY_LAYOUT:
+            return self._read_array(identity, names, shas)
+        df = self._read_parts(identity, "part")
         if df is None:
             return pd.DataFrame(columns=names, dtype=np.float32).rename_axis("sha256")
         df = df.set_index("sha256")[names]
@@ -309,6 +318,30 @@ class FeatureStore:
             wanted = pd.Index(pd.unique(pd.Series(list(shas), dtype=object)))
             df = df.loc[wanted.intersection(df.index)]
         return df
+
+    def _read_array(self, identity: str, names: list[str], shas) -> pd.DataFrame:
+        """A ``float16-array`` table as a float16 DataFrame (one block: no per-column cost)."""
+        df = self._read_parts(identity, "part")
+        if df is None:
+            return pd.DataFrame(np.zeros((0, len(names)), np.float16), columns=names).rename_axis("sha256")
+        df = df.set_index("sha256")
+        if shas is not None:
+            wanted = pd.Index(pd.unique(pd.Series(list(shas), dtype=object)))
+            df = df.loc[wanted.intersection(df.index)]
+        mat = np.frombuffer(b"".join(df["values"].tolist()), dtype=np.float16).reshape(len(df), len(names))
+        return pd.DataFrame(mat, index=df.index, columns=names, copy=False)
+
+
+def _layout(meta: Mapping) -> str:
+    return str((meta.get("extractor") or {}).get("storage") or "columns")
+
+
+def _array_table(shas: Sequence[str], features: np.ndarray) -> pa.Table:
+    """``sha256`` then ``values``: each row's features as one fixed-size binary cell of float16."""
+    half = np.ascontiguousarray(features, dtype=np.float16)
+    width = half.shape[1] * 2
+    values = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(half), [None, pa.py_buffer(half.tobytes())])
+    return pa.Table.from_arrays([pa.array(list(shas), pa.string()), values], names=["sha256", "values"])
 
 
 def _feature_table(shas: Sequence[str], features: np.ndarray, names: Sequence[str]) -> pa.Table:

@@ -99,8 +99,23 @@ def _plan_configs(feature_sets: list[str], classifiers: list[str], votes: list[l
     feature set they need."""
     pairs = [(fs, c) for fs in feature_sets for c in classifiers]
     pairs += [m for v in votes for m in v if m not in pairs]
-    sets = list(dict.fromkeys([fs for fs, _ in pairs]))
-    return [ConfigSpec(f"{fs}/{c}", fs, c, dict(params.get(c, {})), tune=tune) for fs, c in pairs], sets
+    from blastscan.classifiers import classifier_inputs
+
+    # a family that reads another table (finetune: cached activations) names it; None: not for this set
+    inputs = {(fs, c): classifier_inputs(c, fs) for fs, c in pairs}
+    sets = list(dict.fromkeys([fs for fs, _ in pairs] + [s for s in inputs.values() if s]))
+    return [ConfigSpec(f"{fs}/{c}", fs, c, dict(params.get(c, {})), tune=tune,
+                       inputs="" if inputs[fs, c] in (fs, None) else inputs[fs, c]) for fs, c in pairs
+            if inputs[fs, c] is not None], sets
+
+
+def _not_applicable(feature_sets: list[str], classifiers: list[str]) -> list[dict]:
+    """Skipped entries for the pairs a family cannot run on (``finetune`` needs ``inception_v3``)."""
+    from blastscan.classifiers import classifier_inputs
+
+    return [{"name": f"{fs}/{c}", "feature_set": fs, "classifier": c,
+             "reason": f"{c} does not run on the '{fs}' features"}
+            for fs in feature_sets for c in classifiers if classifier_inputs(c, fs) is None]
 
 
 def collapse_equivalent(configs: list[ConfigSpec], widths: Mapping[str, int],
@@ -134,7 +149,7 @@ def collapse_equivalent(configs: list[ConfigSpec], widths: Mapping[str, int],
         notes.append(f"{c.name} is the same model as {twin.name} ({width} features <= {k} PCA components: the PCA "
                      f"only rotates them, which the RBF SVM does not see); run once, shown as {twin.name}")
     out = [ConfigSpec(c.name, c.feature_set, c.classifier, c.params, c.members, c.tune,
-                      tuple(c.aliases) + tuple(aliases.get(c.name, ()))) for c in configs if c.name not in drop]
+                      tuple(c.aliases) + tuple(aliases.get(c.name, ())), c.inputs) for c in configs if c.name not in drop]
     return out, notes
 
 
@@ -241,6 +256,10 @@ def compare(
     votes = [] if tune else parse_ensembles(ensembles)
     feature_sets, classifiers, params = _check_names(feature_sets, classifiers, params, votes)
     configs, needed = _plan_configs(feature_sets, classifiers, votes, params, tune)
+    not_run = _not_applicable(feature_sets, classifiers)
+    from blastscan.classifiers.finetune import share_weights_dir
+
+    share_weights_dir(classifiers + [c for v in votes for _, c in v], extractor_options)
     run_dir = Path(out_dir) if out_dir is not None else default_run_dir()
     jobs = resolve_jobs(jobs)
 
@@ -252,16 +271,16 @@ def compare(
         return _compare_locked(manifest_df, run_dir, settings, votes, feature_sets, classifiers, configs, needed,
                                store=store, dataset=dataset, extractor_options=extractor_options, jobs=jobs,
                                progress=progress, leaky=leaky, t_start=t_start, started=started,
-                               feature_set_notes=feature_set_notes)
+                               feature_set_notes=feature_set_notes, not_run=not_run)
 
 
 def _compare_locked(manifest_df, run_dir, settings, votes, feature_sets, classifiers, configs, needed, *, store,
                     dataset, extractor_options, jobs, progress, leaky, t_start, started,
-                    feature_set_notes: Sequence[str] = ()) -> CompareResult:
+                    feature_set_notes: Sequence[str] = (), not_run: Sequence[dict] = ()) -> CompareResult:
     data = prepare_data(manifest_df, needed, classifiers, store, extractor_options, jobs, progress, dataset)
     splits = plan_splits(data, settings)
     screening = _screening(data)
-    configs = [c for c in configs if c.feature_set in data.Xs]
+    configs = [c for c in configs if c.feature_set in data.Xs and (c.inputs or c.feature_set) in data.Xs]
     configs, same_notes = collapse_equivalent(configs, {fs: X.shape[1] for fs, X in data.Xs.items()}, len(data.y))
     by_name = {c.name: c for c in configs}
     alias_of = {a: c.name for c in configs for a in c.aliases}
@@ -275,7 +294,7 @@ def _compare_locked(manifest_df, run_dir, settings, votes, feature_sets, classif
 
     notes = ([leaky] if leaky else []) + [f"{p.path} {p.reason}" for p in mixed_subjects(manifest_df)]
     notes += data.notes + splits.notes + same_notes + list(feature_set_notes)
-    skipped = data.skipped + tables.skipped
+    skipped = data.skipped + tables.skipped + list(not_run)
     run = run_record(manifest_df, data, splits, tables, settings, store=store, dataset=dataset,
                      extractor_options=extractor_options, classifiers=classifiers, notes=notes, skipped=skipped,
                      seconds={"grid": round(grid.wall_seconds, 1), "total": round(time.time() - t_start, 1)},

@@ -34,6 +34,7 @@ class ConfigSpec:
     members: tuple = ()  # a vote's member configuration names
     tune: bool = False  # search the classifier's grid on grouped inner folds of each training part
     aliases: tuple = ()  # names of configurations that are the same model as this one (run once, shown once)
+    inputs: str = ""  # the feature set the fits read when not ``feature_set`` (finetune: cached activations)
 
     def spec(self):
         """What each fit builds: the classifier's name, or a :class:`~blastscan.evaluation.tuning.Tuned` one."""
@@ -196,7 +197,7 @@ def run_grid(data: CompareData, splits: SplitPlan, configs: list[ConfigSpec], jo
     from tqdm.auto import tqdm
 
     configs = [c for c in configs if not c.members]
-    tasks = [(c.name, c.spec(), c.fit_params(), data.Xs[c.feature_set], data.y, data.groups, t)
+    tasks = [(c.name, c.spec(), c.fit_params(), data.Xs[c.inputs or c.feature_set], data.y, data.groups, t)
              for c in configs for t in splits.tasks]
     preds: dict[str, dict[TaskKey, np.ndarray]] = {c.name: {} for c in configs}
     seconds = {name: 0.0 for name in preds}

@@ -183,6 +183,20 @@ def _fit_with_threshold(data: TrainingData, classifier, params: Mapping[str, Any
     return _Fitted(est, threshold, decision, estimate, k, plan, notes, boot)
 
 
+#: Feature tables wider than this (block activations) keep no reference cells for ``view`` in the bundle.
+WIDE_FEATURES = 20_000
+
+
+def _inputs(classifier, feature_set: str) -> str:
+    """The feature set the model reads (``finetune`` on ``inception_v3``: the cached mixed8 activations)."""
+    from blastscan.classifiers import classifier_inputs
+
+    found = classifier_inputs(classifier, feature_set)
+    if found is None:
+        raise BlastscanError(f"classifier '{classifier}'", f"does not run on the '{feature_set}' features")
+    return found
+
+
 def train_bundle(
     manifest_df: pd.DataFrame,
     feature_set: str,
@@ -232,7 +246,10 @@ def train_bundle(
     rows, _ = labelled_rows(manifest_df)
     if len(rows) == 0:
         raise BlastscanError(dataset or "manifest", "no labelled images (labels all/hem) to train on")
-    fs = FeatureSet(feature_set, extractor_options or {})
+    fs = FeatureSet(_inputs(classifier, feature_set), extractor_options or {})
+    from blastscan.classifiers.finetune import share_weights_dir
+
+    share_weights_dir(classifier if isinstance(classifier, str) else [], extractor_options)
     fm = fs.read(rows, store, dataset_hint=dataset or "DATASET")
     if len(fm.rows) == 0:
         raise BlastscanError("--features", f"no labelled image has '{feature_set}' features")
@@ -256,8 +273,10 @@ def train_bundle(
     # what `blastscan view` shows beside a cell: training distributions, importances, reference cells
     from blastscan.pipelines.view_detail import training_reference
 
+    # block activations (finetune: 81,920 columns) keep no reference cells: 240 of them would weigh 78 MB
+    wide = data.X.shape[1] > WIDE_FEATURES
     bundle.extras["view"] = training_reference(fitted.model, data.X, fm.rows, list(fm.feature_names),
-                                               seed=settings.seed)
+                                               seed=settings.seed, **({"max_cells": 0} if wide else {}))
     return bundle
 
 
@@ -379,7 +398,8 @@ def train(
     data = labelled(manifest.df)
     if len(data) == 0:
         raise BlastscanError(str(dataset), "no labelled images (labels all/hem) to train on")
-    summary = FeatureSet(feature_set, extractor_options or {}).ensure(data, store, jobs=jobs, progress=progress)
+    summary = FeatureSet(_inputs(classifier, feature_set), extractor_options or {}).ensure(data, store, jobs=jobs,
+                                                                                          progress=progress)
     echo(summary.format(max_failures=5))
     bundle = train_bundle(data, feature_set, classifier, store, params=clf_params,
                           extractor_options=extractor_options, settings=settings, dataset=str(dataset),
