@@ -224,10 +224,13 @@ def test_deep_batches_on_a_cluster_equal_local(manifest24, cluster, tmp_path):
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
-def test_local_cluster_workers_keep_glibcs_own_malloc_settings():
+def test_local_cluster_workers_keep_glibcs_own_malloc_settings(monkeypatch):
     # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers; with it handcrafted extraction took
     # 1.6-1.7x the CPU time per cell (the "half the local rate" of a Dask worker). local:N leaves it unset.
     pytest.importorskip("distributed")
+    # a Nanny writes its pre-spawn variables into its parent's os.environ too (distributed/nanny.py), so the
+    # plain LocalCluster of this module's fixture left it in the test process: start from a clean one
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     with parallel.session("local:1") as ex:
         seen = ex.client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
     assert list(seen.values()) == [None]

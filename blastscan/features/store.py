@@ -162,6 +162,8 @@ class FeatureStore:
         if prefix == "fail":
             return ["sha256", "reason"]
         meta = self.meta(identity)
+        if meta and _layout(meta) == ARRAY_LAYOUT:
+            return ["sha256", "values"]
         return ["sha256", *(meta["feature_names"] if meta else [])]
 
     def _read_parts(self, identity: str, prefix: str, columns=None) -> pd.DataFrame | None:
@@ -359,6 +361,8 @@ def content_sha256(table: pa.Table) -> str:
         h.update(name.encode() + b"\0" + str(col.type).encode() + b"\0")
         if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
             h.update("\0".join("\1" if v is None else v for v in col.to_pylist()).encode())
+        elif pa.types.is_binary(col.type) or pa.types.is_fixed_size_binary(col.type):  # float16-array rows
+            h.update(b"".join(b"" if v is None else v for v in col.to_pylist()))
         else:
             h.update(np.ascontiguousarray(col.to_numpy()).tobytes())
     return h.hexdigest()
