@@ -145,9 +145,10 @@ def classifier_inputs(name, feature_set: str) -> str | None:
 
     ``feature_set`` itself for every family except those declaring ``input_features`` (a mapping): ``finetune``
     on ``inception_v3`` reads the cached ``inception_v3_mixed8_act`` activations. ``None`` when such a family
-    cannot run on ``feature_set``. A classifier given as an estimator or factory reads ``feature_set``.
+    cannot run on ``feature_set``. A classifier given as an estimator, or by a name the caller's own factories
+    resolve (not registered here), reads ``feature_set``.
     """
-    if not isinstance(name, str):
+    if not isinstance(name, str) or name not in _registry():  # an estimator, or a family a caller supplies
         return feature_set
     mapping = getattr(_spec(name).factory, "input_features", None)
     return feature_set if mapping is None else mapping.get(feature_set)
