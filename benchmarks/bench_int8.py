@@ -23,7 +23,10 @@ run in interleaved rounds (medians printed, with every round):
 
 Printed: images/s, the ratio to ONNX Runtime float32 and to OpenVINO bf16, and the min/median cosine of
 each path's embeddings to ONNX Runtime float32 on those cells. The issue's bar for keeping int8: >= 1.3x
-bf16, cosine >= 0.99 to float32 and unchanged subject-disjoint accuracy (not measured here).
+bf16, cosine >= 0.99 to float32 and unchanged subject-disjoint accuracy: ``--accuracy BACKBONES --store COPY``
+embeds every ``--data`` cell in int8 and compares pooled out-of-fold ROC-AUC (logreg, svm_pca) with the
+store's float32 table on the same subject-disjoint folds, with a paired subject-bootstrap interval of the
+difference.
 """
 
 from __future__ import annotations
@@ -139,6 +142,57 @@ def bench(name: str, paths: list[str], calib: list[str], args) -> None:
         vs_bf = f"{med[k] / bf:9.2f}x" if bf else f"{'-':>10}"
         print(f"  {k:<22} {med[k]:9.1f} {med[k] / ref:9.2f}x {vs_bf} {cos.min():10.5f} "
               f"{np.median(cos):10.5f}   {' '.join(f'{r:.1f}' for r in rates[k])}")
+    if name in args.accuracy:
+        accuracy(name, ext, compile_ov(q_model, "f32", threads), args)
+
+
+def accuracy(name: str, ext, compiled, args) -> None:
+    """Subject-disjoint out-of-fold ROC-AUC of int8 embeddings of every ``--data`` cell against the float32
+    table of ``--store`` (a copy of the dev store), on the same folds (``subject_folds``, 5, seed 0)."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from blastscan.classifiers import fit_classifier, get_classifier
+    from blastscan.dataset import build_manifest, load_image
+    from blastscan.evaluation.splits import subject_folds
+    from blastscan.pipelines.extract import load_features
+
+    t0 = time.perf_counter()
+    df = build_manifest(str(args.data)).df
+    fm = load_features(df, name, args.store, extractor_options={"weights_dir": args.weights_dir,
+                                                                 "precision": "float32"})
+    req = compiled.create_infer_request()
+    paths, bs, q = list(fm.rows["path"]), ext.batch_size, []
+    for i in range(0, len(paths), bs):
+        b = np.stack([ext.resize(load_image(p)) for p in paths[i:i + bs]])
+        q.append(np.array(req.infer({0: b})[0], dtype=np.float32, copy=True))
+    Xq, Xf = np.vstack(q), fm.X
+    y = (fm.rows["label"].astype(str).str.lower() == "all").to_numpy().astype(int)
+    groups = fm.rows["subject"].astype(str).to_numpy()
+    cos = (Xq.astype(np.float64) * Xf).sum(1) / np.linalg.norm(Xq, axis=1) / np.linalg.norm(Xf, axis=1)
+    folds = subject_folds(groups, y, 5, 0)
+    print(f"  accuracy, {len(y)} dev cells of {len(set(groups))} subjects, 5 subject-disjoint folds (seed 0), "
+          f"pooled out-of-fold ROC-AUC; int8 cosine to the store's float32: min {cos.min():.5f} median "
+          f"{np.median(cos):.5f}")
+    subjects = np.unique(groups)
+    rows_of = {g: np.flatnonzero(groups == g) for g in subjects}
+    rng = np.random.default_rng(0)
+    draws = [np.concatenate([rows_of[g] for g in rng.choice(subjects, len(subjects))]) for _ in range(500)]
+    for clf in args.classifiers.split(","):
+        oof = {}
+        for label, X in (("float32", Xf), ("int8", Xq)):
+            oof[label] = np.zeros(len(y))
+            for tr, te in folds:
+                est = fit_classifier(get_classifier(clf, random_state=0), X[tr], y[tr], groups[tr])
+                oof[label][te] = est.predict_proba(X[te])[:, 1]
+        auc = {k: roc_auc_score(y, v) for k, v in oof.items()}
+        diffs = [roc_auc_score(y[d], oof["int8"][d]) - roc_auc_score(y[d], oof["float32"][d])
+                 for d in draws if 0 < y[d].sum() < len(d)]
+        lo, hi = np.percentile(diffs, [2.5, 97.5])
+        print(f"    {name}/{clf}: float32 {auc['float32']:.4f}, int8 {auc['int8']:.4f}; int8 - float32 "
+              f"{auc['int8'] - auc['float32']:+.4f}, 95% subject-bootstrap interval [{lo:+.4f}, {hi:+.4f}] "
+              f"(500 draws of the {len(subjects)} subjects, seed 0)")
+    print(f"  (accuracy check {time.perf_counter() - t0:.0f} s)")
 
 
 def main() -> None:
@@ -155,7 +209,12 @@ def main() -> None:
     p.add_argument("--full-bias-correction", action="store_true",
                    help="NNCF's full bias correction instead of the fast one (slower to quantise)")
     p.add_argument("--first-conv-float", action="store_true", help="leave the first convolution unquantised")
+    p.add_argument("--accuracy", default="", help="backbones to check for accuracy: int8 embeddings of every "
+                   "--data cell against the float32 table of --store (a copy of a store holding it)")
+    p.add_argument("--store", default=None)
+    p.add_argument("--classifiers", default="logreg,svm_pca")
     args = p.parse_args()
+    args.accuracy = [a for a in args.accuracy.split(",") if a]
     from bench_deep import cell_paths
 
     import nncf
