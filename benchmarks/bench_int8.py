@@ -4,9 +4,10 @@ precision on this CPU?
 Usage::
 
     .venv/bin/python benchmarks/bench_int8.py --weights-dir DIR [--data DIR] [--backbones inception_v3,vgg16]
-        [--cells 64] [--calib 64] [--rounds 3] [--batch-size 32]
+        [--cells 64] [--calib 64] [--rounds 3] [--batch-size 32] [--accuracy BACKBONES --store COPY]
 
-Needs ``nncf`` (``pip install nncf``; it does not pull PyTorch), which the package does not depend on.
+Needs ``nncf`` (the ``bench-int8`` extra: ``pip install "blastscan[bench-int8]"``; it does not pull PyTorch),
+which the package itself does not use.
 
 For each backbone, the project's own cached float32 ONNX graph (uint8 input, ``preprocess_input`` inside,
 ``DeepExtractor.onnx_graph()``) is quantised statically to int8 by NNCF (default preset, symmetric
