@@ -9,7 +9,7 @@ sha256 of the bundle file.
 A joblib file is a pickle: loading one can run arbitrary code. :func:`load_bundle` refuses a file whose
 sidecar is missing or whose hash does not match it, unless ``trust=True``. The check catches damaged or
 swapped files; it is not a signature (anyone can write a new sidecar), so load only bundles you trust.
-Bundles of format 1 (blastscan before the code layout of issue 12) are refused with a one-line message.
+Bundles of format 1 (blastscan before its current code layout) are refused with a one-line message.
 """
 
 from __future__ import annotations

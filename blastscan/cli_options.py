@@ -60,7 +60,7 @@ def per_image_split_option(f):
 
 
 def scheduler_option(f):
-    """``--scheduler`` (issue 17): where the parallel work runs; the command's call is wrapped in
+    """``--scheduler``: where the parallel work runs; the command's call is wrapped in
     ``blastscan.parallel.session(scheduler)``."""
     return click.option(
         "--scheduler", default=None, metavar="ADDRESS",

@@ -43,7 +43,7 @@ _watching: set[int] = set()
 def exit_with_parent(parent_pid: int | None) -> None:
     """In a worker process: exit as soon as ``parent_pid`` is gone. A kill -9 of the parent runs no
     clean-up, and loky's idle workers (and through them its resource tracker, which waits for every
-    holder of its pipe) would otherwise linger for minutes (issue 24)."""
+    holder of its pipe) would otherwise linger for minutes."""
     if parent_pid is None or parent_pid == os.getpid() or parent_pid in _watching:
         return
     _watching.add(parent_pid)
@@ -152,7 +152,7 @@ class DaskExecutor:
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
-        if self.scratch:  # Dask would leave an empty dask-scratch-space behind (issue 24)
+        if self.scratch:  # Dask would leave an empty dask-scratch-space behind
             import shutil
             import tempfile
 

@@ -98,7 +98,7 @@ def _featurise_chunk(extractor, paths: list[str], shas: list[str], parent_pid: i
 def _per_image_results(extractor, todo: pd.DataFrame, jobs: int) -> Iterator[tuple[list, np.ndarray, dict]]:
     paths, shas = todo["path"].tolist(), todo["sha256"].tolist()
     chunks = [(paths[i:i + TASK_IMAGES], shas[i:i + TASK_IMAGES]) for i in range(0, len(paths), TASK_IMAGES)]
-    # issue 17: in this process, a local process pool or a Dask cluster (blastscan.parallel decides)
+    # in this process, a local process pool or a Dask cluster (blastscan.parallel decides)
     ex = executor(jobs)
     yield from ex.map_unordered(_featurise_chunk, [(extractor, p, s, _parent(ex)) for p, s in chunks])
 
@@ -161,7 +161,7 @@ def _shared_results(extractors, todos: list[pd.DataFrame], jobs: int):
     yield from ex.map_unordered(_featurise_shared_chunk, [(extractors, *c, _parent(ex)) for c in chunks])
 
 
-# -- batch extractors on a cluster: one model per worker, built once, tasks of a few batches (issue 17) --
+# -- batch extractors on a cluster: one model per worker, built once, tasks of a few batches --
 _WORKER_EXTRACTORS: dict[tuple, Extractor] = {}
 
 
@@ -226,7 +226,7 @@ def _task_images(n_images: int, batch_size: int, workers: int) -> int:
 def _batch_results(extractor, todo: pd.DataFrame, jobs: int = 1) -> Iterator[tuple[list, np.ndarray, dict]]:
     shas = todo["sha256"].tolist()
     ex = executor(jobs)
-    if ex.remote:  # issue 17: batches go to the cluster's workers; results come back here
+    if ex.remote:  # batches go to the cluster's workers; results come back here
         paths, n = todo["path"].tolist(), _task_images(len(todo), getattr(extractor, "batch_size", TASK_IMAGES),
                                                        ex.workers)
         yield from ex.map_unordered(featurise_batch, [(extractor, paths[i:i + n], shas[i:i + n])

@@ -16,7 +16,7 @@ The graph is cached in the user cache folder (``$XDG_CACHE_HOME/blastscan/onnx``
 :data:`EXPORTER_VERSION`; it is written to a temporary file and renamed, with a record beside it
 (``<graph>.json``: its sha256, name, input size, embedding width, preprocessing). On every load the file
 must match that record and give finite embeddings of the right shape on a probe batch; otherwise (bytes
-flipped, another network under the name, no record) it is rebuilt from the weights (issue 24). Any
+flipped, another network under the name, no record) it is rebuilt from the weights. Any
 engine that runs the cached graph gets these checks through :func:`load_or_export` (``runner``).
 Unwritable cache means no cache.
 
@@ -344,7 +344,7 @@ def load_or_export(path: Path | None, build_keras, input_size: int, preprocess: 
                 why = f"does not load ({type(exc).__name__})"
             if why is None:
                 return run
-        if why != "has no checksum record":  # graphs cached before issue 24 are rebuilt without a word
+        if why != "has no checksum record":  # graphs cached before graphs carried a record are rebuilt without a word
             print(f"blastscan: the cached graph {path} {why}; building it again from the weights", file=sys.stderr)
     blob = export_keras(build_keras(), input_size, preprocess)
     run = make(blob, threads)

@@ -3,7 +3,7 @@
 On a machine whose cores the forward pass already fills, a preparation thread at normal priority
 competes with the forward's own threads: each time it preempts one, the others wait for it at the
 next barrier, so the forward loses more than the preparation costs (``extract`` ran at 81% of the bare
-forward with two such threads, issue 16). Here the preparation thread runs at the lowest priority
+forward with two such threads). Here the preparation thread runs at the lowest priority
 (nice 19): it gets the cycles the forward leaves idle, and it cannot delay the forward. What it has not
 started when the forward wants the batch, the consumer prepares itself, at normal priority, so a
 starved thread (a machine busy with other jobs) costs no more than preparing in line.

@@ -10,7 +10,7 @@ Every part is written to a temporary name, fsynced, renamed into place and its f
 reader never sees half a file, an interrupted run keeps every chunk it finished and a power cut leaves
 no empty part. Each part carries the sha256 of its content in its Parquet metadata
 (:data:`CHECKSUM_KEY`), checked (with its columns and finite values) the first time a process reads it:
-a damaged part is one error naming it, never rows read back wrong (issue 24). Parts written before
+a damaged part is one error naming it, never rows read back wrong. Parts written before
 checksums existed are still read; their columns and values are checked. Rows with NaN or inf values are
 never written: they are recorded as failures with that reason. Parts have unique names, so concurrent writers
 never touch the same file; :meth:`FeatureStore.compact` merges parts under a file lock. Rows are

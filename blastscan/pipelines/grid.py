@@ -184,7 +184,7 @@ def _task(name: str, spec, params, X, y, groups, task: FitTask, seed: int, one_t
 
 
 def _run_tasks(tasks, jobs: int, seed: int):
-    # issue 17: in this process, a local loky pool or a Dask cluster (blastscan.parallel decides). Models
+    # in this process, a local loky pool or a Dask cluster (blastscan.parallel decides). Models
     # in a pool or on a cluster use one thread each: workers x many threads would oversubscribe.
     ex = executor(jobs)
     one_thread = ex.is_parallel(len(tasks))

@@ -1,7 +1,7 @@
 """The run folder of a comparison: its ``run.json`` record (config, versions, data hashes, folds) and the
 files written beside it (metrics, predictions, per-subject table, manifest, report).
 
-The folder is written whole or not at all (issue 24): its files go into a temporary folder beside it
+The folder is written whole or not at all: its files go into a temporary folder beside it
 (``.<name>.<pid>.tmp``, holding an ``INCOMPLETE`` marker until the end), which is renamed into place when
 complete. A rerun into an existing run folder **replaces it whole** (no file of the old run stays beside
 the new ``run.json``); a folder that is not a run folder and not empty is refused, never replaced. A lock

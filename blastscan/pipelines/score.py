@@ -368,7 +368,7 @@ def score(
     manifest_df, failed = input_manifest(inputs, progress=progress, store=store)
     if "subject" not in manifest_df:
         manifest_df = manifest_df.assign(subject="")
-    # issue 17: enough tasks per chunk for every worker of the pool or cluster
+    # enough tasks per chunk for every worker of the pool or cluster
     chunk = chunk_images or max(CHUNK_IMAGES, 2 * executor(resolve_jobs(jobs)).workers * TASK_IMAGES)
     counts = _Counts()
     _write_predictions(out, bundle, built, manifest_df, failed, counts, store=store, chunk=chunk, jobs=jobs,

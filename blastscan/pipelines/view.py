@@ -8,7 +8,7 @@ deleted once scored; that folder (and the default feature store inside it) is re
 stops, and folders of a killed server (``blastscan-view-<pid>-*`` whose pid is gone) at the next start.
 :func:`training_reference` computes, at training time, what the page shows beside a cell.
 
-Access (issue 24): the server makes a random token and prints the page's URL with it (as Jupyter does).
+Access: the server makes a random token and prints the page's URL with it (as Jupyter does).
 ``GET /?token=T`` serves the page, whose script reads the token from its URL and sends it as the
 ``X-Blastscan-Token`` header on every API call; requests without it get 403. The page's two static assets (``app.js``, ``style.css``: files shipped with the
 package, no data) are served without it. Server-side batch paths are read only under the folders given

@@ -1,4 +1,4 @@
-"""What `blastscan view` refuses before any work (issue 24): batch paths outside the ``--allow`` folders,
+"""What `blastscan view` refuses before any work: batch paths outside the ``--allow`` folders,
 devices and pipes, images over the pixel budget; a refused request's status; and a server that stays
 quiet when a client hangs up. The token itself is checked by the request handler in ``view.py``."""
 
