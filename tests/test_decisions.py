@@ -45,6 +45,14 @@ def test_ranking_puts_roc_auc_before_a_lucky_threshold():
     assert list(rank_configs(m)["config"]) == ["x/svm", "size/logreg", "size/svm_pca", "y/svm"]
 
 
+def test_ranking_uses_the_within_fold_roc_auc_where_a_run_has_it():
+    # pooling five models' scores can lift a pooled ROC-AUC (0.88 here) that no single model earns in its fold
+    m = pd.DataFrame([{**_row("pooled/lucky", 0.88, 0.80), "roc_auc_within_folds": 0.70},
+                      {**_row("steady/one", 0.82, 0.80), "roc_auc_within_folds": 0.79},
+                      {**_row("holdout/only", 0.75, 0.90), "roc_auc_within_folds": np.nan}])  # falls back to pooled
+    assert list(rank_configs(m)["config"]) == ["steady/one", "holdout/only", "pooled/lucky"]
+
+
 def _spec(fs, clf, **params):
     return ConfigSpec(f"{fs}/{clf}", fs, clf, params)
 
@@ -215,3 +223,26 @@ def test_export_resolves_a_collapsed_configuration_to_its_twin():
     assert _resolve_config(run, "size/svm_pca") == ({"name": "size/svm"}, "size/svm")
     with pytest.raises(BlastscanError, match="not in this run"):
         _resolve_config(run, "size/xgboost")
+
+
+def test_within_fold_roc_auc_ignores_each_folds_scale_and_pooling_does_not():
+    """A per-fold monotone rescaling (what each fold's calibration map does) leaves every fold's ranking, and
+    so the within-fold ROC-AUC, as it was, while the pooled ROC-AUC moves."""
+    from sklearn.metrics import roc_auc_score
+
+    from blastscan.evaluation.metrics import within_fold_roc_auc
+
+    rng = np.random.default_rng(0)
+    fold = np.repeat(np.arange(4), 50)
+    y = rng.integers(0, 2, len(fold))
+    p = 1 / (1 + np.exp(-(1.5 * y - 0.75 + rng.normal(0, 1, len(fold)))))
+    shifted = np.clip(p * np.array([0.2, 0.5, 1.0, 0.9])[fold] + np.array([0.0, 0.4, 0.0, 0.1])[fold], 0, 1)
+    assert within_fold_roc_auc(y, shifted, fold) == pytest.approx(within_fold_roc_auc(y, p, fold), abs=1e-12)
+    assert abs(roc_auc_score(y, shifted) - roc_auc_score(y, p)) > 0.01
+    expected = np.mean([roc_auc_score(y[fold == k], p[fold == k]) for k in range(4)])
+    assert within_fold_roc_auc(y, p, fold) == pytest.approx(expected)
+    one_class = fold.copy()
+    y2 = y.copy()
+    y2[fold == 0] = 1  # a fold of one class has no ROC-AUC and is left out
+    assert within_fold_roc_auc(y2, p, one_class) == pytest.approx(
+        np.mean([roc_auc_score(y2[fold == k], p[fold == k]) for k in range(1, 4)]))

@@ -13,7 +13,8 @@ import pandas as pd
 
 from blastscan.evaluation.splits import as_labels
 
-__all__ = ["METRIC_NAMES", "CI_METRICS", "safe_div", "compute_metrics", "bootstrap_ci", "per_subject_accuracy"]
+__all__ = ["METRIC_NAMES", "CI_METRICS", "safe_div", "compute_metrics", "bootstrap_ci", "per_subject_accuracy",
+           "within_fold_roc_auc"]
 
 METRIC_NAMES = ("weighted_f1", "f1_all", "f1_hem", "recall_all", "specificity", "balanced_accuracy",
                 "roc_auc", "pr_auc")
@@ -209,3 +210,24 @@ def per_subject_accuracy(subjects, groups, y_true, p_all, threshold) -> pd.DataF
     out["accuracy"] = out["n_correct"] / out["n_cells"]
     out = out.reset_index()[["subject", "group", "label", "n_cells", "n_correct", "accuracy", "mean_p_all"]]
     return out.sort_values(["accuracy", "subject"], kind="stable").reset_index(drop=True)
+
+
+def within_fold_roc_auc(y_true, p_all, fold) -> float:
+    """Mean over the outer folds of the ROC-AUC within each fold's held-out cells.
+
+    Pooled out-of-fold ROC-AUC compares scores of different models (one per fold) on one scale, so a
+    per-fold rescaling of P(ALL), such as each fold's calibration map, moves it although no fold ranks its
+    cells differently. This figure does not move: it only ever compares cells scored by the same model.
+    Folds whose held-out cells are of one class are left out; NaN when none is left.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y_true).astype(int)
+    p = np.asarray(p_all, dtype=float)
+    fold = np.asarray(fold)
+    aucs = []
+    for k in np.unique(fold):
+        m = (fold == k) & ~np.isnan(p)
+        if 0 < y[m].sum() < m.sum():
+            aucs.append(roc_auc_score(y[m], p[m]))
+    return float(np.mean(aucs)) if aucs else float("nan")

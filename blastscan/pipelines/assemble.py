@@ -15,6 +15,7 @@ from blastscan.pipelines.grid import CompareData, ConfigSpec, GridRun, SplitPlan
 from blastscan.evaluation.patient import patient_metrics, within_subject
 from blastscan.evaluation.thresholds import choose_threshold
 from blastscan.evaluation.calibration import brier_score
+from blastscan.evaluation.metrics import within_fold_roc_auc
 from blastscan.evaluation.decision import SPREAD_BOUND, operating_targets, spread_note, threshold_spread
 from blastscan.pipelines.results import (LEAKY, LEAKY_NOTE, OFFICIAL, OPERATING, SUBJECT_FOLD, SUBJECT_POOLED,
                                          WITHIN_SUBJECT, rank_configs)
@@ -63,7 +64,7 @@ def _metric_columns(df: pd.DataFrame) -> list[str]:
     first = ["config", "feature_set", "classifier", "split", "fold", "threshold_rule", "headline", "threshold",
              "n", "n_all", "n_hem", "n_subjects", "n_groups", *METRIC_NAMES, "tn", "fp", "fn", "tp",
              "subject_roc_auc", "subject_call_accuracy", "n_subject_all", "n_subject_hem", "target_recall",
-             "roc_auc_raw", "brier", "brier_raw", "threshold_spread", "same_as"]
+             "roc_auc_raw", "roc_auc_within_folds", "brier", "brier_raw", "threshold_spread", "same_as"]
     ci = [f"{m}_ci_{s}" for m in (*CI_METRICS, "subject_roc_auc", "subject_call_accuracy") for s in ("low", "high")]
     cols = [c for c in first + ci if c in df.columns]
     if "note" in df.columns:
@@ -110,6 +111,7 @@ class _Config:
             if rule == s.threshold_rule:
                 row["same_as"] = ", ".join(self.aliases)
                 row["roc_auc_raw"] = compute_metrics(d.y, cv.p_raw, thr)["roc_auc"]  # before each fold's map
+                row["roc_auc_within_folds"] = within_fold_roc_auc(d.y, cv.p_all, cv.fold)  # scale-free
                 row["brier"] = brier_score(d.y, cv.p_all)
                 row["brier_raw"] = brier_score(d.y, cv.p_raw)
                 unstable = spread_note(cv.fold_thresholds[rule])
