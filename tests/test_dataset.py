@@ -557,6 +557,7 @@ def test_problem_str():
 
 
 # -- real data ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_real_cnmc_subset_matches_its_manifest(cnmc_root):
     ref = pd.read_csv(cnmc_root / "manifest.csv", dtype=str)
     m = build_manifest(cnmc_root / "C-NMC_Leukemia", jobs=2)

@@ -246,6 +246,7 @@ def test_extract_pipeline_stores_then_reuses(tmp_path):
 
 
 # -- real ImageNet weights on real cells -----------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["inception_v3", "vgg16"])
 def test_real_weights_tell_cells_apart_random_weights_do_not(name, weights_dir, real_cell_paths):
     real = mean_pairwise_cosine(embed(built(name, weights_dir=weights_dir, input_size=160), real_cell_paths))
@@ -301,6 +302,7 @@ def test_extractor_pickles_settings_not_its_network():
         ext.forward(np.zeros((1, 48, 48, 3), np.float32))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["auto", "tensorflow"])
 def test_tensorflow_start_up_chatter_does_not_reach_the_terminal(tmp_path, engine):
     # TensorFlow's C++ runtime writes oneDNN/absl lines to fd 2 on import and first use; on a command
@@ -362,6 +364,7 @@ def test_cli_bf16_on_a_cpu_without_it_is_one_line_error(tmp_path, monkeypatch):
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").glob("handcrafted*"))  # checked first
 
 
+@pytest.mark.slow
 def test_bf16_embeddings_match_float32_on_real_cells(weights_dir, real_cell_paths, monkeypatch):
     monkeypatch.setenv(deep.BF16_EMULATED_ENV, "1")  # runs on any CPU (slower where emulated)
     # at the backbone's own input size (299): the setting the 0.999 promise is made for

@@ -300,6 +300,7 @@ def test_families_on_real_cells(real_images):
     assert np.array_equal(shared, np.concatenate([e.compute(real_images[0]) for e in exts]))
 
 
+@pytest.mark.slow
 def test_features_separate_classes_across_subjects(cnmc_root):
     """Logistic regression on ~200 cells, subject-disjoint folds: clearly above chance."""
     import pandas as pd

@@ -70,6 +70,7 @@ def _extract(manifest, store, **kw):
     return extract(manifest, ["handcrafted"], store, progress=False, **kw).runs[0]
 
 
+@pytest.mark.slow
 def test_extract_and_compare_on_a_cluster_equal_local(manifest24, cluster, tmp_path, monkeypatch):
     from blastscan.evaluation import EvalSettings
     from blastscan.features import compute

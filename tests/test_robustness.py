@@ -96,6 +96,7 @@ def _pixel_shas(images: Path) -> dict[str, str]:
     return {hashlib.sha256(load_image(p).tobytes()).hexdigest(): s for p, s in zip(df["path"], df["sha256"])}
 
 
+@pytest.mark.slow
 def test_kill_9_mid_extraction_keeps_all_but_the_last_seconds(tmp_path):
     from blastscan.features.compute import FLUSH_SECONDS
 
@@ -271,6 +272,7 @@ def _csv_without_subjects(tmp_path: Path, sample_dir: Path, n: int = 12) -> Path
     return tmp_path / "list.csv"
 
 
+@pytest.mark.slow
 def test_images_without_subjects_are_refused_or_labelled_leaky(tmp_path, sample_dir):
     import json
 
