@@ -11,6 +11,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -212,10 +213,15 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temp(folder: str | os.PathLike, prefix: str) -> int:
+#: A temporary name of :func:`atomic_path`: ``.<target>.<pid>.<random chars>[<suffix>].tmp``.
+_ATOMIC_TEMP = re.compile(r"^\..+\.(\d+)\.[A-Za-z0-9_]+(?:\.[^.]+)?" + re.escape(TEMP_MARK) + "$")
+
+
+def remove_stale_temp(folder: str | os.PathLike, prefix: str | None = None) -> int:
     """Remove what a crashed writer left in ``folder``: entries named ``<prefix><pid>.<...>`` whose ``pid``
-    no longer runs (temp files of :func:`atomic_path`, temp folders named so). Returns how many were
-    removed; errors are ignored (cleaning is best effort, never a reason to fail)."""
+    no longer runs (temp files of :func:`atomic_path`, temp folders named so); with ``prefix`` None, every
+    temp file of :func:`atomic_path` there, whatever its target. Returns how many were removed; errors are
+    ignored (cleaning is best effort, never a reason to fail)."""
     import shutil
 
     n = 0
@@ -224,9 +230,15 @@ def remove_stale_temp(folder: str | os.PathLike, prefix: str) -> int:
     except OSError:
         return 0
     for e in entries:
-        if not e.name.startswith(prefix):
+        if prefix is None:
+            m = _ATOMIC_TEMP.match(e.name)
+            if m is None:
+                continue
+            pid = m.group(1)
+        elif e.name.startswith(prefix):
+            pid = e.name[len(prefix):].split(".", 1)[0].split("-", 1)[0]
+        else:
             continue
-        pid = e.name[len(prefix):].split(".", 1)[0].split("-", 1)[0]
         if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
             continue
         with contextlib.suppress(OSError):

@@ -34,7 +34,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from blastscan._io import TEMP_MARK, atomic_path, atomic_write_bytes, check_writable_dir, pid_alive
+from blastscan._io import atomic_path, atomic_write_bytes, check_writable_dir, remove_stale_temp
 from blastscan.errors import BlastscanError
 
 __all__ = ["CHECKSUM_KEY", "NONFINITE_REASON", "FeatureStore", "ARRAY_LAYOUT"]
@@ -98,7 +98,7 @@ class FeatureStore:
         identity = description["identity"]
         meta = {"feature_names": list(feature_names), "extractor": dict(description), "created": time.time()}
         existing = self.meta(identity)
-        remove_dead_temp_files(self._dir(identity))  # a killed writer's half parts (best effort)
+        remove_stale_temp(self._dir(identity))  # a killed writer's half parts (best effort)
         if existing is not None:
             if existing["feature_names"] != list(feature_names):
                 raise BlastscanError(
@@ -389,26 +389,6 @@ def _check_part(path: Path, table: pa.Table, expected: list[str]) -> None:
             if not np.isfinite(values).all():
                 raise BlastscanError(str(path), f"feature-store part holds NaN or inf values (column {name!r}); "
                                                 f"{_REPAIR_HINT}")
-
-
-def remove_dead_temp_files(folder: Path) -> int:
-    """Remove ``.*.<pid>.<random>.tmp`` files (:func:`blastscan._io.atomic_path`) whose writer no longer
-    runs: what a killed writer left. Returns how many; errors are ignored."""
-    n = 0
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return 0
-    for e in entries:
-        fields = e.name.split(".")
-        if not (e.name.startswith(".") and e.name.endswith(TEMP_MARK) and len(fields) >= 4):
-            continue
-        pid = fields[-3]
-        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-            with contextlib.suppress(OSError):
-                os.unlink(e.path)
-                n += 1
-    return n
 
 
 def _write_table(table: pa.Table, path) -> None:
