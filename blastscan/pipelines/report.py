@@ -43,7 +43,8 @@ def _how_to_read(result: CompareResult) -> list[str]:
         f"and a few subjects contribute most cells: the 95% intervals (bootstrap over subjects) are wide, and "
         f"differences between configurations that lie inside each other's intervals are not evidence that one "
         f"is better.",
-        "Pooled out-of-fold metrics are the headline; per-fold numbers vary with which subjects a fold holds.",
+        "Configurations are ranked by the mean ROC-AUC within the outer folds (each fold's held-out cells scored by one "
+        "model); the other metrics are pooled out-of-fold; per-fold numbers vary with which subjects a fold holds.",
         "Weighted F1 is the C-NMC 2019 challenge metric; ALL (leukemic blast) is the positive class, so "
         "ALL recall is the sensitivity and specificity is the fraction of normal (HEM) cells called normal.",
         "blastscan is a research tool, not a medical device: these numbers describe cell classification on "
