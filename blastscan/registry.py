@@ -1,0 +1,93 @@
+"""One small registry helper for everything found by name: extractors, handcrafted families, backbone
+engines and classifiers (as timm's model registry: a decorator registers, a duplicate name is a bug, and
+the entries of one package folder are found by importing its modules once, so adding one is one module)."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Callable, Generic, Iterator, TypeVar
+
+from blastscan.errors import BlastscanError
+
+__all__ = ["Registry"]
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Names mapped to entries of one kind.
+
+    Parameters
+    ----------
+    kind : str
+        What an entry is, for messages (``"classifier"``, ``"feature set"``).
+    package : str, optional
+        The one package whose modules register entries when imported (``"blastscan.classifiers"``).
+        They are imported on the first lookup, not when the registry is made. Modules whose name
+        starts with ``_`` are skipped.
+
+    Examples
+    --------
+    >>> engines = Registry("engine")
+    >>> @engines.register("fast")
+    ... def run_fast(x):
+    ...     return x
+    >>> engines.get("fast") is run_fast
+    True
+    """
+
+    def __init__(self, kind: str, package: str | None = None):
+        self.kind = kind
+        self.package = package
+        self._entries: dict[str, T] = {}
+        self._discovered = package is None
+
+    def register(self, name: str, entry: T | None = None) -> Callable[[T], T] | T:
+        """Register ``entry`` as ``name``; without ``entry``, a decorator that registers what it decorates
+        and returns it unchanged. A name registered twice raises ``ValueError`` (two modules claiming one
+        name is a bug, never something to settle silently)."""
+
+        def add(obj: T) -> T:
+            if name in self._entries and self._entries[name] is not obj:
+                raise ValueError(f"{self.kind} '{name}' is registered twice")
+            self._entries[name] = obj
+            return obj
+
+        return add if entry is None else add(entry)
+
+    def discover(self) -> None:
+        """Import every module of :attr:`package` once, so their registrations have run."""
+        if self._discovered:
+            return
+        self._discovered = True  # before importing: a module may look names up while it registers
+        pkg = importlib.import_module(self.package)
+        for info in pkgutil.iter_modules(pkg.__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{self.package}.{info.name}")
+
+    def get(self, name: str) -> T:
+        """The entry registered as ``name``; an unknown name raises :class:`BlastscanError` listing the known."""
+        self.discover()
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise BlastscanError(f"{self.kind} '{name}'", f"unknown; choose from: {', '.join(self.names())}") from None
+
+    def names(self) -> list[str]:
+        """The registered names, sorted."""
+        self.discover()
+        return sorted(self._entries)
+
+    def items(self) -> Iterator[tuple[str, T]]:
+        """``(name, entry)`` pairs in name order."""
+        self.discover()
+        return iter(sorted(self._entries.items()))
+
+    def __contains__(self, name: object) -> bool:
+        self.discover()
+        return name in self._entries
+
+    def __len__(self) -> int:
+        self.discover()
+        return len(self._entries)

@@ -1,0 +1,59 @@
+"""The one registry helper: decorator registration, duplicates refused, unknown names listed, one
+package's modules discovered on the first lookup (and its private modules skipped)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from blastscan.errors import BlastscanError
+from blastscan.registry import Registry
+
+
+def test_decorator_returns_the_object_and_get_finds_it():
+    reg = Registry("engine")
+
+    @reg.register("fast")
+    def fast():
+        return 1
+
+    assert fast() == 1 and reg.get("fast") is fast
+    assert "fast" in reg and "slow" not in reg and len(reg) == 1
+
+
+def test_a_name_registered_twice_is_an_error_but_the_same_object_again_is_not():
+    reg = Registry("engine")
+    reg.register("a", int)
+    reg.register("a", int)
+    with pytest.raises(ValueError, match="engine 'a' is registered twice"):
+        reg.register("a", float)
+    assert reg.get("a") is int
+
+
+def test_unknown_name_is_one_line_listing_the_known():
+    reg = Registry("classifier")
+    reg.register("svm", 1)
+    reg.register("logreg", 2)
+    with pytest.raises(BlastscanError, match=r"classifier 'smv'.*unknown; choose from: logreg, svm"):
+        reg.get("smv")
+    assert reg.names() == ["logreg", "svm"] and list(reg.items()) == [("logreg", 2), ("svm", 1)]
+
+
+def test_discovery_imports_the_packages_public_modules_once(tmp_path, monkeypatch):
+    pkg = tmp_path / "regpkg_demo"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from blastscan.registry import Registry\nREG = Registry('thing', 'regpkg_demo')\n")
+    (pkg / "one.py").write_text("from regpkg_demo import REG\nREG.register('one', 1)\n")
+    (pkg / "two.py").write_text("from regpkg_demo import REG\nREG.register('two', 2)\n")
+    (pkg / "_private.py").write_text("from regpkg_demo import REG\nREG.register('hidden', 3)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import regpkg_demo
+
+    try:
+        assert "regpkg_demo.one" not in sys.modules  # nothing imported before the first lookup
+        assert regpkg_demo.REG.names() == ["one", "two"]
+        assert regpkg_demo.REG.get("two") == 2
+    finally:
+        for mod in [m for m in sys.modules if m.startswith("regpkg_demo")]:
+            del sys.modules[mod]
