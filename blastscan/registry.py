@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Callable, Generic, Iterator, Sequence, TypeVar
 
 from blastscan.errors import BlastscanError
 
@@ -26,6 +26,9 @@ class Registry(Generic[T]):
         The one package whose modules register entries when imported (``"blastscan.classifiers"``).
         They are imported on the first lookup, not when the registry is made. Modules whose name
         starts with ``_`` are skipped.
+    modules : sequence of str, optional
+        Modules imported on the first lookup too: kinds of entries that each live in one module outside
+        ``package`` (the deep backbones beside the folder of handcrafted families).
 
     Examples
     --------
@@ -37,11 +40,12 @@ class Registry(Generic[T]):
     True
     """
 
-    def __init__(self, kind: str, package: str | None = None):
+    def __init__(self, kind: str, package: str | None = None, modules: Sequence[str] = ()):
         self.kind = kind
         self.package = package
+        self.modules = tuple(modules)
         self._entries: dict[str, T] = {}
-        self._discovered = package is None
+        self._discovered = package is None and not self.modules
 
     def register(self, name: str, entry: T | None = None) -> Callable[[T], T] | T:
         """Register ``entry`` as ``name``; without ``entry``, a decorator that registers what it decorates
@@ -56,15 +60,22 @@ class Registry(Generic[T]):
 
         return add if entry is None else add(entry)
 
+    def remove(self, name: str) -> None:
+        """Forget ``name`` (nothing happens when it is not registered): for entries that a test registers."""
+        self._entries.pop(name, None)
+
     def discover(self) -> None:
-        """Import every module of :attr:`package` once, so their registrations have run."""
+        """Import every module of :attr:`package`, then :attr:`modules`, once, so their registrations have run."""
         if self._discovered:
             return
         self._discovered = True  # before importing: a module may look names up while it registers
-        pkg = importlib.import_module(self.package)
-        for info in pkgutil.iter_modules(pkg.__path__):
-            if not info.name.startswith("_"):
-                importlib.import_module(f"{self.package}.{info.name}")
+        found = []
+        if self.package is not None:
+            pkg = importlib.import_module(self.package)
+            found = [f"{self.package}.{info.name}" for info in pkgutil.iter_modules(pkg.__path__)
+                     if not info.name.startswith("_")]
+        for module in [*found, *self.modules]:
+            importlib.import_module(module)
 
     def get(self, name: str) -> T:
         """The entry registered as ``name``; an unknown name raises :class:`BlastscanError` listing the known."""

@@ -188,7 +188,7 @@ class FakeDeep(BatchExtractor):
 
 @pytest.fixture
 def fake_deep(monkeypatch, tmp_path):
-    monkeypatch.setitem(base._REGISTRY, "fake_deep", FakeDeep)
+    base.EXTRACTORS.register("fake_deep", FakeDeep)
     clear_extractor_cache()
     dirs = {}
     for name, content in (("train", b"\x02weights"), ("copy", b"\x02weights"), ("other", b"\x03weights")):
@@ -196,6 +196,7 @@ def fake_deep(monkeypatch, tmp_path):
         dirs[name].mkdir()
         (dirs[name] / "fake.weights.h5").write_bytes(content)
     yield dirs
+    base.EXTRACTORS.remove("fake_deep")
     clear_extractor_cache()
 
 

@@ -64,10 +64,16 @@ def _make_fake_extractors(log_dir: Path, fail_on_mean: float | None = None, inte
                 feats = np.array([[i, self.size, 1.0] for i in idx], np.float32)
                 yield BatchResult(indices=idx, features=feats, failures={})
 
-    base._REGISTRY["fake_px"] = FakePixel
-    base._REGISTRY["fake_batch"] = FakeBatch
+    _register("fake_px", FakePixel)
+    _register("fake_batch", FakeBatch)
     clear_extractor_cache()
     return FakePixel, FakeBatch
+
+
+def _register(name: str, factory) -> None:
+    """Register a test's extractor, replacing one that an earlier call of the same test registered."""
+    base.EXTRACTORS.remove(name)
+    base.EXTRACTORS.register(name, factory)
 
 
 def _manifest(tmp_path: Path, values: list[int], dup_of_first: bool = False) -> pd.DataFrame:
@@ -91,8 +97,8 @@ def _calls(tmp_path: Path) -> int:
 @pytest.fixture(autouse=True)
 def _clean_registry():
     yield
-    base._REGISTRY.pop("fake_px", None)
-    base._REGISTRY.pop("fake_batch", None)
+    base.EXTRACTORS.remove("fake_px")
+    base.EXTRACTORS.remove("fake_batch")
     clear_extractor_cache()
 
 
@@ -148,7 +154,7 @@ def test_interrupted_run_keeps_finished_rows_and_resumes(tmp_path, monkeypatch):
     man = _manifest(tmp_path, list(range(10, 110, 10)))
     with pytest.raises(KeyboardInterrupt):
         ex.extract(man, ["fake_px"], tmp_path / "store", jobs=1, progress=False)
-    ident = base._REGISTRY["fake_px"]().identity
+    ident = base.EXTRACTORS.get("fake_px")().identity
     kept = FeatureStore(tmp_path / "store").known_shas(ident)
     assert len(kept) == 4  # two finished tasks of two images each; the one in flight is lost
     _make_fake_extractors(tmp_path)
@@ -235,8 +241,8 @@ def _shared_context_extractors(log_dir: Path, fail_second_on_mean: float | None 
                 raise BlastscanError("features", "no nucleoli")
             return np.array([2 * ctx, -ctx], np.float32)
 
-    base._REGISTRY["fake_ctx_a"] = CtxA
-    base._REGISTRY["fake_ctx_b"] = CtxB
+    _register("fake_ctx_a", CtxA)
+    _register("fake_ctx_b", CtxB)
     clear_extractor_cache()
 
 
@@ -257,8 +263,8 @@ def test_families_sharing_a_context_build_it_once_per_image(tmp_path, jobs):
         ex.extract(man, ["fake_ctx_a", "fake_ctx_b"], tmp_path / "store", jobs=jobs, progress=False)
         assert _calls(tmp_path) == len(man)
     finally:
-        base._REGISTRY.pop("fake_ctx_a", None)
-        base._REGISTRY.pop("fake_ctx_b", None)
+        base.EXTRACTORS.remove("fake_ctx_a")
+        base.EXTRACTORS.remove("fake_ctx_b")
 
 
 def test_a_cell_that_fails_is_one_line_whatever_the_number_of_families():

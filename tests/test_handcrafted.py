@@ -10,10 +10,13 @@ import pytest
 from scipy import ndimage as ndi
 
 from blastscan.errors import BlastscanError
-from blastscan.features import chromatin, color, color_absolute, segmentation, shape, texture
+from blastscan.features import segmentation
 from blastscan.features.base import get_extractor, parse_feature_set
-from blastscan.features.handcrafted import UNION, HandcraftedExtractor, feature_dictionary
+from blastscan.features.families import chromatin, color, color_absolute, shape, texture
+from blastscan.features.handcrafted import HandcraftedExtractor, feature_dictionary, union
 from blastscan.features.segmentation import build_context, mask_quality, segment
+
+UNION = union()  # the families of the "handcrafted" feature set
 
 
 def _canvas(mask: np.ndarray, inside=(200, 60, 150), nucleus=None, nucleus_rgb=(60, 20, 120)) -> np.ndarray:
@@ -337,7 +340,8 @@ def test_features_separate_classes_across_subjects(cnmc_root):
 
 
 def test_size_reuses_the_shape_measurements_of_the_same_cell(monkeypatch):
-    from blastscan.features import segmentation, shape, size
+    from blastscan.features import segmentation
+    from blastscan.features.families import shape, size
 
     img = np.zeros((120, 120, 3), np.uint8)
     yy, xx = np.mgrid[:120, :120]
@@ -352,3 +356,23 @@ def test_size_reuses_the_shape_measurements_of_the_same_cell(monkeypatch):
     got_shape, got_size = shape.compute(ctx), size.compute(ctx)
     assert len(calls) == 1  # one measurement serves both families
     assert got_size["size_cell_log_area"] == pytest.approx(np.log1p(got_shape["shape_cell_area"]))
+
+
+def test_family_identities_follow_the_rule_stored_tables_were_keyed_by():
+    """Each family's store identity is ``FAMILY@VERSION-`` plus 10 hex of the sha256 of its module's settings
+    beside the segmentation's, as before the families were classes: existing feature stores keep working."""
+    import hashlib
+    import importlib
+    import json
+
+    from blastscan.features.handcrafted import families
+
+    assert union() == ["shape", "color", "texture", "chromatin"]  # the handcrafted columns stored models record
+    for fam in families():
+        mod = importlib.import_module(f"blastscan.features.families.{fam}")
+        cfg = {"segmentation": segmentation.config(), mod.FAMILY: mod.config()}
+        digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:10]
+        ext = get_extractor(fam)
+        assert ext.identity == f"{mod.FAMILY}@{mod.VERSION}-{digest}"
+        assert ext.feature_names == mod.FEATURE_NAMES
+        assert type(pickle.loads(pickle.dumps(ext))).__module__ == mod.__name__  # workers import it by its path

@@ -93,7 +93,7 @@ def test_extract_writes_the_feature_table(few_cells, tmp_path, suffix):
                    "--out", out)
     assert r.returncode == 0, r.stderr
     t = pd.read_csv(out) if suffix == ".csv" else pd.read_parquet(out)
-    from blastscan.features import chromatin, shape
+    from blastscan.features.families import chromatin, shape
 
     assert list(t.columns[:6]) == ["path", "sha256", "subject", "label", "split", "status"]
     assert list(t.columns[6:]) == shape.FEATURE_NAMES + chromatin.FEATURE_NAMES

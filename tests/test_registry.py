@@ -57,3 +57,27 @@ def test_discovery_imports_the_packages_public_modules_once(tmp_path, monkeypatc
     finally:
         for mod in [m for m in sys.modules if m.startswith("regpkg_demo")]:
             del sys.modules[mod]
+
+
+def test_named_modules_are_imported_with_the_package_and_remove_forgets_a_name(tmp_path, monkeypatch):
+    pkg = tmp_path / "regpkg_kinds"
+    pkg.mkdir()
+    (tmp_path / "regpkg_reg.py").write_text("from blastscan.registry import Registry\n"
+                                             "REG = Registry('thing', 'regpkg_kinds', modules=['regpkg_extra'])\n")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "one.py").write_text("from regpkg_reg import REG\nREG.register('one', 1)\n")
+    (tmp_path / "regpkg_extra.py").write_text("from regpkg_reg import REG\nREG.register('extra', 2)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import regpkg_reg
+
+    try:
+        assert "regpkg_extra" not in sys.modules
+        assert regpkg_reg.REG.names() == ["extra", "one"]
+        regpkg_reg.REG.remove("extra")
+        regpkg_reg.REG.remove("never_there")
+        assert regpkg_reg.REG.names() == ["one"]
+        regpkg_reg.REG.register("extra", 3)  # a removed name can be registered again, with another entry
+        assert regpkg_reg.REG.get("extra") == 3
+    finally:
+        for mod in [m for m in sys.modules if m.startswith("regpkg_")]:
+            del sys.modules[mod]

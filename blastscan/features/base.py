@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from blastscan.errors import BlastscanError
+from blastscan.registry import Registry
 
 __all__ = [
     "Extractor",
@@ -29,6 +30,8 @@ __all__ = [
     "BatchExtractor",
     "BatchResult",
     "FeatureInfo",
+    "EXTRACTORS",
+    "UNIONS",
     "register_extractor",
     "get_extractor",
     "available_extractors",
@@ -138,29 +141,39 @@ class BatchExtractor(Extractor):
         raise NotImplementedError
 
 
-_REGISTRY: dict[str, Callable[..., Extractor]] = {}
+#: Extractor factories by name. The first lookup imports the one folder of handcrafted families and the
+#: modules that define the other kinds (each registers its own: a backbone is one ``register_backbone`` call
+#: in ``deep``); nothing else under ``features/`` is imported. Deep backbones register without importing
+#: TensorFlow (it loads when an embedding is first computed).
+EXTRACTORS: Registry[Callable[..., Extractor]] = Registry(
+    "feature set", "blastscan.features.families",
+    modules=("blastscan.features.handcrafted", "blastscan.features.deep", "blastscan.features.activations"))
 #: Named unions: a feature-set name that stands for several extractors (``handcrafted`` = its families),
-#: expanded by :func:`parse_feature_set`, so each member keeps its own store table and version.
-_UNIONS: dict[str, tuple[str, ...]] = {}
+#: expanded by :func:`parse_feature_set`, so each member keeps its own store table and version. An entry
+#: gives the member names when called (they may be derived from what is registered).
+UNIONS: Registry[Callable[[], Sequence[str]]] = Registry("feature-set union")
 
 
 def register_extractor(name: str):
-    """Decorator: register a factory (class or function) that builds the extractor ``name``.
+    """Decorator: register a factory (class or function) that builds the extractor ``name`` (a name
+    registered twice raises ``ValueError``).
 
     The factory is called with the keyword options given to :func:`get_extractor`; it must accept
     and ignore options it does not use (``**_``), so one option set serves a whole feature set.
     """
-
-    def deco(factory):
-        _REGISTRY[name] = factory
-        return factory
-
-    return deco
+    return EXTRACTORS.register(name)
 
 
-def register_union(name: str, members: Sequence[str]) -> None:
-    """Register ``name`` as the feature set ``"+".join(members)`` (members are extractor names)."""
-    _UNIONS[name] = tuple(members)
+def register_union(name: str, members: Sequence[str] | Callable[[], Sequence[str]]) -> None:
+    """Register ``name`` as the feature set ``"+".join(members)`` (members are extractor names, or a function
+    that gives them when the name is expanded)."""
+    UNIONS.register(name, members if callable(members) else (lambda: tuple(members)))
+
+
+def _union_members(name: str) -> tuple[str, ...] | None:
+    """The members of the union ``name``, or None when ``name`` is not a union."""
+    EXTRACTORS.discover()  # the unions are registered by the modules that define their members
+    return tuple(UNIONS.get(name)()) if name in UNIONS else None
 
 
 #: Parameterised names (``inception_v3_grey_tta8``): functions that read a name into ``(canonical name,
@@ -183,8 +196,7 @@ def register_variants(parse: Callable[[str], "tuple[str, str, dict] | None"], hi
 def resolve_name(name: str) -> tuple[str, str, dict[str, Any]]:
     """``(canonical name, registered name, options)`` of an extractor name; a name no variant parser claims
     is returned as is (``(name, name, {})``), known or not."""
-    _load_builtin_extractors()
-    if name in _REGISTRY or name in _UNIONS:
+    if name in EXTRACTORS or _union_members(name) is not None:
         return name, name, {}
     for parse in _VARIANTS:
         got = parse(name)
@@ -193,43 +205,17 @@ def resolve_name(name: str) -> tuple[str, str, dict[str, Any]]:
     return name, name, {}
 
 
-_DISCOVERED = False
-
-
-def _load_builtin_extractors() -> None:
-    """Import every module of ``blastscan.features`` once: their ``@register_extractor`` decorators fill
-    the registry (as pyradiomics discovers its feature classes), so adding an extractor is one new module.
-    Deep backbones register without importing TensorFlow (it loads when an embedding is first computed)."""
-    global _DISCOVERED
-    if _DISCOVERED:
-        return
-    import importlib
-    import pkgutil
-
-    import blastscan.features as package
-
-    for info in pkgutil.iter_modules(package.__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{package.__name__}.{info.name}")
-    _DISCOVERED = True
-
-
 def available_extractors() -> list[str]:
     """Names of all registered extractors and named unions."""
-    _load_builtin_extractors()
-    return sorted({*_REGISTRY, *_UNIONS})
+    EXTRACTORS.discover()
+    return sorted({*EXTRACTORS.names(), *UNIONS.names()})
 
 
 def get_extractor(name: str, **options: Any) -> Extractor:
     """Build the extractor registered as ``name`` with ``options`` (e.g. ``weights_dir``); a variant name
     (``inception_v3_grey``) builds its registered extractor with the options the name carries."""
     _, registered, name_options = resolve_name(name)
-    try:
-        factory = _REGISTRY[registered]
-    except KeyError:
-        known = ", ".join(sorted(_REGISTRY))
-        raise BlastscanError(f"feature set '{name}'", f"unknown; choose from: {known}") from None
-    return factory(**{**options, **name_options})
+    return EXTRACTORS.get(registered)(**{**options, **name_options})
 
 
 def parse_feature_set(spec: str) -> list[str]:
@@ -238,9 +224,9 @@ def parse_feature_set(spec: str) -> list[str]:
     if not parts:
         raise BlastscanError(f"feature set '{spec}'", "is empty")
     known = available_extractors()
-    names = [resolve_name(m)[0] for p in parts for m in _UNIONS.get(p, (p,))]  # variants: canonical names
+    names = [resolve_name(m)[0] for p in parts for m in (_union_members(p) or (p,))]  # variants: canonical names
     for n in names:
-        if n not in known and resolve_name(n)[1] not in _REGISTRY:
+        if n not in known and resolve_name(n)[1] not in EXTRACTORS:
             raise BlastscanError(f"feature set '{spec}'", f"unknown part '{n}'; choose from: {', '.join(known)}"
                                                           + "".join(f"; {h}" for h in _VARIANT_HINTS))
     if len(set(names)) != len(names):

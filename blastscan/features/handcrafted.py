@@ -1,35 +1,45 @@
 """The handcrafted families as feature sets: ``shape``, ``color``, ``texture``, ``chromatin`` (the union
 ``handcrafted``), plus ``color_absolute``, ``quality`` and ``size`` outside the union.
 
-Each family is one module with ``FAMILY``, ``VERSION``, ``FEATURES``, ``FEATURE_NAMES``, ``config()`` and
-``compute(ctx) -> {name: value}``, listed in :data:`FAMILIES`; each is its own extractor, so its own
-store table and version: changing one family does not drop the others' cached tables. All share one
-segmentation per image: their extractors declare the context ``"cell"``, and the extract pipeline
-builds :func:`blastscan.features.segmentation.build_context` once per image for all of them.
+Each family is one module of :mod:`blastscan.features.families` with ``FAMILY``, ``VERSION``, ``FEATURES``,
+``FEATURE_NAMES``, ``config()`` and ``compute(ctx) -> {name: value}``, and one :class:`FamilyExtractor`
+subclass registered with :func:`register_family` (which says where it sits in the dictionary and whether it
+is in the union): adding a family is one new module there. Each is its own extractor, so its own store table
+and version: changing one family does not drop the others' cached tables. All share one segmentation per
+image: their extractors declare the context ``"cell"``, and the extract pipeline builds
+:func:`blastscan.features.segmentation.build_context` once per image for all of them.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import numpy as np
 
 from blastscan.errors import BlastscanError
 from blastscan.features import segmentation
-from blastscan.features.base import FeatureInfo, PerImageExtractor, register_extractor, register_union
+from blastscan.features.base import (FeatureInfo, PerImageExtractor, get_extractor, register_extractor,
+                                     register_union)
+from blastscan.registry import Registry
 
-__all__ = ["FamilyExtractor", "HandcraftedExtractor", "FAMILIES", "UNION", "feature_dictionary", "families",
-           "family_extractor"]
+__all__ = ["FamilyExtractor", "HandcraftedExtractor", "FAMILIES", "UNION_NAME", "feature_dictionary", "families",
+           "family_extractor", "register_family", "union"]
 
-#: Family module names (under ``blastscan.features``), in dictionary order.
-FAMILIES = ("shape", "color", "texture", "chromatin", "color_absolute", "quality", "size")
-#: The members of the ``handcrafted`` feature set: the families that describe the cell, not its stain.
-UNION = ("shape", "color", "texture", "chromatin")
+#: The family classes by name, found by importing the modules of :mod:`blastscan.features.families`.
+FAMILIES: Registry[type["FamilyExtractor"]] = Registry("handcrafted family", "blastscan.features.families")
+#: The feature set that stands for the families that describe the cell, not its stain.
+UNION_NAME = "handcrafted"
 
 
-def _module(family: str):
-    return importlib.import_module(f"blastscan.features.{family}")
+def families() -> list[str]:
+    """Names of the handcrafted families, in dictionary order (their ``order``)."""
+    return [name for name, _ in sorted(FAMILIES.items(), key=lambda item: item[1].order)]
+
+
+def union() -> list[str]:
+    """The members of the ``handcrafted`` feature set (the families with ``in_union``), in dictionary order:
+    the column order stored models record."""
+    return [name for name in families() if FAMILIES.get(name).in_union]
 
 
 def feature_dictionary(family: str | None = None) -> list[FeatureInfo]:
@@ -41,23 +51,21 @@ def feature_dictionary(family: str | None = None) -> list[FeatureInfo]:
         Keep only this family (one of :func:`families`, or ``"handcrafted"`` for the union).
     """
     if family is None:
-        chosen = FAMILIES
-    elif family == "handcrafted":
-        chosen = UNION
+        chosen = families()
+    elif family == UNION_NAME:
+        chosen = union()
     elif family in FAMILIES:
-        chosen = (family,)
+        chosen = [family]
     else:
-        raise BlastscanError("--family", f"unknown family '{family}'; choose from: handcrafted, {', '.join(FAMILIES)}")
-    return [info for fam in chosen for info in _module(fam).FEATURES]
-
-
-def families() -> list[str]:
-    """Names of the handcrafted families, in dictionary order."""
-    return list(FAMILIES)
+        raise BlastscanError("--family", f"unknown family '{family}'; choose from: handcrafted, "
+                                         f"{', '.join(families())}")
+    return [info for fam in chosen for info in FAMILIES.get(fam).features]
 
 
 class FamilyExtractor(PerImageExtractor):
-    """One handcrafted family of one segmented cell (subclasses set ``family``).
+    """One handcrafted family of one segmented cell. A subclass (one per module of
+    :mod:`blastscan.features.families`, registered with :func:`register_family`) sets ``name``, ``version``,
+    ``features``, ``order`` and ``in_union``, and implements :meth:`measure` and :meth:`family_config`.
 
     Options meant for other extractors (``weights_dir``, ``input_size``...) are accepted and ignored, so
     one option set serves a whole feature set. Its identity holds the family's version and the
@@ -71,26 +79,32 @@ class FamilyExtractor(PerImageExtractor):
     True
     """
 
-    family: str = ""
+    #: The family's features (name, definition, unit, region), in column order.
+    features: list[FeatureInfo] = []
+    #: Position in the feature dictionary and in the union's columns (stored models record their column
+    #: order: never renumber a family; a new one takes a free number).
+    order: int = 0
+    #: Whether the family is a member of the ``handcrafted`` feature set.
+    in_union: bool = False
     context = "cell"
 
     def __init__(self, **_: Any):
         pass
 
     @property
-    def name(self) -> str:  # type: ignore[override]
-        return self.family
-
-    @property
-    def version(self) -> str:  # type: ignore[override]
-        return _module(self.family).VERSION
-
-    @property
     def feature_names(self) -> list[str]:
-        return list(_module(self.family).FEATURE_NAMES)
+        return [f.name for f in self.features]
+
+    def measure(self, ctx: segmentation.CellContext) -> dict[str, float]:  # pragma: no cover - overridden
+        """The family's values of one segmented cell, by feature name."""
+        raise NotImplementedError
+
+    def family_config(self) -> dict[str, Any]:  # pragma: no cover - overridden
+        """The family's settings that change its output."""
+        raise NotImplementedError
 
     def config(self) -> dict[str, Any]:
-        return {"segmentation": segmentation.config(), self.family: _module(self.family).config()}
+        return {"segmentation": segmentation.config(), self.name: self.family_config()}
 
     def make_context(self, image: np.ndarray) -> segmentation.CellContext:
         return segmentation.build_context(np.asarray(image))
@@ -103,7 +117,7 @@ class FamilyExtractor(PerImageExtractor):
         BlastscanError
             When a feature is not finite (the reason names it).
         """
-        got = _module(self.family).compute(ctx)
+        got = self.measure(ctx)
         names = self.feature_names
         vec = np.asarray([got[n] for n in names], dtype=np.float32)
         bad = ~np.isfinite(vec)
@@ -124,33 +138,30 @@ class FamilyExtractor(PerImageExtractor):
         return self.compute_context(self.make_context(image))
 
 
-def _family_class(family: str) -> type[FamilyExtractor]:
-    cls = type(f"{family.title().replace('_', '')}Extractor", (FamilyExtractor,),
-               {"family": family, "__module__": __name__, "__doc__": f"The ``{family}`` family (see its module)."})
-    globals()[cls.__name__] = cls  # importable by name: joblib workers unpickle it
+def register_family(cls: type[FamilyExtractor]) -> type[FamilyExtractor]:
+    """Class decorator: register a family as a family and as the extractor of its ``name``."""
+    FAMILIES.register(cls.name, cls)
+    register_extractor(cls.name)(cls)
     return cls
 
 
-for _fam in FAMILIES:
-    register_extractor(_fam)(_family_class(_fam))
-register_union("handcrafted", UNION)
+register_union(UNION_NAME, union)
 
 
 def family_extractor(family: str, **options: Any) -> FamilyExtractor:
     """The extractor of one family (same as ``get_extractor(family)``)."""
-    from blastscan.features.base import get_extractor
-
     return get_extractor(family, **options)  # type: ignore[return-value]
 
 
 class HandcraftedExtractor:
-    """All families of :data:`UNION` of one image at once, one segmentation (for notebooks and benchmarks).
+    """The families of :func:`union` (or ``families``) of one image at once, one segmentation (for notebooks
+    and benchmarks).
 
     Not an extractor of the store: ``handcrafted`` in a feature set stands for its families' tables.
     """
 
-    def __init__(self, families=UNION, **_: Any):
-        self.extractors = [family_extractor(f) for f in families]
+    def __init__(self, families=None, **_: Any):
+        self.extractors = [family_extractor(f) for f in (union() if families is None else families)]
 
     @property
     def feature_names(self) -> list[str]:

@@ -22,9 +22,10 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from blastscan.features.base import FeatureInfo
+from blastscan.features.handcrafted import FamilyExtractor, register_family
 from blastscan.features.segmentation import CellContext
 
-__all__ = ["FAMILY", "VERSION", "FEATURES", "FEATURE_NAMES", "compute", "config", "granularity",
+__all__ = ["ChromatinExtractor", "FAMILY", "VERSION", "FEATURES", "FEATURE_NAMES", "compute", "config", "granularity",
            "radial_distribution", "spots"]
 
 FAMILY = "chromatin"
@@ -136,3 +137,17 @@ def compute(ctx: CellContext) -> dict[str, float]:
     n, share, _ = spots(dark, inner, SPOT_CONTRAST * median)
     vals += [n, share]
     return dict(zip(FEATURE_NAMES, map(float, vals), strict=True))
+
+
+@register_family
+class ChromatinExtractor(FamilyExtractor):
+    """The ``chromatin`` family as an extractor (in ``handcrafted``; see this module)."""
+
+    name, version, features = FAMILY, VERSION, FEATURES
+    order, in_union = 40, True
+
+    def measure(self, ctx: CellContext) -> dict[str, float]:
+        return compute(ctx)
+
+    def family_config(self) -> dict:
+        return config()

@@ -1,7 +1,7 @@
 """Colour family (stain-robust): the nucleus's colour *relative to the same cell's cytoplasm*.
 
 Every C-NMC subject's slides were stained together, so a cell's absolute colour tells the stain batch
-(the subject) more than the cell (see :mod:`blastscan.features.color_absolute`). Each feature here is a
+(the subject) more than the cell (see :mod:`blastscan.features.families.color_absolute`). Each feature here is a
 ratio or a difference between the nucleus and the cytoplasm of one cell, in optical density (OD,
 ``-log10((I + 1) / 256)`` per RGB channel, Beer-Lambert: proportional to the amount of dye), in
 haematoxylin / eosin density (``skimage.color.rgb2hed`` colour deconvolution), HSV and CIE Lab. A
@@ -20,9 +20,10 @@ from scipy import ndimage as ndi
 from skimage.color import rgb2lab
 
 from blastscan.features.base import FeatureInfo
+from blastscan.features.handcrafted import FamilyExtractor, register_family
 from blastscan.features.segmentation import CellContext, saturation
 
-__all__ = ["FAMILY", "VERSION", "FEATURES", "FEATURE_NAMES", "compute", "config", "MIN_REGION_PIXELS", "RIM_PX"]
+__all__ = ["ColorExtractor", "FAMILY", "VERSION", "FEATURES", "FEATURE_NAMES", "compute", "config", "MIN_REGION_PIXELS", "RIM_PX"]
 
 FAMILY = "color"
 VERSION = "2"
@@ -87,3 +88,17 @@ def compute(ctx: CellContext) -> dict[str, float]:
         float(np.linalg.norm(lab_n - lab_c)),
     ]
     return dict(zip(FEATURE_NAMES, map(float, vals), strict=True))
+
+
+@register_family
+class ColorExtractor(FamilyExtractor):
+    """The ``color`` family as an extractor (in ``handcrafted``; see this module)."""
+
+    name, version, features = FAMILY, VERSION, FEATURES
+    order, in_union = 20, True
+
+    def measure(self, ctx: CellContext) -> dict[str, float]:
+        return compute(ctx)
+
+    def family_config(self) -> dict:
+        return config()

@@ -16,9 +16,10 @@ import numpy as np
 from skimage.color import rgb2hed, rgb2lab
 
 from blastscan.features.base import FeatureInfo
+from blastscan.features.handcrafted import FamilyExtractor, register_family
 from blastscan.features.segmentation import CellContext
 
-__all__ = ["FAMILY", "VERSION", "FEATURES", "FEATURE_NAMES", "compute", "config", "MIN_REGION_PIXELS"]
+__all__ = ["ColorAbsoluteExtractor", "FAMILY", "VERSION", "FEATURES", "FEATURE_NAMES", "compute", "config", "MIN_REGION_PIXELS"]
 
 FAMILY = "color_absolute"
 VERSION = "2"
@@ -90,3 +91,17 @@ def compute(ctx: CellContext) -> dict[str, float]:
         blocks.append(_stats(values[:, sel], codes[:, sel], lo, width) if enough
                       else cell_stats)
     return dict(zip(FEATURE_NAMES, np.concatenate(blocks).tolist(), strict=True))
+
+
+@register_family
+class ColorAbsoluteExtractor(FamilyExtractor):
+    """The ``color_absolute`` family as an extractor (not in ``handcrafted``; see this module)."""
+
+    name, version, features = FAMILY, VERSION, FEATURES
+    order, in_union = 50, False
+
+    def measure(self, ctx: CellContext) -> dict[str, float]:
+        return compute(ctx)
+
+    def family_config(self) -> dict:
+        return config()

@@ -8,9 +8,10 @@ filter or inspect cells (``blastscan extract -f quality --out table.csv``, ``bla
 from __future__ import annotations
 
 from blastscan.features.base import FeatureInfo
+from blastscan.features.handcrafted import FamilyExtractor, register_family
 from blastscan.features.segmentation import QUALITY_LIMITS, CellContext, mask_quality
 
-__all__ = ["FAMILY", "VERSION", "FEATURES", "FEATURE_NAMES", "compute", "config"]
+__all__ = ["QualityExtractor", "FAMILY", "VERSION", "FEATURES", "FEATURE_NAMES", "compute", "config"]
 
 FAMILY = "quality"
 VERSION = "1"
@@ -39,3 +40,17 @@ def compute(ctx: CellContext) -> dict[str, float]:
     values, reasons = mask_quality(ctx)
     vals = [values["nc_ratio"], values["nucleus_solidity"], values["nucleus_kept_share"], float(not reasons)]
     return dict(zip(FEATURE_NAMES, vals, strict=True))
+
+
+@register_family
+class QualityExtractor(FamilyExtractor):
+    """The ``quality`` family as an extractor (not in ``handcrafted``; see this module)."""
+
+    name, version, features = FAMILY, VERSION, FEATURES
+    order, in_union = 60, False
+
+    def measure(self, ctx: CellContext) -> dict[str, float]:
+        return compute(ctx)
+
+    def family_config(self) -> dict:
+        return config()

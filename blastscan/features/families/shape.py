@@ -19,9 +19,10 @@ from skimage.measure import find_contours, regionprops
 
 from blastscan.errors import BlastscanError
 from blastscan.features.base import FeatureInfo
+from blastscan.features.handcrafted import FamilyExtractor, register_family
 from blastscan.features.segmentation import CellContext
 
-__all__ = ["FAMILY", "VERSION", "FEATURES", "FEATURE_NAMES", "compute", "config", "HU_SCALE", "feret_diameters"]
+__all__ = ["ShapeExtractor", "FAMILY", "VERSION", "FEATURES", "FEATURE_NAMES", "compute", "config", "HU_SCALE", "feret_diameters"]
 
 FAMILY = "shape"
 VERSION = "2"
@@ -163,3 +164,17 @@ def _measure(ctx: CellContext) -> dict[str, float]:
     out[f"{FAMILY}_nc_ratio"] = a_nuc / a_cell
     out[f"{FAMILY}_nucleus_offset"] = float(np.hypot(*(c_nuc - c_cell))) / np.sqrt(a_cell / np.pi)
     return out
+
+
+@register_family
+class ShapeExtractor(FamilyExtractor):
+    """The ``shape`` family as an extractor (in ``handcrafted``; see this module)."""
+
+    name, version, features = FAMILY, VERSION, FEATURES
+    order, in_union = 10, True
+
+    def measure(self, ctx: CellContext) -> dict[str, float]:
+        return compute(ctx)
+
+    def family_config(self) -> dict:
+        return config()

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from blastscan.features import shape
 from blastscan.features.base import FeatureInfo
+from blastscan.features.families import shape
+from blastscan.features.handcrafted import FamilyExtractor, register_family
 from blastscan.features.segmentation import CellContext
 
-__all__ = ["FAMILY", "VERSION", "FEATURES", "FEATURE_NAMES", "QUANTITIES", "compute", "config"]
+__all__ = ["SizeExtractor", "FAMILY", "VERSION", "FEATURES", "FEATURE_NAMES", "QUANTITIES", "compute", "config"]
 
 FAMILY = "size"
 VERSION = "1"
@@ -40,3 +41,17 @@ def compute(ctx: CellContext) -> dict[str, float]:
     got = shape.compute(ctx)
     return {f"size_{region}_log_{q}": float(np.log1p(got[f"shape_{region}_{q}"]))
             for region in ("cell", "nucleus") for q in QUANTITIES}
+
+
+@register_family
+class SizeExtractor(FamilyExtractor):
+    """The ``size`` family as an extractor (not in ``handcrafted``; see this module)."""
+
+    name, version, features = FAMILY, VERSION, FEATURES
+    order, in_union = 70, False
+
+    def measure(self, ctx: CellContext) -> dict[str, float]:
+        return compute(ctx)
+
+    def family_config(self) -> dict:
+        return config()

@@ -25,9 +25,10 @@ from scipy import ndimage as ndi
 
 from blastscan.errors import BlastscanError
 from blastscan.features.base import FeatureInfo
+from blastscan.features.handcrafted import FamilyExtractor, register_family
 from blastscan.features.segmentation import CellContext
 
-__all__ = ["FAMILY", "VERSION", "FEATURES", "FEATURE_NAMES", "compute", "config", "glcm_properties",
+__all__ = ["TextureExtractor", "FAMILY", "VERSION", "FEATURES", "FEATURE_NAMES", "compute", "config", "glcm_properties",
            "quantise", "glcm_offsets", "log_energy", "uniform_lbp", "GLCM_DISTANCES", "GREY_LEVELS", "LBP_POINTS", "LBP_RADIUS",
            "LOG_SIGMAS"]
 
@@ -236,3 +237,17 @@ def compute(ctx: CellContext) -> dict[str, float]:
         r = log_energy(filled, region, s)
         values += [float(np.abs(r).mean()), float(r.std())]
     return dict(zip(FEATURE_NAMES, values, strict=True))
+
+
+@register_family
+class TextureExtractor(FamilyExtractor):
+    """The ``texture`` family as an extractor (in ``handcrafted``; see this module)."""
+
+    name, version, features = FAMILY, VERSION, FEATURES
+    order, in_union = 30, True
+
+    def measure(self, ctx: CellContext) -> dict[str, float]:
+        return compute(ctx)
+
+    def family_config(self) -> dict:
+        return config()
