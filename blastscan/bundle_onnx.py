@@ -159,7 +159,7 @@ def _json_bytes(obj) -> bytes:
 # -- writing ---------------------------------------------------------------------------------------------
 def _backbone_graphs(bundle, extractor_options) -> dict[str, tuple[bytes, str]]:
     """name -> (graph bytes, weights identity) for every deep extractor of the bundle's feature set."""
-    from blastscan.features.onnx_engine import UnsupportedLayer
+    from blastscan.features.engines.onnx_export import UnsupportedLayer
 
     records = [r for r in bundle.metadata.get("extractors", []) if r.get("kind") == "batch"]
     if not records:
@@ -381,10 +381,10 @@ def load_data_only(path: str | os.PathLike) -> tuple[Any, dict, dict]:
 
     Returns ``(model, metadata, extras)``: an :class:`~blastscan.onnx_model.OnnxModel`, the metadata as
     written, and the extras (the view's reference; ``"embedded_backbones"``: name ->
-    :class:`~blastscan.features.onnx_engine.EmbeddedGraph`). :func:`blastscan.bundle.load_bundle` makes the
+    :class:`~blastscan.features.engines.graph_cache.EmbeddedGraph`). :func:`blastscan.bundle.load_bundle` makes the
     Bundle. Raises ``BlastscanError`` (one line) for anything edited, damaged, unexpected or malformed.
     """
-    from blastscan.features.onnx_engine import EmbeddedGraph
+    from blastscan.features.engines.graph_cache import EmbeddedGraph
     from blastscan.onnx_model import OnnxModel
 
     path = Path(path)

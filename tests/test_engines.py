@@ -10,7 +10,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from blastscan.errors import BlastscanError
-from blastscan.features import deep, onnx_engine
+from blastscan.features import deep
+from blastscan.features.engines.onnx_export import export_keras
+from blastscan.features.engines.onnxruntime import OnnxRunner
 from blastscan.features.base import get_extractor
 from blastscan.features.featureset import FeatureSet
 from blastscan.features.precision import (Cpu, bf16_support, choose_engine, engine_installed, read_cpu,
@@ -106,7 +108,7 @@ def test_the_extractor_decides_for_the_cpu_it_is_given():
 # -- OpenVINO runs the exporter's graph ------------------------------------------------------------------
 def _random_graph(size: int = 48) -> bytes:
     ext = get_extractor("vgg16", random_weights=True, input_size=size, engine="tensorflow")
-    return onnx_engine.export_keras(ext._keras_model(), size, "caffe")
+    return export_keras(ext._keras_model(), size, "caffe")
 
 
 def test_openvino_and_onnxruntime_run_the_same_graph_to_float32_rounding():
@@ -114,7 +116,7 @@ def test_openvino_and_onnxruntime_run_the_same_graph_to_float32_rounding():
 
     graph = _random_graph()
     batch = np.random.default_rng(3).integers(0, 256, (3, 48, 48, 3), dtype=np.uint8)
-    ov, ort = OpenVinoRunner(graph, "float32", threads=1)(batch), onnx_engine.OnnxRunner(graph, threads=1)(batch)
+    ov, ort = OpenVinoRunner(graph, "float32", threads=1)(batch), OnnxRunner(graph, threads=1)(batch)
     assert ov.dtype == np.float32 and ov.shape == ort.shape == (3, 512)
     cos = (ov * ort).sum(1) / np.linalg.norm(ov, axis=1) / np.linalg.norm(ort, axis=1)
     assert cos.min() > 0.99999, cos

@@ -12,12 +12,13 @@ import pytest
 from click.testing import CliRunner
 
 from blastscan.errors import BlastscanError
-from blastscan.features import deep, onnx_engine
+from blastscan.features import deep
+from blastscan.features.engines import graph_cache, onnxruntime
 from blastscan.features.backbones import Backbone
 from blastscan.features.base import get_extractor
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(not onnx_engine.available()[0], reason="onnxruntime not installed")
+pytestmark = pytest.mark.skipif(not onnxruntime.available()[0], reason="onnxruntime not installed")
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +54,7 @@ def test_real_weights_give_tensorflows_embeddings_and_the_graph_is_cached(name, 
     a, b = embed(ort, real_cell_paths), embed(tf, real_cell_paths)
     assert ort.engine_used.startswith("onnxruntime") and tf.engine_used.startswith("tensorflow")
     assert_same_function(a, b)
-    cached = onnx_engine.cache_path(name, ort.input_size, ort.weights_sha256)
+    cached = graph_cache.cache_path(name, ort.input_size, ort.weights_sha256)
     assert cached.is_file() and cached.parent == tmp_path / "cache" / "blastscan" / "onnx"
     # a later process runs the cached graph without importing TensorFlow, and gets the same numbers
     code = ("import sys, numpy as np\n"
@@ -104,7 +105,7 @@ def test_a_network_with_other_layers_falls_back_to_tensorflow_or_says_why():
 def test_damaged_or_unwritable_cache_still_gives_the_same_embeddings(weights_dir, real_cell_paths, tmp_path,
                                                                     monkeypatch):
     ext = get_extractor("vgg16", weights_dir=weights_dir, input_size=64, engine="onnxruntime")
-    path = onnx_engine.cache_path("vgg16", 64, ext.weights_sha256)
+    path = graph_cache.cache_path("vgg16", 64, ext.weights_sha256)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not an onnx graph")  # e.g. a disk that filled up before atomic writes existed
     first = embed(ext, real_cell_paths[:3])

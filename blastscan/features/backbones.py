@@ -31,8 +31,8 @@ from pathlib import Path
 
 from blastscan.errors import BlastscanError
 
-__all__ = ["Backbone", "BACKBONES", "WEIGHTS_ENV", "WeightsLookup", "download_weights", "file_sha256", "find_weights",
-           "keras_cache_dir", "user_cache_dir"]
+__all__ = ["Backbone", "BACKBONES", "PREPROCESS_MODES", "Preprocessing", "WEIGHTS_ENV", "WeightsLookup",
+           "download_weights", "file_sha256", "find_weights", "keras_cache_dir", "user_cache_dir"]
 
 WEIGHTS_ENV = "BLASTSCAN_WEIGHTS_DIR"
 _KERAS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
@@ -63,8 +63,9 @@ class Backbone:
     keras_md5 : str
         The md5 Keras checks after downloading ``keras_file``.
     preprocess_mode : str, optional
-        The ``keras.applications`` preprocessing mode of ``preprocess_module`` (``"tf"``, ``"caffe"``), for
-        the ONNX Runtime engine, which writes it into its graph; None: that backbone runs on TensorFlow.
+        The ``keras.applications`` preprocessing mode of ``preprocess_module`` (a key of
+        :data:`PREPROCESS_MODES`: ``"tf"``, ``"caffe"``), for the graph engines, which write it into their
+        graph; None: that backbone runs on TensorFlow.
     taps : tuple of (str, int)
         Intermediate layers whose global-average-pooled output a variant may take instead of the last
         block's (``inception_v3_mixed7``), with their channel counts.
@@ -93,6 +94,23 @@ class Backbone:
 
 
 BACKBONES: dict[str, Backbone] = {}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """A ``keras.applications`` ``preprocess_input`` mode on RGB input, as the graph engines write it:
+    ``x * scale + offset`` per RGB channel, then the channels reversed to BGR where ``bgr``."""
+
+    scale: tuple[float, float, float]
+    offset: tuple[float, float, float]
+    bgr: bool
+
+
+#: The preprocessing modes a :class:`Backbone`'s ``preprocess_mode`` may name.
+PREPROCESS_MODES: dict[str, Preprocessing] = {
+    "tf": Preprocessing(scale=(1 / 127.5,) * 3, offset=(-1.0,) * 3, bgr=False),  # [0, 255] -> [-1, 1]
+    "caffe": Preprocessing(scale=(1.0,) * 3, offset=(-123.68, -116.779, -103.939), bgr=True),  # minus ImageNet mean
+}
 
 
 # -- weights -----------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ preprocessing function, so a backbone cannot run with the wrong input scaling. A
 Weights are found as :mod:`blastscan.features.backbones` says; the weight file's sha256 is part of the
 extractor's config, with the backbone, input size, resize method and pooling, so embeddings from other
 weights or sizes never mix in the feature store. The batch size and the float32 engine are not: they do not
-change the output (beyond float32 rounding, see :mod:`blastscan.features.onnx_engine`). bf16 does, and
+change the output (beyond float32 rounding, see :mod:`blastscan.features.engines.onnxruntime`). bf16 does, and
 where its rounding happens depends on the engine, so a bf16 table records both (``precision: bf16`` and,
 on OpenVINO, ``engine: openvino``; TensorFlow's bf16 tables keep the identity they had before OpenVINO).
 
@@ -32,6 +32,10 @@ from blastscan.features.backbones import (BACKBONES, WEIGHTS_ENV, Backbone, Weig
 from blastscan.features.base import BatchExtractor, BatchResult, register_extractor, register_variants
 from blastscan.features.deep_input import (OD_MAX, OPTIONS_HELP, check_input, check_tta, dihedral, parse_variant,
                                            to_input, variant_name)
+from blastscan.features.engines import REGISTRY as ENGINE_REGISTRY
+from blastscan.features.engines.graph_cache import cache_path, graph_bytes, load_or_export
+from blastscan.features.engines.onnx_export import UnsupportedLayer
+from blastscan.features.engines.tensorflow import scale_fn
 from blastscan.features.precision import (BF16_EMULATED_ENV, ENGINES, PRECISIONS, Cpu, bf16_support, check_engine,
                                           check_precision, choose_engine, engine_installed, resolve_precision)
 
@@ -285,33 +289,27 @@ class DeepExtractor(BatchExtractor):
         return model
 
     def _build(self) -> None:
-        """Build the forward once per instance: the cached ONNX graph on ONNX Runtime or OpenVINO, or a
-        compiled TensorFlow graph."""
+        """Build the forward once per instance: the cached ONNX graph on a graph engine (ONNX Runtime,
+        OpenVINO), or the Keras network on TensorFlow (:mod:`blastscan.features.engines`)."""
         with self._lock:
             if self._run is not None:
                 return
+            precision_note = f" ({self.precision})" if self.precision != "float32" else ""
             if self.embedded is not None:
-                from blastscan.features.onnx_engine import OnnxRunner
-
-                make = self._runner_factory() or OnnxRunner
-                self._run = make(self.embedded.data, self.threads)
-                self.engine_used = f"{self.engine_choice} {self._run.version} (the bundle's graph)" + (
-                    f" ({self.precision})" if self.precision != "float32" else "")
+                self._run = self._runner_factory()(self.embedded.data, self.threads)
+                self.engine_used = f"{self.engine_choice} {self._run.version} (the bundle's graph)" + precision_note
                 return
             self.check_runtime()
-            if self.engine_choice != "tensorflow":
-                from blastscan.features import onnx_engine as ox
-
-                path = None if self.random_weights else ox.cache_path(self._graph_name(), self.input_size,
-                                                                      self.weights_sha256)
+            if ENGINE_REGISTRY.get(self.engine_choice).runs_graph:
+                path = None if self.random_weights else cache_path(self._graph_name(), self.input_size,
+                                                                   self.weights_sha256)
                 try:
-                    self._run = ox.load_or_export(path, self._keras_model, self.input_size,
-                                                  self.backbone.preprocess_mode, threads=self.threads,
-                                                  dim=self.dim, runner=self._runner_factory())
-                    self.engine_used = f"{self.engine_choice} {self._run.version}" + (
-                        f" ({self.precision})" if self.precision != "float32" else "")
+                    self._run = load_or_export(path, self._keras_model, self.input_size,
+                                               self.backbone.preprocess_mode, threads=self.threads,
+                                               dim=self.dim, runner=self._runner_factory())
+                    self.engine_used = f"{self.engine_choice} {self._run.version}" + precision_note
                     return
-                except ox.UnsupportedLayer as exc:
+                except UnsupportedLayer as exc:
                     # explicit engine, or bf16 (whose identity names the engine): say so; auto float32 falls back
                     if self.engine != "auto" or self.precision != "float32":
                         raise BlastscanError(f"--engine {self.engine_choice}", f"{self.name} cannot be written as "
@@ -319,25 +317,23 @@ class DeepExtractor(BatchExtractor):
             self._build_tensorflow()
 
     def _runner_factory(self):
-        if self.engine_choice == "openvino":
-            from blastscan.features.engines.openvino import OpenVinoRunner
-
-            return lambda graph, threads: OpenVinoRunner(graph, self.precision, threads)
-        return None  # ONNX Runtime's, the default
+        """``make(graph, threads)``: a runner of an ONNX graph on this extractor's engine and precision (ONNX
+        Runtime's where the engine runs the Keras network: a data-only bundle's graph needs no TensorFlow)."""
+        engine = ENGINE_REGISTRY.get(self.engine_choice)
+        if not engine.runs_graph:
+            engine = ENGINE_REGISTRY.get("onnxruntime")
+        return lambda graph, threads: engine.make(graph, self.precision, threads)
 
     def onnx_graph(self) -> bytes:
         """The float32 network as the ONNX graph the engines run (cached, else exported: that needs
         TensorFlow and the weights once). For data-only bundles, which carry it."""
-        from blastscan.features import onnx_engine as ox
-
         if self.embedded is not None:
             return self.embedded.data
-        if self.engine_choice == "tensorflow" or not self.backbone.preprocess_mode:
-            raise ox.UnsupportedLayer(f"{self.name} in {self.precision} on TensorFlow" if self.backbone.preprocess_mode
-                                      else f"{self.name} has no ONNX preprocessing mode")
-        path = None if self.random_weights else ox.cache_path(self._graph_name(), self.input_size,
-                                                              self.weights_sha256)
-        return ox.graph_bytes(path, self._keras_model, self.input_size, self.backbone.preprocess_mode, dim=self.dim)
+        if not ENGINE_REGISTRY.get(self.engine_choice).runs_graph or not self.backbone.preprocess_mode:
+            raise UnsupportedLayer(f"{self.name} in {self.precision} on TensorFlow" if self.backbone.preprocess_mode
+                                   else f"{self.name} has no ONNX preprocessing mode")
+        path = None if self.random_weights else cache_path(self._graph_name(), self.input_size, self.weights_sha256)
+        return graph_bytes(path, self._keras_model, self.input_size, self.backbone.preprocess_mode, dim=self.dim)
 
     def _graph_name(self) -> str:
         """The cached graph's name: the backbone and the layer it is cut at, not the input mode or the views
@@ -346,35 +342,14 @@ class DeepExtractor(BatchExtractor):
 
     def _build_tensorflow(self) -> None:
         model = self._keras_model()  # imports TensorFlow with its start-up chatter silenced
-        import tensorflow as tf
-
-        spec = [tf.TensorSpec([None, self.input_size, self.input_size, 3], tf.uint8)]  # open batch: no retrace
-        scale = self._scale_fn()
-
-        # Scaling runs inside the compiled graph: batches travel as uint8 (4x less memory than float32)
-        # and the worker thread only decodes and resizes. A compiled graph is also faster than eager
-        # model(x) on CPU and peaks at a fraction of its memory.
-        @tf.function(input_signature=spec)
-        def forward(x):
-            return tf.cast(model(scale(x), training=False), tf.float32)  # bf16 out under bf16
-
-        self._run = lambda batch: forward(batch).numpy()
+        self._run = ENGINE_REGISTRY.get("tensorflow").make(model, self.backbone, self.input_size)
         self._model = model
-        self.engine_used = f"tensorflow {tf.__version__}"
+        self.engine_used = f"tensorflow {self._run.version}"
 
     def _scale_fn(self):
         """The backbone's ``preprocess_input`` on uint8 input, as a compiled TensorFlow function."""
         if self._scale is None:
-            import importlib
-
-            from blastscan._tf import import_keras
-
-            import_keras()  # first: TensorFlow's start-up chatter silenced
-            import tensorflow as tf
-            b, s = self.backbone, self.input_size
-            preprocess_input = importlib.import_module(f"keras.applications.{b.preprocess_module}").preprocess_input
-            self._scale = tf.function(lambda x: preprocess_input(tf.cast(x, tf.float32)),
-                                      input_signature=[tf.TensorSpec([None, s, s, 3], tf.uint8)])
+            self._scale = scale_fn(self.backbone.preprocess_module, self.input_size)
         return self._scale
 
     def forward(self, batch: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from blastscan.errors import BlastscanError
+from blastscan.features.engines import REGISTRY as ENGINE_REGISTRY
 
 __all__ = ["PRECISIONS", "PRECISION_CHOICES", "ENGINES", "ENGINE_ENV", "BF16_EMULATED_ENV", "Cpu", "read_cpu",
            "bf16_support", "check_engine", "check_precision", "resolve_precision", "choose_engine",
@@ -32,15 +33,13 @@ __all__ = ["PRECISIONS", "PRECISION_CHOICES", "ENGINES", "ENGINE_ENV", "BF16_EMU
 
 PRECISIONS = ("float32", "bf16")
 PRECISION_CHOICES = ("auto",) + PRECISIONS
-ENGINES = ("auto", "onnxruntime", "openvino", "tensorflow")
+#: ``--engine``'s choices: ``auto`` and the registered engines (:mod:`blastscan.features.engines`).
+ENGINES = ("auto", *ENGINE_REGISTRY.names())
 ENGINE_ENV = "BLASTSCAN_ENGINE"
 # Set to 1 to run bf16 on a CPU without bfloat16 instructions (TensorFlow emulates it, slower than
 # float32): for tests and for checking the embeddings on any machine, never for speed.
 BF16_EMULATED_ENV = "BLASTSCAN_BF16_EMULATED"
 _NATIVE_BF16 = ("avx512_bf16", "amx_bf16", "bf16")
-# the Python modules each engine needs (looked up, not imported: importing them costs seconds)
-_ENGINE_MODULES = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "onnx"),
-                   "tensorflow": ("tensorflow",)}
 
 
 @dataclass(frozen=True)
@@ -87,8 +86,9 @@ def read_cpu(path: str | os.PathLike = "/proc/cpuinfo") -> Cpu:
 
 
 def engine_installed(engine: str, find_spec: Callable = importlib.util.find_spec) -> tuple[bool, str]:
-    """``(True, "")`` when the modules ``engine`` needs are installed, else ``(False, why)``."""
-    missing = [m for m in _ENGINE_MODULES[engine] if find_spec(m) is None]
+    """``(True, "")`` when the modules ``engine`` needs are installed (looked up, not imported: importing them
+    costs seconds), else ``(False, why)``."""
+    missing = [m for m in ENGINE_REGISTRY.get(engine).requires if find_spec(m) is None]
     if missing:
         return False, f"{' and '.join(missing)} not installed; pip install {' '.join(missing)}"
     return True, ""
@@ -142,11 +142,14 @@ def _engine_name(engine: str | None) -> str:
 
 def check_engine(engine: str | None, precision: str) -> str:
     """The engine asked for (``engine``, else ``$BLASTSCAN_ENGINE``, else ``"auto"``), checked against
-    ``precision`` (``"float32"`` or ``"bf16"``): ONNX Runtime runs float32 only."""
+    ``precision`` (``"float32"`` or ``"bf16"``): an engine runs the precisions it declares (ONNX Runtime
+    float32 only)."""
     e = _engine_name(engine)
-    if e == "onnxruntime" and precision != "float32":
-        raise BlastscanError("--engine onnxruntime", f"runs float32 only; {precision} runs on --engine openvino "
-                                                     "or tensorflow")
+    runs = ENGINE_REGISTRY.get(e).precisions if e != "auto" else PRECISIONS
+    if precision not in runs:
+        others = [name for name, eng in ENGINE_REGISTRY.items() if precision in eng.precisions]
+        raise BlastscanError(f"--engine {e}", f"runs {' and '.join(runs)} only; {precision} runs on --engine "
+                                              f"{' or '.join(others)}")
     return e
 
 

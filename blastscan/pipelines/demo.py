@@ -171,7 +171,7 @@ def _tensorflow_missing(ext) -> str | None:
     """Why the deep extractor ``ext`` cannot run here: TensorFlow absent and its ONNX graph not cached yet."""
     import importlib.util
 
-    from blastscan.features.onnx_engine import cache_path
+    from blastscan.features.engines.graph_cache import cache_path
 
     if importlib.util.find_spec("tensorflow") is not None or ext.weights_sha256 is None:
         return None

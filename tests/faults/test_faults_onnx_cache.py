@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from blastscan.errors import BlastscanError
-from blastscan.features import onnx_engine as ox
+from blastscan.features.engines import graph_cache
+from blastscan.features.engines.onnxruntime import available
 
-pytestmark = pytest.mark.skipif(not ox.available()[0], reason="onnxruntime not installed")
+pytestmark = pytest.mark.skipif(not available()[0], reason="onnxruntime not installed")
 SIZE = 16
 
 
@@ -41,14 +42,14 @@ BATCH = np.random.default_rng(5).integers(0, 256, (3, SIZE, SIZE, 3), np.uint8)
 def cached(tmp_path):
     path = tmp_path / "onnx" / "tiny-16px-x.onnx"
     build = Builder()
-    run = ox.load_or_export(path, build, SIZE, "tf", dim=4)
-    assert build.calls == 1 and path.is_file() and ox.record_path(path).is_file()
+    run = graph_cache.load_or_export(path, build, SIZE, "tf", dim=4)
+    assert build.calls == 1 and path.is_file() and graph_cache.record_path(path).is_file()
     return path, run(BATCH)
 
 
 def _load(path, dim=4):
     build = Builder()
-    run = ox.load_or_export(path, build, SIZE, "tf", dim=dim)
+    run = graph_cache.load_or_export(path, build, SIZE, "tf", dim=dim)
     return build.calls, run(BATCH)
 
 
@@ -78,12 +79,12 @@ def test_bit_flips_in_the_cached_graph_mean_a_rebuild(cached, capsys):
 def test_another_network_under_the_name_means_a_rebuild(cached, tmp_path):
     path, want = cached
     other = tmp_path / "other" / "tiny-16px-x.onnx"
-    ox.load_or_export(other, Builder(width=8), SIZE, "tf", dim=8)
+    graph_cache.load_or_export(other, Builder(width=8), SIZE, "tf", dim=8)
     path.write_bytes(other.read_bytes())  # the graph alone: its sha256 is not the recorded one
     assert _load(path)[0] == 1
     # the graph with its own record: the record says another width
     path.write_bytes(other.read_bytes())
-    ox.record_path(path).write_bytes(ox.record_path(other).read_bytes())
+    graph_cache.record_path(path).write_bytes(graph_cache.record_path(other).read_bytes())
     calls, got = _load(path)
     assert calls == 1
     np.testing.assert_array_equal(got, want)
@@ -103,9 +104,9 @@ def test_nan_weights_with_a_forged_record_fail_the_probe_and_are_rebuilt(cached)
             w.flat[0] = np.nan
             init.CopyFrom(numpy_helper.from_array(w, init.name))
     path.write_bytes(proto.SerializeToString())
-    rec = json.loads(ox.record_path(path).read_text())
+    rec = json.loads(graph_cache.record_path(path).read_text())
     rec["sha256"] = file_sha256(path)  # the checksum matches: only the probe can tell
-    ox.record_path(path).write_text(json.dumps(rec))
+    graph_cache.record_path(path).write_text(json.dumps(rec))
     calls, got = _load(path)
     assert calls == 1 and np.isfinite(got).all()
     np.testing.assert_array_equal(got, want)
@@ -119,7 +120,7 @@ def test_a_network_that_gives_nan_even_when_rebuilt_is_one_line(tmp_path):
         return m
 
     with pytest.raises(BlastscanError, match="NaN or inf on a probe batch"):
-        ox.load_or_export(tmp_path / "n.onnx", nan_net, SIZE, "tf", dim=4)
+        graph_cache.load_or_export(tmp_path / "n.onnx", nan_net, SIZE, "tf", dim=4)
     assert not (tmp_path / "n.onnx").exists()
 
 

@@ -1,5 +1,6 @@
 """OpenVINO as the engine of the frozen backbones, in float32 or bfloat16: it runs the same ONNX graph that
-:func:`blastscan.features.onnx_engine.export_keras` writes (and caches), compiled for this CPU.
+:func:`blastscan.features.engines.onnx_export.export_keras` writes (and :mod:`.graph_cache` caches), compiled
+for this CPU.
 
 Why: where the CPU has bfloat16 units (``avx512_bf16``, ``amx_bf16``), OpenVINO's bf16 ran InceptionV3
 2.7-3x and VGG16 2.2-7x faster than ONNX Runtime in float32 (embeddings within cosine 0.9996 of float32);
@@ -20,6 +21,8 @@ import os
 
 import numpy as np
 
+from blastscan.features.engines import REGISTRY, Engine
+
 __all__ = ["OpenVinoRunner"]
 
 _PRECISION_HINT = {"float32": "f32", "bf16": "bf16"}
@@ -31,7 +34,7 @@ class OpenVinoRunner:
     Parameters
     ----------
     model : bytes or path
-        A graph from :func:`blastscan.features.onnx_engine.export_keras`.
+        A graph from :func:`blastscan.features.engines.onnx_export.export_keras`.
     precision : {"float32", "bf16"}
     threads : int, optional
         Inference threads (default: every core this process may use).
@@ -64,3 +67,6 @@ class OpenVinoRunner:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         # copy: the request reuses its output buffer for the next batch
         return np.array(self.request.infer({0: batch})[0], dtype=np.float32, copy=True)
+
+
+REGISTRY.register("openvino", Engine("openvino", ("openvino", "onnx"), ("float32", "bf16"), OpenVinoRunner))
