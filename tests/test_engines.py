@@ -11,9 +11,9 @@ from PIL import Image
 
 from blastscan.errors import BlastscanError
 from blastscan.features import deep
+from blastscan.features.base import get_extractor
 from blastscan.features.engines.onnx_export import export_keras
 from blastscan.features.engines.onnxruntime import OnnxRunner
-from blastscan.features.base import get_extractor
 from blastscan.features.featureset import FeatureSet
 from blastscan.features.precision import (Cpu, bf16_support, choose_engine, engine_installed, read_cpu,
                                           resolve_precision)
@@ -88,6 +88,22 @@ def test_engine_installed_looks_modules_up_without_importing():
     assert engine_installed("openvino", find_spec=lambda m: None) == (
         False, "openvino and onnx not installed; pip install openvino onnx")
     assert engine_installed("onnxruntime", find_spec=lambda m: object()) == (True, "")
+
+
+def test_engines_are_declared_by_their_modules_and_the_choices_follow():
+    from blastscan.cli import main
+    from blastscan.features.engines import REGISTRY
+    from blastscan.features.precision import ENGINES, check_engine
+
+    assert ENGINES == ("auto", *REGISTRY.names()) and {"onnxruntime", "openvino", "tensorflow"} <= set(ENGINES)
+    for name, engine in REGISTRY.items():  # each engine is one module of engines/, named after it
+        assert engine.name == name and engine.make.__module__ == f"blastscan.features.engines.{name}"
+    offered = {c.name: tuple(p.type.choices) for c in main.commands.values() for p in c.params if p.name == "engine"}
+    assert "extract" in offered and set(offered.values()) == {ENGINES}  # the command line offers the registered ones
+    # what an engine declares decides which precisions it takes, and the message names those that do
+    with pytest.raises(BlastscanError, match=r"--engine onnxruntime: runs float32 only; bf16 runs on --engine "
+                                             r"openvino or tensorflow$"):
+        check_engine("onnxruntime", "bf16")
 
 
 def test_the_extractor_decides_for_the_cpu_it_is_given():
