@@ -376,3 +376,36 @@ def test_family_identities_follow_the_rule_stored_tables_were_keyed_by():
         assert ext.identity == f"{mod.FAMILY}@{mod.VERSION}-{digest}"
         assert ext.feature_names == mod.FEATURE_NAMES
         assert type(pickle.loads(pickle.dumps(ext))).__module__ == mod.__name__  # workers import it by its path
+
+
+def test_a_new_family_is_one_registered_class_and_joins_the_union_in_its_order(real_images):
+    from blastscan.features.base import EXTRACTORS, FeatureInfo
+    from blastscan.features.handcrafted import FAMILIES, FamilyExtractor, families, register_family
+
+    before = union()
+
+    @register_family
+    class NucleusAreaExtractor(FamilyExtractor):
+        name, version = "nucleus_area", "1"
+        features = [FeatureInfo("nucleus_area_px", "nucleus_area", "nucleus pixels", "px^2", "nucleus")]
+        order, in_union = 35, True  # between texture and chromatin
+
+        def measure(self, ctx):
+            return {"nucleus_area_px": float(ctx.nucleus.sum())}
+
+        def family_config(self):
+            return {}
+
+    try:
+        assert union() == before[:3] + ["nucleus_area"] + before[3:]
+        assert parse_feature_set("handcrafted") == union() and "nucleus_area" in families()
+        assert [i.name for i in feature_dictionary("nucleus_area")] == ["nucleus_area_px"]
+        ext = get_extractor("nucleus_area")
+        ctx = build_context(real_images[0])
+        assert ext.compute(real_images[0])[0] == ctx.nucleus.sum() > 0
+        with pytest.raises(ValueError, match="registered twice"):  # a second module claiming the name
+            register_family(type("Other", (NucleusAreaExtractor,), {}))
+    finally:
+        FAMILIES.remove("nucleus_area")
+        EXTRACTORS.remove("nucleus_area")
+    assert union() == before
