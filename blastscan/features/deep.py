@@ -35,7 +35,7 @@ from blastscan.features.deep_input import (OD_MAX, OPTIONS_HELP, check_input, ch
 from blastscan.features.engines import REGISTRY as ENGINE_REGISTRY
 from blastscan.features.engines.graph_cache import cache_path, graph_bytes, load_or_export
 from blastscan.features.engines.onnx_export import UnsupportedLayer
-from blastscan.features.engines.tensorflow import scale_fn
+from blastscan.features.engines.tensorflow import build_keras, scale_fn
 from blastscan.features.precision import (BF16_EMULATED_ENV, ENGINES, PRECISIONS, Cpu, bf16_support, check_engine,
                                           check_precision, choose_engine, engine_installed, resolve_precision)
 
@@ -259,34 +259,10 @@ class DeepExtractor(BatchExtractor):
 
     # -- model ---------------------------------------------------------------------------------------
     def _keras_model(self):
-        """Import Keras, build the network and load its weights (under bf16: bfloat16 compute)."""
-        from blastscan._tf import import_keras
-
-        keras = import_keras()
-        b, s = self.backbone, self.input_size
-        previous = keras.config.dtype_policy()
-        if self.precision == "bf16":
-            # float32 variables (the weight file loads as is), bfloat16 compute; layers built now keep it
-            keras.config.set_dtype_policy("mixed_bfloat16")
-        try:
-            model = getattr(keras.applications, b.constructor)(weights=None, include_top=False, pooling="avg",
-                                                               input_shape=(s, s, 3))
-        finally:
-            keras.config.set_dtype_policy(previous)
-        if self.random_weights:
-            _randomise(model, RANDOM_SEED)
-        else:
-            try:
-                model.load_weights(str(self.weights_path))
-            except Exception as exc:  # h5py/Keras raise many types for a wrong or damaged file
-                raise BlastscanError(str(self.weights_path), f"cannot load as {b.name} weights "
-                                                             f"({type(exc).__name__}: {exc})") from None
-        model.trainable = False
-        if self.layer:  # cut after the tapped block: average-pool its output (one output, as every engine expects)
-            pooled = keras.layers.GlobalAveragePooling2D(name=f"{self.layer}_avgpool")(model.get_layer(self.layer).output)
-            model = keras.Model(model.input, pooled, name=f"{model.name}_{self.layer}")
-            model.trainable = False
-        return model
+        """The Keras network as this extractor runs it (weights, precision, ``layer``); imports TensorFlow
+        (:func:`blastscan.features.engines.tensorflow.build_keras`)."""
+        return build_keras(self.backbone, self.input_size, precision=self.precision, weights_path=self.weights_path,
+                           random_seed=RANDOM_SEED if self.random_weights else None, layer=self.layer)
 
     def _build(self) -> None:
         """Build the forward once per instance: the cached ONNX graph on a graph engine (ONNX Runtime,
@@ -438,17 +414,6 @@ def _uint8_batch(batch: np.ndarray) -> np.ndarray:
     if batch.dtype != np.uint8 or batch.ndim != 4:
         raise TypeError(f"expected a uint8 batch (n, size, size, 3) of resized images, got {batch.dtype} {batch.shape}")
     return np.ascontiguousarray(batch)
-
-
-def _randomise(model, seed: int) -> None:
-    """Seeded Glorot-uniform kernels (other variables keep their constant initial values)."""
-    rng = np.random.default_rng(seed)
-    for var in model.weights:
-        shape = tuple(var.shape)
-        if len(shape) >= 2:
-            receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
-            limit = np.sqrt(6.0 / (receptive * (shape[-2] + shape[-1])))
-            var.assign(rng.uniform(-limit, limit, size=shape).astype(np.float32))
 
 
 register_backbone(Backbone(
