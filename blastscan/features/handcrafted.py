@@ -12,7 +12,7 @@ image: their extractors declare the context ``"cell"``, and the extract pipeline
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -80,7 +80,7 @@ class FamilyExtractor(PerImageExtractor):
     """
 
     #: The family's features (name, definition, unit, region), in column order.
-    features: list[FeatureInfo] = []
+    features: Sequence[FeatureInfo] = ()
     #: Position in the feature dictionary and in the union's columns (stored models record their column
     #: order: never renumber a family; a new one takes a free number).
     order: int = 0
