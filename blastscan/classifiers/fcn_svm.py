@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.preprocessing import StandardScaler
 
-from blastscan.classifiers.base import BinaryClassifier, Interval, Real, init_from_parts, inner_folds, register_classifier
+from blastscan.classifiers.base import (BinaryClassifier, Interval, Real, init_from_parts, inner_folds,
+                                        register_classifier)
 from blastscan.classifiers.fcn import FCNClassifier
 from blastscan.classifiers.svm import GroupCalibratedSVC
 

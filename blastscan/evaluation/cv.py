@@ -18,11 +18,12 @@ from blastscan.classifiers import fit_classifier, get_classifier, predict_p_all
 from blastscan.errors import BlastscanError
 from blastscan.evaluation import decision
 from blastscan.evaluation.calibration import apply_calibration
+from blastscan.evaluation.settings import RULES, EvalSettings
 from blastscan.evaluation.splits import FoldPlan, as_labels, plan_subject_folds, subject_folds
 
 __all__ = ["make_classifier", "fit_model", "fit_predict", "oof_predict", "TaskKey", "FitTask", "run_fit",
-           "keyed_fit", "InnerPlan", "HoldoutPlan", "subject_cv_tasks", "SubjectCV", "assemble_subject_cv", "holdout_tasks",
-           "assemble_holdout", "subject_cv", "shipped_decision"]
+           "keyed_fit", "InnerPlan", "HoldoutPlan", "subject_cv_tasks", "SubjectCV", "assemble_subject_cv",
+           "holdout_tasks", "assemble_holdout", "subject_cv", "shipped_decision"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -60,7 +61,7 @@ def fit_predict(spec, params, X, y, groups, train, test, seed: int = 0, info: di
     return predict_p_all(est, X[test])
 
 
-def oof_predict(classifier_name, params, X, y, groups, n_splits: int = 5, seed: int = 0, *,
+def oof_predict(classifier_name, params, X, y, groups, n_splits: int = EvalSettings.folds, seed: int = 0, *,
                 folds=None) -> np.ndarray:
     """Out-of-fold P(ALL) from subject-disjoint folds (every sample predicted by a model that never
     saw its group).
@@ -167,7 +168,7 @@ def _pairs_possible(plan: FoldPlan, y: np.ndarray, inner_splits: int) -> bool:
     return True
 
 
-def subject_cv_tasks(plan: FoldPlan, y, groups, *, inner_splits: int = 3,
+def subject_cv_tasks(plan: FoldPlan, y, groups, *, inner_splits: int = EvalSettings.inner_folds,
                      seed: int = 0) -> tuple[list[FitTask], InnerPlan]:
     """The fits a subject-disjoint CV with training-only thresholds needs, and how its inner CVs are made."""
     y = as_labels(y)
@@ -268,9 +269,9 @@ def _inner_predictions(plan: FoldPlan, inner: InnerPlan, preds: Mapping[TaskKey,
 
 
 def assemble_subject_cv(plan: FoldPlan, inner: InnerPlan, preds: Mapping[TaskKey, np.ndarray], y, *,
-                        groups=None, rules: Sequence[str] = ("recall", "f1"), target_recall: float = 0.90,
-                        targets: Sequence[float] = (), threshold_fn: Callable | None = None,
-                        calibrate: bool = True) -> SubjectCV:
+                        groups=None, rules: Sequence[str] = tuple(RULES),
+                        target_recall: float = EvalSettings.target_recall, targets: Sequence[float] = (),
+                        threshold_fn: Callable | None = None, calibrate: bool = True) -> SubjectCV:
     """Pool the fits of :func:`subject_cv_tasks` (``preds[key]`` = predictions of that task): each fold's
     calibration map and thresholds come from :func:`~blastscan.evaluation.decision.decide` on out-of-fold
     predictions of its training part only, and are applied to its test fold."""
@@ -308,7 +309,7 @@ def assemble_subject_cv(plan: FoldPlan, inner: InnerPlan, preds: Mapping[TaskKey
                      target_thresholds=target_thr, raw_fold_thresholds=raw_thr)
 
 
-def holdout_tasks(train, test, y, groups, *, inner_splits: int = 3,
+def holdout_tasks(train, test, y, groups, *, inner_splits: int = EvalSettings.inner_folds,
                   seed: int = 0) -> tuple[list[FitTask], HoldoutPlan]:
     """Fits for a fixed train -> test split (the official phase): the final model, and an inner
     subject-disjoint CV on ``train`` for the threshold."""
@@ -329,8 +330,8 @@ def holdout_tasks(train, test, y, groups, *, inner_splits: int = 3,
 
 
 def assemble_holdout(info: HoldoutPlan, preds: Mapping[TaskKey, np.ndarray], y, *,
-                     groups=None, rules: Sequence[str] = ("recall", "f1"), target_recall: float = 0.90,
-                     threshold_fn: Callable | None = None,
+                     groups=None, rules: Sequence[str] = tuple(RULES),
+                     target_recall: float = EvalSettings.target_recall, threshold_fn: Callable | None = None,
                      calibrate: bool = True) -> tuple[np.ndarray, dict[str, float]]:
     """Calibrated test predictions and thresholds of :func:`holdout_tasks` (calibration map and thresholds
     from :func:`~blastscan.evaluation.decision.decide` on the training part's inner predictions only)."""
@@ -360,8 +361,9 @@ def _run_all(spec, params, X, y, groups, tasks: Sequence[FitTask], seed: int, n_
     return dict(parallel.executor(jobs).map_unordered(keyed_fit, fits, one_thread=True))
 
 
-def subject_cv(spec, params, X, y, groups, *, n_splits: int = 5, seed: int = 0, inner_splits: int = 3,
-               target_recall: float = 0.90, n_jobs: int | None = 1, threshold_fn: Callable | None = None,
+def subject_cv(spec, params, X, y, groups, *, n_splits: int = EvalSettings.folds, seed: int = EvalSettings.seed,
+               inner_splits: int = EvalSettings.inner_folds, target_recall: float = EvalSettings.target_recall,
+               n_jobs: int | None = 1, threshold_fn: Callable | None = None,
                plan: FoldPlan | None = None, targets: Sequence[float] = (), calibrate: bool = True) -> SubjectCV:
     """Subject-disjoint CV of one classifier on one feature matrix, with training-only thresholds.
 
