@@ -17,6 +17,7 @@ from blastscan.classifiers import (available_classifiers, classifier_defaults, d
                                    get_classifier)
 from blastscan.classifiers.base import inner_folds
 from blastscan.classifiers.svm import GroupCalibratedSVC, platt_fit
+from blastscan.classifiers.svm_pca import PCASVC
 from blastscan.classifiers.xgb import BalancedXGBClassifier
 from blastscan.errors import BlastscanError
 
@@ -245,9 +246,9 @@ def test_platt_fit_recovers_a_known_sigmoid():
 
 # scikit-learn's own conformance suite for our fast estimators (the Keras ones take minutes under it).
 @parametrize_with_checks(
-    [GroupCalibratedSVC(), BalancedXGBClassifier(n_estimators=5)],
+    [GroupCalibratedSVC(), PCASVC(n_components=2), BalancedXGBClassifier(n_estimators=5)],
     expected_failed_checks=lambda est: ({"check_class_weight_classifiers": "class_weight is 'balanced' or None"}
-                                        if isinstance(est, GroupCalibratedSVC) else {}),
+                                        if isinstance(est, (GroupCalibratedSVC, PCASVC)) else {}),
 )
 def test_sklearn_conformance(estimator, check):
     check(estimator)
