@@ -34,7 +34,7 @@ def available_classifiers() -> list[str]:
 def default_classifiers() -> list[str]:
     """The families ``compare`` runs when none are named: those declared ``default=True``, in their
     declared ``order`` (ties by name)."""
-    specs = [s for s in [spec for _, spec in CLASSIFIERS.items()] if s.default]
+    specs = [spec for _, spec in CLASSIFIERS.items() if spec.default]
     return [s.name for s in sorted(specs, key=lambda s: (s.order, s.name))]
 
 
@@ -51,7 +51,7 @@ def classifier_libraries(name: str | None = None) -> list[tuple[str, int]]:
     ``name=None`` gives the union over every family (for a bundle whose classifier is not known here).
     Raises ``BlastscanError`` for an unknown name.
     """
-    specs = list([spec for _, spec in CLASSIFIERS.items()]) if name is None else [CLASSIFIERS.get(name)]
+    specs = [spec for _, spec in CLASSIFIERS.items()] if name is None else [CLASSIFIERS.get(name)]
     out = list(BASE_LIBRARIES)
     for spec in sorted(specs, key=lambda s: (s.order, s.name)):
         out += [lib for lib in spec.libraries if lib not in out]
