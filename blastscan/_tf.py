@@ -2,7 +2,8 @@
 
 TensorFlow's C++ runtime writes start-up lines (oneDNN, CPU features, absl) straight to the process'
 stderr before its log level applies; on a command line they look like errors. They are silenced while
-TensorFlow is imported; Python exceptions raised by the import are kept intact.
+TensorFlow is imported; Python exceptions raised by the import are kept intact. TensorFlow and Keras are
+imported inside :func:`import_keras` only (seconds, and an optional dependency).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+
+from blastscan.errors import BlastscanError
 
 __all__ = ["import_keras", "quiet_stderr"]
 
@@ -44,8 +47,6 @@ def import_keras():
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in ("tensorflow", "keras"):
             raise
-        from blastscan.errors import BlastscanError
-
         raise BlastscanError("tensorflow", "not installed; deep features (once per backbone, to write its ONNX "
                                            "graph), --engine tensorflow, bf16 and the FCN classifiers need it: "
                                            "pip install 'blastscan[tensorflow]' (scoring a data-only .bsb bundle "

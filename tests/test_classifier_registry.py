@@ -13,7 +13,7 @@ from sklearn.datasets import make_classification
 import blastscan.classifiers as classifiers
 from blastscan.classifiers import (available_classifiers, classifier_defaults, classifier_libraries,
                                    default_classifiers, describe_classifier, fit_classifier, get_classifier)
-from blastscan.classifiers.base import Param, register_classifier
+from blastscan.classifiers.base import CLASSIFIERS, Interval, Real, register_classifier
 from blastscan.classifiers.fcn import FCNClassifier
 from blastscan.classifiers.fcn_svm import FCNSVMClassifier
 from blastscan.classifiers.svm import GroupCalibratedSVC
@@ -24,12 +24,12 @@ TOY = '''
 
 import numpy as np
 
-from blastscan.classifiers.base import BinaryClassifier, Param, register_classifier
+from blastscan.classifiers.base import BinaryClassifier, Interval, Real, register_classifier
 
 
 @register_classifier("toy", "nearest class mean", default=False, libraries=[("scipy", 1)])
 class ToyClassifier(BinaryClassifier):
-    param_specs = {"temperature": Param("softness of the distance ratio", float, low=0, open_low=True)}
+    _parameter_constraints = {"temperature": [Interval(Real, 0, None, closed="neither")]}
 
     def __init__(self, temperature=1.0, random_state=0):
         self.temperature = temperature
@@ -46,12 +46,16 @@ class ToyClassifier(BinaryClassifier):
 
 @pytest.fixture
 def plugin_dir(tmp_path, monkeypatch):
-    """A folder on the package's ``__path__``: a module written there is a module of the package."""
+    """A folder on the package's ``__path__``: a module written there is a module of the package, found
+    when the registry next discovers its modules (as a fresh process would)."""
+    CLASSIFIERS.discover()  # the package's own families, registered once for the whole session
     monkeypatch.setattr(classifiers, "__path__", [*classifiers.__path__, str(tmp_path)])
-    before = set(sys.modules)
+    # the registry as it is now comes back after the test, and discovery runs again (finding tmp_path)
+    monkeypatch.setattr(CLASSIFIERS, "_entries", dict(CLASSIFIERS._entries))
+    monkeypatch.setattr(CLASSIFIERS, "_discovered", False)
     yield tmp_path
-    for name in set(sys.modules) - before:  # the next test must not find the toy family
-        if name.startswith("blastscan.classifiers."):
+    for name, module in list(sys.modules.items()):  # the next test must not find the toy family
+        if name.startswith("blastscan.classifiers.") and str(tmp_path) in str(getattr(module, "__file__", "")):
             del sys.modules[name]
 
 
@@ -85,12 +89,12 @@ def test_two_modules_declaring_one_name_are_refused(plugin_dir):
 
 def test_signature_and_value_ranges_must_name_the_same_parameters():
     with pytest.raises(TypeError, match="differ"):
-        @register_classifier("broken", "x", params={"C": Param("c", float)})
+        @register_classifier("broken", "x", params={"C": [Interval(Real, 0, None, closed="neither")]})
         def build(C=1.0, gamma=0.1, random_state=0):  # gamma has no value range
             return None
 
     with pytest.raises(TypeError, match="needs a default"):
-        @register_classifier("broken", "x", params={"C": Param("c", float)})
+        @register_classifier("broken", "x", params={"C": [Interval(Real, 0, None, closed="neither")]})
         def build2(C, random_state=0):
             return None
 

@@ -14,9 +14,10 @@ from sklearn.metrics import roc_auc_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from blastscan.classifiers import (available_classifiers, classifier_defaults, describe_classifier, fit_classifier,
-                                   get_classifier)
+                                   get_classifier, predict_p_all)
 from blastscan.classifiers.base import inner_folds
 from blastscan.classifiers.svm import GroupCalibratedSVC, platt_fit
+from blastscan.classifiers.svm_pca import PCASVC
 from blastscan.classifiers.xgb import BalancedXGBClassifier
 from blastscan.errors import BlastscanError
 
@@ -125,6 +126,17 @@ def test_bad_parameters_raise_blastscan_error(name, params, message):
 def test_bad_random_state_is_refused():
     with pytest.raises(BlastscanError, match="random_state"):
         get_classifier("svm", random_state="zero")
+
+
+def test_predict_p_all_is_float64_p_of_class_1_for_float32_and_float64_rows():
+    # compare's out-of-fold P(ALL) and a bundle's scores go through this one function
+    X, y, groups = subjects_data()
+    est = fit_classifier(get_classifier("logreg"), X, y, groups)
+    p32, p64 = predict_p_all(est, X.astype(np.float32)), predict_p_all(est, X)
+    assert p32.dtype == p64.dtype == np.float64
+    np.testing.assert_array_equal(p32, predict_p_all(est, X.astype(np.float32).astype(np.float64)))
+    np.testing.assert_allclose(p64, est.predict_proba(X)[:, list(est.classes_).index(1)])
+    assert roc_auc_score(y, p64) > 0.9
 
 
 def test_integer_parameters_from_the_command_line_become_ints():
@@ -245,9 +257,9 @@ def test_platt_fit_recovers_a_known_sigmoid():
 
 # scikit-learn's own conformance suite for our fast estimators (the Keras ones take minutes under it).
 @parametrize_with_checks(
-    [GroupCalibratedSVC(), BalancedXGBClassifier(n_estimators=5)],
+    [GroupCalibratedSVC(), PCASVC(n_components=2), BalancedXGBClassifier(n_estimators=5)],
     expected_failed_checks=lambda est: ({"check_class_weight_classifiers": "class_weight is 'balanced' or None"}
-                                        if isinstance(est, GroupCalibratedSVC) else {}),
+                                        if isinstance(est, (GroupCalibratedSVC, PCASVC)) else {}),
 )
 def test_sklearn_conformance(estimator, check):
     check(estimator)

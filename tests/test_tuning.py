@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from blastscan.classifiers import fit_classifier
-from blastscan.evaluation.tuning import Tuned, grid_for
+from blastscan.errors import BlastscanError
+from blastscan.evaluation.tuning import GRIDS, Tuned, grid_for
 
 
 def _data(seed=0):
@@ -49,3 +51,19 @@ def test_grid_for_lists_candidates_of_known_parameters_only():
     assert grid_for("vote") == [{}]  # nothing to tune
     with pytest.raises(Exception):
         grid_for("nosuch")
+
+
+def test_a_grid_key_the_classifier_lacks_is_an_error(monkeypatch):
+    assert all(set(GRIDS[name]) <= set(grid_for(name)[0]) for name in GRIDS)  # the shipped grids are valid
+    monkeypatch.setitem(GRIDS, "fcn", {**GRIDS["fcn"], "weight_decay": [0.0, 1e-4]})
+    with pytest.raises(BlastscanError, match="unknown parameter 'weight_decay'"):
+        grid_for("fcn")
+    X, y, groups = _data()
+    with pytest.raises(BlastscanError, match="unknown parameter 'gamma'"):  # a caller's grid too, before any fit
+        fit_classifier(Tuned(classifier="logreg", grid=[{"C": 1.0}, {"gamma": 1.0}]), X, y, groups=groups)
+
+
+@pytest.mark.slow  # GridSearchCV fits in each of scikit-learn's ~50 checks
+@parametrize_with_checks([Tuned(classifier="logreg", grid=[{"C": 0.1}, {"C": 1.0}])])
+def test_sklearn_conformance(estimator, check):
+    check(estimator)

@@ -1,70 +1,47 @@
 """Classifier families by name: each builds a fresh scikit-learn estimator (a ``Pipeline`` whose last step
 is named ``model``) whose ``predict_proba(X)[:, 1]`` is P(ALL) for labels 1 = ALL, 0 = HEM.
 
-Families are discovered: every module of this package that declares one with
-:func:`blastscan.classifiers.base.register_classifier` is found, so a new family is one new module.
-Fit through :func:`fit_classifier`: it hands the subject groups to models that split their training data
-(SVM calibration, FCN early stopping), so even those inner splits are subject-disjoint.
+Families live in :data:`blastscan.classifiers.base.CLASSIFIERS`: every module of this package that declares
+one with :func:`blastscan.classifiers.base.register_classifier` is imported on the first lookup, so a new
+family is one new module. Fit through :func:`fit_classifier`: it hands the subject groups to models that
+split their training data (SVM calibration, FCN early stopping), so even those inner splits are
+subject-disjoint; read P(ALL) through :func:`predict_p_all`.
 
-Importing this package is cheap: families load on first use, and TensorFlow only when an FCN is fitted.
+Importing this package is cheap: families load on first lookup, xgboost on its first fit and TensorFlow
+only when an FCN is fitted.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import numbers
-import pkgutil
 from typing import Any
 
+import numpy as np
+
+from blastscan.classifiers.base import BASE_LIBRARIES, CLASSIFIERS, check_param
 from blastscan.errors import BlastscanError
 
-__all__ = ["available_classifiers", "default_classifiers", "get_classifier", "fit_classifier",
-           "describe_classifier", "classifier_defaults", "classifier_libraries", "classifier_inputs"]
-
-
-def _registry() -> dict:
-    """Name -> ClassifierSpec of every family declared in a module of this package (``_private`` modules
-    skipped). Read afresh on each call: a few directory entries, and modules already imported are cached by
-    Python, so a module added to ``__path__`` (a plug-in folder, a test) is seen at once."""
-    from blastscan.classifiers.base import specs_in
-
-    found = {}
-    for info in pkgutil.iter_modules(__path__):
-        if info.name.startswith("_") or info.ispkg:
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        for spec in specs_in(module):
-            if spec.name in found:
-                first = found[spec.name].factory.__module__
-                raise BlastscanError(f"classifier '{spec.name}'", f"declared twice ({first} and {module.__name__})")
-            found[spec.name] = spec
-    return found
-
-
-def _spec(name: str):
-    registry = _registry()
-    if name not in registry:
-        raise BlastscanError(f"classifier '{name}'", f"unknown; choose from: {', '.join(sorted(registry))}")
-    return registry[name]
+__all__ = ["available_classifiers", "default_classifiers", "get_classifier", "fit_classifier", "group_fit_params",
+           "predict_p_all", "describe_classifier", "classifier_defaults", "classifier_libraries", "classifier_inputs"]
 
 
 def available_classifiers() -> list[str]:
     """Names of all registered classifier families, sorted."""
-    return sorted(_registry())
+    return CLASSIFIERS.names()
 
 
 def default_classifiers() -> list[str]:
     """The families ``compare`` runs when none are named: those declared ``default=True``, in their
     declared ``order`` (ties by name)."""
-    specs = [s for s in _registry().values() if s.default]
+    specs = [spec for _, spec in CLASSIFIERS.items() if spec.default]
     return [s.name for s in sorted(specs, key=lambda s: (s.order, s.name))]
 
 
 def classifier_defaults(name: str) -> dict[str, Any]:
     """The default hyper-parameters of ``name`` (those :func:`get_classifier` accepts), read from the
     signature of its estimator (or builder), in that order."""
-    return dict(_spec(name).defaults)
+    return dict(CLASSIFIERS.get(name).defaults)
 
 
 def classifier_libraries(name: str | None = None) -> list[tuple[str, int]]:
@@ -74,9 +51,7 @@ def classifier_libraries(name: str | None = None) -> list[tuple[str, int]]:
     ``name=None`` gives the union over every family (for a bundle whose classifier is not known here).
     Raises ``BlastscanError`` for an unknown name.
     """
-    from blastscan.classifiers.base import BASE_LIBRARIES
-
-    specs = list(_registry().values()) if name is None else [_spec(name)]
+    specs = [spec for _, spec in CLASSIFIERS.items()] if name is None else [CLASSIFIERS.get(name)]
     out = list(BASE_LIBRARIES)
     for spec in sorted(specs, key=lambda s: (s.order, s.name)):
         out += [lib for lib in spec.libraries if lib not in out]
@@ -100,18 +75,16 @@ def get_classifier(name: str, random_state: int = 0, **params: Any):
     BlastscanError
         Unknown name, unknown parameter, or invalid value (the message lists what is valid).
     """
-    spec = _spec(name)
+    spec = CLASSIFIERS.get(name)
     what = f"classifier '{name}'"
     unknown = sorted(set(params) - set(spec.params))
     if unknown:
         raise BlastscanError(what, f"unknown parameter '{unknown[0]}'; valid: {', '.join(spec.params)}")
     for key, value in params.items():
         try:
-            spec.params[key].check(key, value)
+            params[key] = check_param(key, value, spec.params[key])
         except ValueError as exc:
             raise BlastscanError(what, str(exc)) from None
-        if spec.params[key].kind is int and not isinstance(value, (str, type(None))):
-            params[key] = int(value)  # "300.0" from a command line is 300 trees
     if isinstance(random_state, bool) or not isinstance(random_state, numbers.Integral):
         raise BlastscanError(what, f"random_state must be an integer (got {random_state!r})")
     return spec.build(random_state=int(random_state), **params)
@@ -122,20 +95,34 @@ def _final_step(est):
     return (steps[-1][0], steps[-1][1]) if steps else (None, est)
 
 
+def group_fit_params(est, groups) -> dict[str, Any]:
+    """The ``fit`` keyword that hands ``groups`` to ``est``'s final estimator (``{"model__groups": groups}``
+    for a Pipeline), or ``{}`` when there are no groups or its ``fit`` takes none. ``GridSearchCV`` slices
+    such a parameter per fold."""
+    step, final = _final_step(est)
+    if groups is None or "groups" not in inspect.signature(final.fit).parameters:
+        return {}
+    return {"groups" if step is None else f"{step}__groups": groups}
+
+
 def fit_classifier(est, X, y, groups=None):
     """Fit ``est`` on ``X, y`` and return it; ``groups`` (one subject / group id per row) reaches the final
     estimator when its ``fit`` takes ``groups``, so its internal splits never divide a group. Other
     estimators get plain ``fit(X, y)``."""
-    step, final = _final_step(est)
-    if groups is None or "groups" not in inspect.signature(final.fit).parameters:
-        return est.fit(X, y) or est
-    key = "groups" if step is None else f"{step}__groups"
-    return est.fit(X, y, **{key: groups}) or est
+    return est.fit(X, y, **group_fit_params(est, groups)) or est
+
+
+def predict_p_all(est, X) -> np.ndarray:
+    """P(ALL) of the fitted ``est`` for rows ``X``, as float64: the column of class 1, whatever the class
+    order. Every P(ALL) (compare's out-of-fold predictions, tuning, voting, a bundle's scores) comes from here."""
+    # float64 in and out: float32 BLAS results can differ in the last bit with batch size and alignment
+    col = list(getattr(est, "classes_", [0, 1])).index(1)
+    return np.asarray(est.predict_proba(np.asarray(X, dtype=np.float64)))[:, col].astype(np.float64)
 
 
 def describe_classifier(name: str) -> str:
     """One line: ``name: what it is (defaults: k=v, ...)``."""
-    spec = _spec(name)
+    spec = CLASSIFIERS.get(name)
     defaults = ", ".join(f"{k}={v!r}" for k, v in spec.defaults.items())
     return f"{name}: {spec.summary} (defaults: {defaults})"
 
@@ -148,7 +135,7 @@ def classifier_inputs(name, feature_set: str) -> str | None:
     cannot run on ``feature_set``. A classifier given as an estimator, or by a name the caller's own factories
     resolve (not registered here), reads ``feature_set``.
     """
-    if not isinstance(name, str) or name not in _registry():  # an estimator, or a family a caller supplies
+    if not isinstance(name, str) or name not in CLASSIFIERS:  # an estimator, or a family a caller supplies
         return feature_set
-    mapping = getattr(_spec(name).factory, "input_features", None)
+    mapping = getattr(CLASSIFIERS.get(name).factory, "input_features", None)
     return feature_set if mapping is None else mapping.get(feature_set)

@@ -1,79 +1,85 @@
-"""What every classifier family shares: how a family declares itself (signature + value ranges), parameter
-checks, binary-estimator plumbing and the group-disjoint inner splits used by models that split their
-training data (SVM calibration, FCN early stopping).
+"""What every classifier family shares: how a family declares itself (signature + scikit-learn parameter
+constraints), the one-line check of a hyper-parameter value, binary-estimator plumbing and the group-disjoint
+inner splits used by models that split their training data (SVM calibration, FCN early stopping).
 """
 
 from __future__ import annotations
 
 import inspect
-import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
+# scikit-learn's parameter constraints (what every sklearn estimator declares in ``_parameter_constraints``
+# and validates in ``fit``) live in a private module, stable since 1.2; this is the one import of it:
+# families take Interval, StrOptions and choices() from here.
+from sklearn.utils._param_validation import Interval, StrOptions, make_constraint
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-__all__ = ["Param", "ClassifierSpec", "BASE_LIBRARIES", "register_classifier", "signature_defaults", "specs_in",
+from blastscan.errors import BlastscanError
+from blastscan.registry import Registry
+
+__all__ = ["Interval", "StrOptions", "Integral", "Real", "choices", "describe_constraints", "check_param",
+           "ClassifierSpec", "BASE_LIBRARIES", "CLASSIFIERS", "register_classifier", "signature_defaults",
            "init_from_parts", "BinaryClassifier", "scaled", "inner_folds", "balanced_weights"]
 
 
 # ------------------------------------------------------------------------------------------------
-# parameters
-@dataclass(frozen=True)
-class Param:
-    """Which values one hyper-parameter accepts, and what it means (its default lives in the signature).
+# parameters: scikit-learn constraints, one list per hyper-parameter
+def choices(*options: str) -> StrOptions:
+    """``StrOptions`` of ``options`` that remembers the order they were written in (for messages)."""
+    constraint = StrOptions(set(options))
+    constraint.order = options
+    return constraint
 
-    A value is valid when it is one of ``choices``, or a number of ``kind`` (int or float; bool never
-    counts as a number) inside ``[low, high]`` (``low`` excluded when ``open_low``), or, for ``kind``
-    ``list``, a list (its items are checked by the estimator's ``fit``).
-    """
 
-    help: str
-    kind: type | None = None
-    low: float | None = None
-    high: float | None = None
-    open_low: bool = False
-    choices: tuple = ()
+def _describe(constraint) -> str:
+    if isinstance(constraint, StrOptions):
+        return " or ".join(repr(o) for o in getattr(constraint, "order", sorted(constraint.options)))
+    if isinstance(constraint, Interval):
+        open_left = constraint.closed in ("right", "neither")
+        open_right = constraint.closed in ("left", "neither")
+        lo = "" if constraint.left is None else f"{constraint.left} {'<' if open_left else '<='} "
+        hi = "" if constraint.right is None else f" {'<' if open_right else '<='} {constraint.right}"
+        noun = "an integer" if constraint.type is Integral else "a number"
+        return noun + (f" with {lo}x{hi}" if lo or hi else "")
+    if constraint is None:
+        return "None"
+    if isinstance(constraint, type):
+        return f"a {constraint.__name__}"
+    return str(make_constraint(constraint))
 
-    def rule(self) -> str:
-        """The valid values, in words (for error messages)."""
-        parts = [repr(c) for c in self.choices]
-        if self.kind is not None:
-            lo = "" if self.low is None else f"{self.low} {'<' if self.open_low else '<='} "
-            hi = "" if self.high is None else f" <= {self.high}"
-            noun = "an integer" if self.kind is int else ("a list" if self.kind is list else "a number")
-            parts.append(noun + (f" with {lo}x{hi}" if lo or hi else ""))
-        return " or ".join(parts)
 
-    def check(self, name: str, value: Any) -> None:
-        """Raise ``ValueError`` when ``value`` is not valid for parameter ``name``."""
-        if any(value is c or (isinstance(value, str) and value == c) for c in self.choices):
-            return
-        if self.kind is list:
-            if isinstance(value, (list, tuple)):
-                return
-            raise ValueError(f"parameter {name}={value!r} is invalid: must be a list")
-        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
-        if self.kind is int:
-            number = number and float(value).is_integer()
-        ok = number and self.kind is not None and np.isfinite(value)
-        if ok and self.low is not None:
-            ok = value > self.low if self.open_low else value >= self.low
-        if ok and self.high is not None:
-            ok = value <= self.high
-        if not ok:
-            raise ValueError(f"parameter {name}={value!r} is invalid: must be {self.rule()}")
+def describe_constraints(constraints: Sequence[Any]) -> str:
+    """The values a list of constraints accepts, in words: ``'scale' or 'auto' or a number with 0 < x``."""
+    return " or ".join(_describe(c) for c in constraints)
+
+
+def check_param(name: str, value: Any, constraints: Sequence[Any]) -> Any:
+    """``value`` when one of ``constraints`` accepts it (an integer-valued float becomes an int where only
+    integers are valid: ``"300.0"`` from a command line is 300 trees); else ``ValueError`` naming the
+    parameter and what is valid. Unlike scikit-learn, ``True`` / ``False`` are never numbers."""
+    integers_only = any(isinstance(c, Interval) and c.type is Integral for c in constraints) and not any(
+        isinstance(c, Interval) and c.type is not Integral for c in constraints)
+    if integers_only and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not (isinstance(value, (bool, np.bool_)) and bool not in constraints and "boolean" not in constraints):
+        if any(make_constraint(c).is_satisfied_by(value) for c in constraints):
+            return value
+    raise ValueError(f"parameter {name}={value!r} is invalid: must be {describe_constraints(constraints)}")
 
 
 # ------------------------------------------------------------------------------------------------
 # registration
 BASE_LIBRARIES: tuple[tuple[str, int], ...] = (("scikit-learn", 2), ("numpy", 1))
 """Libraries every classifier's bundle checks: (name, how many leading version parts must agree)."""
-
-_SPEC_ATTR = "_blastscan_classifier"  # where register_classifier leaves its spec for discovery
 
 
 @dataclass(frozen=True)
@@ -86,8 +92,8 @@ class ClassifierSpec:
         Registry name and the one-line description :func:`blastscan.classifiers.describe_classifier` shows.
     factory : callable
         ``factory(random_state=..., **params)`` returns the unfitted final estimator.
-    params : dict of str to Param
-        Valid values of each hyper-parameter, in the order of ``factory``'s signature.
+    params : dict of str to list
+        scikit-learn constraints of each hyper-parameter, in the order of ``factory``'s signature.
     defaults : dict
         The hyper-parameters' defaults, read from ``factory``'s signature (``random_state`` excluded).
     scale : bool
@@ -103,7 +109,7 @@ class ClassifierSpec:
     name: str
     summary: str
     factory: Callable[..., Any]
-    params: dict[str, Param]
+    params: dict[str, list]
     defaults: dict[str, Any]
     scale: bool = True
     libraries: tuple[tuple[str, int], ...] = ()
@@ -112,10 +118,12 @@ class ClassifierSpec:
 
     def build(self, random_state: int = 0, **params: Any):
         """A fresh, unfitted Pipeline (``scale`` then ``model``); ``params`` override the defaults."""
-        from sklearn.pipeline import Pipeline
-
         model = self.factory(random_state=random_state, **{**self.defaults, **params})
         return scaled(model) if self.scale else Pipeline([("model", model)])
+
+
+#: Every classifier family by name; the modules of :mod:`blastscan.classifiers` are imported on the first lookup.
+CLASSIFIERS: Registry[ClassifierSpec] = Registry("classifier", "blastscan.classifiers")
 
 
 def signature_defaults(factory: Callable[..., Any]) -> dict[str, Any]:
@@ -138,20 +146,21 @@ def signature_defaults(factory: Callable[..., Any]) -> dict[str, Any]:
     return out
 
 
-def register_classifier(name: str, summary: str, *, params: dict[str, Param] | None = None, scale: bool = True,
+def register_classifier(name: str, summary: str, *, params: dict[str, list] | None = None, scale: bool = True,
                         libraries: Sequence[tuple[str, int]] = (), default: bool = True, order: int = 100):
-    """Decorator: declare a class or builder function as the classifier family ``name``.
+    """Decorator: declare a class or builder function as the classifier family ``name`` in :data:`CLASSIFIERS`.
 
-    The decorated object is returned unchanged; it carries its :class:`ClassifierSpec`, which
-    :mod:`blastscan.classifiers` finds by scanning its modules, so a new family is one new module.
-    Hyper-parameters and defaults come from the signature (``random_state`` is the seed); ``params``
-    (a class's ``param_specs`` when omitted) only says which values each accepts.
+    The decorated object is returned unchanged, so a new family is one new module of
+    :mod:`blastscan.classifiers`. Hyper-parameters and defaults come from the signature (``random_state`` is
+    the seed); ``params`` (a class's ``_parameter_constraints`` when omitted, as scikit-learn declares
+    them) only says which values each accepts.
 
     Parameters
     ----------
     name, summary : str
-    params : dict of str to Param, optional
-        Exactly one entry per parameter of the signature other than ``random_state``.
+    params : dict of str to list of constraints, optional
+        scikit-learn constraints (``Interval``, ``StrOptions``, ``None``, a type ...): exactly one entry per
+        parameter of the signature other than ``random_state``.
     scale : bool
         Put a ``StandardScaler`` before the model.
     libraries : sequence of (str, int)
@@ -166,33 +175,27 @@ def register_classifier(name: str, summary: str, *, params: dict[str, Param] | N
     ------
     TypeError
         The signature and ``params`` do not name the same parameters (caught when the module is imported).
+    BlastscanError
+        Another module already declared a family ``name``.
     """
 
     def deco(factory):
-        ranges = dict(getattr(factory, "param_specs", {}) if params is None else params)
+        declared = getattr(factory, "_parameter_constraints", {}) if params is None else params
+        declared = {k: list(v) for k, v in declared.items() if k != "random_state"}
         defaults = signature_defaults(factory)
-        if list(ranges) != list(defaults):
+        if set(declared) != set(defaults):
             raise TypeError(f"classifier '{name}': the signature's parameters {list(defaults)} and the declared "
-                            f"value ranges {list(ranges)} differ (or are in another order)")
-        spec = ClassifierSpec(name, summary, factory, ranges, defaults, scale, tuple(map(tuple, libraries)),
-                              default, order)
-        setattr(factory, _SPEC_ATTR, spec)
+                            f"constraints {list(declared)} differ")
+        spec = ClassifierSpec(name, summary, factory, {k: declared[k] for k in defaults}, defaults, scale,
+                              tuple(map(tuple, libraries)), default, order)
+        try:
+            CLASSIFIERS.register(name, spec)
+        except ValueError:
+            first = dict(CLASSIFIERS.items())[name].factory.__module__
+            raise BlastscanError(f"classifier '{name}'", f"declared twice ({first} and {factory.__module__})") from None
         return factory
 
     return deco
-
-
-def specs_in(module) -> list[ClassifierSpec]:
-    """The classifier families declared in ``module`` itself (not those it imports from elsewhere)."""
-    found = []
-    for obj in vars(module).values():
-        if getattr(obj, "__module__", None) != module.__name__:
-            continue
-        # vars(): a subclass of a registered class inherits the attribute but is not registered itself
-        spec = vars(obj).get(_SPEC_ATTR) if hasattr(obj, "__dict__") else None
-        if spec is not None:
-            found.append(spec)
-    return found
 
 
 def init_from_parts(*parts: type) -> Callable[..., None]:
@@ -223,9 +226,6 @@ def init_from_parts(*parts: type) -> Callable[..., None]:
 
 def scaled(model):
     """``StandardScaler`` + ``model`` as a Pipeline whose last step is named ``model``."""
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
-
     return Pipeline([("scale", StandardScaler()), ("model", model)])
 
 
@@ -235,21 +235,18 @@ class BinaryClassifier(ClassifierMixin, BaseEstimator):
     """Base of our own two-class estimators.
 
     Subclasses take their hyper-parameters in ``__init__`` (which stores them unchanged, as scikit-learn
-    requires; the defaults live there only), give each one's valid values in ``param_specs``, and
-    implement ``_fit(X, y01, groups)`` with labels encoded 0/1 in the order of ``classes_``, and
+    requires; the defaults live there only), give each one's valid values in ``_parameter_constraints`` (as
+    scikit-learn's estimators do; ``fit`` validates them, :func:`blastscan.classifiers.get_classifier` already
+    on construction), and implement ``_fit(X, y01, groups)`` with labels encoded 0/1 in the order of ``classes_``, and
     ``_proba1(X)``: the probability of ``classes_[1]`` (P(ALL) for labels 0 = HEM, 1 = ALL).
     """
 
-    param_specs: ClassVar[dict[str, Param]] = {}
-
-    def _check_params(self) -> None:
-        for name, spec in self.param_specs.items():
-            spec.check(name, getattr(self, name))
+    _parameter_constraints: ClassVar[dict[str, list]] = {"random_state": ["random_state"]}
 
     def fit(self, X, y, groups=None):
         """Fit on ``X`` (n, d) and two-class ``y``; ``groups`` (one id per row, e.g. the subject) keeps
         every internal split group-disjoint. Returns ``self``."""
-        self._check_params()
+        self._validate_params()
         X, y = validate_data(self, X, y, dtype=(np.float64, np.float32))
         check_classification_targets(y)
         if type_of_target(y) != "binary":
@@ -310,8 +307,6 @@ def inner_folds(y01: np.ndarray, groups: np.ndarray | None, n_splits: int, seed:
     note : str
         How the folds were made; starts with ``"per-sample"`` for the (leaky) fallback.
     """
-    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
-
     counts = np.bincount(y01, minlength=2)
     if counts.min() < 2:
         raise ValueError(f"an inner split needs at least 2 samples of each class (got {counts.min()})")

@@ -11,8 +11,12 @@ from __future__ import annotations
 import random
 
 import numpy as np
+from scipy.special import expit
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-from blastscan.classifiers.base import BinaryClassifier, Param, balanced_weights, inner_folds, register_classifier
+from blastscan._tf import import_keras
+from blastscan.classifiers.base import (BinaryClassifier, Integral, Interval, Real, balanced_weights, inner_folds,
+                                        register_classifier)
 
 __all__ = ["FCNClassifier"]
 
@@ -63,14 +67,15 @@ class FCNClassifier(BinaryClassifier):
     (2, 2)
     """
 
-    param_specs = {
-        "hidden": Param("hidden units", int, low=1),
-        "dropout": Param("dropout rate", float, low=0, high=0.95),
-        "epochs": Param("maximum epochs", int, low=1),
-        "patience": Param("early-stopping patience (epochs)", int, low=1),
-        "batch_size": Param("mini-batch size", int, low=1),
-        "lr": Param("Adam learning rate", float, low=0, open_low=True),
-        "val_fraction": Param("share of groups held out for early stopping", float, low=0.05, high=0.5),
+    _parameter_constraints = {
+        "hidden": [Interval(Integral, 1, None, closed="left")],
+        "dropout": [Interval(Real, 0, 0.95, closed="both")],
+        "epochs": [Interval(Integral, 1, None, closed="left")],
+        "patience": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "val_fraction": [Interval(Real, 0.05, 0.5, closed="both")],
+        **BinaryClassifier._parameter_constraints,
     }
 
     def __init__(self, hidden=256, dropout=0.3, epochs=60, patience=8, batch_size=64, lr=1e-3, val_fraction=0.2,
@@ -101,8 +106,6 @@ class FCNClassifier(BinaryClassifier):
 
     def hidden_activations(self, X) -> np.ndarray:
         """Hidden-layer activations (ReLU outputs), shape (n, hidden): the learned features."""
-        from sklearn.utils.validation import check_is_fitted, validate_data
-
         check_is_fitted(self)
         return self._hidden(validate_data(self, X, reset=False, dtype=(np.float64, np.float32)))
 
@@ -110,17 +113,13 @@ class FCNClassifier(BinaryClassifier):
         return np.maximum(np.asarray(X, dtype=np.float32) @ self.coefs_[0] + self.intercepts_[0], 0.0)
 
     def _proba1(self, X):
-        from scipy.special import expit
-
         return expit((self._hidden(X) @ self.coefs_[1] + self.intercepts_[1])[:, 0].astype(np.float64))
 
 
 def _train_keras(X, y, w, validation, *, hidden, dropout, epochs, patience, batch_size, lr, seed):
     """Train the head; returns ``(get_weights(), best_epoch, epochs_run)``. Leaves numpy's and Python's
     global random states as they were (Keras seeds them)."""
-    from blastscan._tf import import_keras
-
-    keras = import_keras()  # lazily: importing TensorFlow costs seconds
+    keras = import_keras()  # TensorFlow is imported here, on the first fit: it costs seconds
 
     saved = np.random.get_state(), random.getstate()
     try:

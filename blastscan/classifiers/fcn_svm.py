@@ -9,8 +9,10 @@ below its fold AUCs).
 from __future__ import annotations
 
 import numpy as np
+from sklearn.preprocessing import StandardScaler
 
-from blastscan.classifiers.base import BinaryClassifier, Param, init_from_parts, inner_folds, register_classifier
+from blastscan.classifiers.base import (BinaryClassifier, Interval, Real, init_from_parts, inner_folds,
+                                        register_classifier)
 from blastscan.classifiers.fcn import FCNClassifier
 from blastscan.classifiers.svm import GroupCalibratedSVC
 
@@ -50,9 +52,8 @@ class FCNSVMClassifier(BinaryClassifier):
         How those rows were held out (group-disjoint, or per-sample when the groups allow no split).
     """
 
-    param_specs = {"svm_share": Param("share of training subjects held out from the FCN to fit the SVM", float,
-                                      low=0, high=0.8, open_low=True),
-                   **FCNClassifier.param_specs, **GroupCalibratedSVC.param_specs}
+    _parameter_constraints = {"svm_share": [Interval(Real, 0, 0.8, closed="right")],
+                              **FCNClassifier._parameter_constraints, **GroupCalibratedSVC._parameter_constraints}
     # the parts' parameters, flat, read from their signatures
     __init__ = init_from_parts(_Split, FCNClassifier, GroupCalibratedSVC)
 
@@ -71,8 +72,6 @@ class FCNSVMClassifier(BinaryClassifier):
         return folds[0]
 
     def _fit(self, X, y01, groups):
-        from sklearn.preprocessing import StandardScaler
-
         fcn_rows, self.svm_rows_ = self._held_out(y01, groups)
         g = None if groups is None else groups
         self.fcn_ = self._part(FCNClassifier).fit(X[fcn_rows], y01[fcn_rows],

@@ -30,7 +30,8 @@ import time
 
 import numpy as np
 
-from blastscan.classifiers.base import BinaryClassifier, Param, balanced_weights, inner_folds, register_classifier
+from blastscan.classifiers.base import (BinaryClassifier, Integral, Interval, Real, balanced_weights, choices,
+                                        inner_folds, register_classifier)
 from blastscan.errors import BlastscanError
 
 __all__ = ["FinetuneClassifier", "OK_ENV", "INPUTS", "build_tail", "share_weights_dir"]
@@ -110,18 +111,18 @@ class FinetuneClassifier(BinaryClassifier):
     #: ``classifier_inputs``: the table these fits read for a feature set (none other is accepted)
     input_features = INPUTS
 
-    param_specs = {
-        "epochs": Param("maximum epochs", int, low=1),
-        "patience": Param("early-stopping patience (epochs)", int, low=1),
-        "batch_size": Param("mini-batch size", int, low=1),
-        "lr": Param("Adam learning rate", float, low=0, open_low=True),
-        "dropout": Param("dropout rate before the output", float, low=0, high=0.95),
-        "val_fraction": Param("share of subjects held out for early stopping", float, low=0.05, high=0.5),
-        "tail": Param("trainable blocks", choices=("inception_v3", "tiny")),
-        "channels": Param("channels of the cached activations", int, low=1),
-        "precision": Param("arithmetic", choices=("auto", "float32", "bf16")),
-        "max_minutes": Param("longest expected fit accepted without BLASTSCAN_FINETUNE_OK=1", float, low=0,
-                             open_low=True),
+    _parameter_constraints = {
+        "epochs": [Interval(Integral, 1, None, closed="left")],
+        "patience": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "dropout": [Interval(Real, 0, 0.95, closed="both")],
+        "val_fraction": [Interval(Real, 0.05, 0.5, closed="both")],
+        "tail": [choices("inception_v3", "tiny")],
+        "channels": [Interval(Integral, 1, None, closed="left")],
+        "precision": [choices("auto", "float32", "bf16")],
+        "max_minutes": [Interval(Real, 0, None, closed="neither")],  # without BLASTSCAN_FINETUNE_OK=1
+        **BinaryClassifier._parameter_constraints,
     }
 
     def __init__(self, epochs=8, patience=2, batch_size=32, lr=1e-4, dropout=0.3, val_fraction=0.2,

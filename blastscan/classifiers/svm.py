@@ -11,8 +11,15 @@ rows, 0.8 GB for 10,000).
 from __future__ import annotations
 
 import numpy as np
+from scipy.optimize import minimize
+from scipy.special import expit, log_expit
+from sklearn.isotonic import IsotonicRegression
+from sklearn.metrics.pairwise import rbf_kernel
+from sklearn.svm import SVC
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-from blastscan.classifiers.base import BinaryClassifier, Param, inner_folds, register_classifier
+from blastscan.classifiers.base import (BinaryClassifier, Integral, Interval, Real, StrOptions, choices, inner_folds,
+                                        register_classifier)
 
 __all__ = ["GroupCalibratedSVC", "platt_fit"]
 
@@ -20,9 +27,6 @@ __all__ = ["GroupCalibratedSVC", "platt_fit"]
 def platt_fit(scores: np.ndarray, y01: np.ndarray) -> tuple[float, float]:
     """Platt's sigmoid ``P(y=1|s) = 1 / (1 + exp(a*s + b))`` by maximum likelihood with his smoothed
     targets ``(n1 + 1) / (n1 + 2)`` and ``1 / (n0 + 2)``. Returns ``(a, b)``."""
-    from scipy.optimize import minimize
-    from scipy.special import expit, log_expit
-
     n1 = int(y01.sum())
     n0 = len(y01) - n1
     t = np.where(y01 == 1, (n1 + 1.0) / (n1 + 2.0), 1.0 / (n0 + 2.0))
@@ -82,12 +86,13 @@ class GroupCalibratedSVC(BinaryClassifier):
     (2, 2)
     """
 
-    param_specs = {
-        "C": Param("SVC regularisation", float, low=0, open_low=True),
-        "gamma": Param("RBF kernel width", float, low=0, open_low=True, choices=("scale", "auto")),
-        "class_weight": Param("class weights", choices=("balanced", None)),
-        "calibration": Param("score-to-probability map", choices=("sigmoid", "isotonic")),
-        "inner_splits": Param("grouped folds of the calibration CV", int, low=2),
+    _parameter_constraints = {
+        "C": [Interval(Real, 0, None, closed="neither")],
+        "gamma": [choices("scale", "auto"), Interval(Real, 0, None, closed="neither")],
+        "class_weight": [StrOptions({"balanced"}), None],
+        "calibration": [choices("sigmoid", "isotonic")],
+        "inner_splits": [Interval(Integral, 2, None, closed="left")],
+        **BinaryClassifier._parameter_constraints,
     }
 
     def __init__(self, C=1.0, gamma="scale", class_weight="balanced", calibration="sigmoid", inner_splits=3,
@@ -100,13 +105,9 @@ class GroupCalibratedSVC(BinaryClassifier):
         self.random_state = random_state
 
     def _svc(self):
-        from sklearn.svm import SVC
-
         return SVC(C=self.C, kernel="precomputed", class_weight=self.class_weight)
 
     def _fit(self, X, y01, groups):
-        from sklearn.metrics.pairwise import rbf_kernel
-
         if self.gamma == "scale":
             var = float(X.var())
             self.gamma_ = 1.0 / (X.shape[1] * var) if var > 0 else 1.0
@@ -128,21 +129,15 @@ class GroupCalibratedSVC(BinaryClassifier):
         if self.calibration == "sigmoid":
             self.calibrator_ = platt_fit(oof, y01)
         else:
-            from sklearn.isotonic import IsotonicRegression
-
             self.calibrator_ = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(oof, y01)
 
     def decision_function(self, X) -> np.ndarray:
         """Signed distance to the SVC's boundary (positive: ``classes_[1]``)."""
-        from sklearn.utils.validation import check_is_fitted, validate_data
-
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
         return self._decision(X)
 
     def _decision(self, X):
-        from sklearn.metrics.pairwise import rbf_kernel
-
         if len(self.dual_coef_) == 0:
             return np.full(len(X), self.intercept_)
         return rbf_kernel(X, self.support_vectors_, gamma=self.gamma_) @ self.dual_coef_ + self.intercept_
@@ -150,8 +145,6 @@ class GroupCalibratedSVC(BinaryClassifier):
     def _proba1(self, X):
         s = self._decision(X)
         if self.calibration == "sigmoid":
-            from scipy.special import expit
-
             a, b = self.calibrator_
             return expit(-(a * s + b))
         return self.calibrator_.predict(s)

@@ -4,8 +4,9 @@ every standardised dimension mostly measures noise. The projection is fitted on 
 from __future__ import annotations
 
 import numpy as np
+from sklearn.decomposition import PCA
 
-from blastscan.classifiers.base import BinaryClassifier, Param, init_from_parts, register_classifier
+from blastscan.classifiers.base import BinaryClassifier, Integral, Interval, init_from_parts, register_classifier
 from blastscan.classifiers.svm import GroupCalibratedSVC
 
 __all__ = ["PCASVC"]
@@ -38,13 +39,11 @@ class PCASVC(BinaryClassifier):
     svm_ : the fitted GroupCalibratedSVC
     """
 
-    param_specs = {"n_components": Param("principal components kept", int, low=1),
-                   **GroupCalibratedSVC.param_specs}
+    _parameter_constraints = {"n_components": [Interval(Integral, 1, None, closed="left")],
+                              **GroupCalibratedSVC._parameter_constraints}
     __init__ = init_from_parts(_Projection, GroupCalibratedSVC)
 
     def _fit(self, X, y01, groups):
-        from sklearn.decomposition import PCA
-
         k = int(min(self.n_components, X.shape[0] - 1, X.shape[1]))
         self.pca_ = PCA(n_components=max(k, 1), random_state=self.random_state).fit(X)
         svm = GroupCalibratedSVC()

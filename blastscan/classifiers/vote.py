@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from blastscan.classifiers.base import BinaryClassifier, Param, register_classifier
+from blastscan.classifiers import fit_classifier, get_classifier, predict_p_all
+from blastscan.classifiers.base import BinaryClassifier, register_classifier
 
 __all__ = ["SoftVote"]
 
 
 @register_classifier("vote", "mean P(ALL) of member classifiers, each on its own feature columns", scale=False,
-                     default=False, order=90, params={"members": Param("member models", list)})
+                     default=False, order=90)
 class SoftVote(BinaryClassifier):
     """Mean of member classifiers' P(ALL), each fitted on its own columns.
 
@@ -34,6 +35,8 @@ class SoftVote(BinaryClassifier):
     members_ : list of fitted estimators, in ``members`` order
     """
 
+    _parameter_constraints = {"members": [list, tuple], **BinaryClassifier._parameter_constraints}
+
     def __init__(self, members=(), random_state=0):
         self.members = members
         self.random_state = random_state
@@ -46,8 +49,6 @@ class SoftVote(BinaryClassifier):
         return cols
 
     def _fit(self, X, y01, groups):
-        from blastscan.classifiers import fit_classifier, get_classifier
-
         if not self.members:
             raise ValueError("SoftVote needs at least one member")
         self.members_, self.columns_ = [], []
@@ -59,8 +60,4 @@ class SoftVote(BinaryClassifier):
 
     def _proba1(self, X):
         X = np.asarray(X, dtype=np.float64)
-        ps = []
-        for est, cols in zip(self.members_, self.columns_):
-            col = list(est.classes_).index(1)
-            ps.append(est.predict_proba(X[:, cols])[:, col])
-        return np.mean(ps, axis=0)
+        return np.mean([predict_p_all(est, X[:, cols]) for est, cols in zip(self.members_, self.columns_)], axis=0)

@@ -2,13 +2,15 @@
 
 Defaults are chosen for speed (a comparison fits hundreds of models): 200 shallow trees on 30 % of the
 columns per tree and 64 histogram bins.
+
+xgboost is imported on the first fit only: importing it costs a second, and it is an optional family.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from blastscan.classifiers.base import BinaryClassifier, Param, register_classifier
+from blastscan.classifiers.base import BinaryClassifier, Integral, Interval, Real, register_classifier
 
 __all__ = ["BalancedXGBClassifier"]
 
@@ -35,16 +37,17 @@ class BalancedXGBClassifier(BinaryClassifier):
     model_ : the fitted ``xgboost.XGBClassifier``
     """
 
-    param_specs = {
-        "n_estimators": Param("boosting rounds", int, low=1),
-        "max_depth": Param("tree depth", int, low=1),
-        "learning_rate": Param("shrinkage", float, low=0, high=1, open_low=True),
-        "subsample": Param("row fraction per tree", float, low=0, high=1, open_low=True),
-        "colsample_bytree": Param("column fraction per tree", float, low=0, high=1, open_low=True),
-        "max_bin": Param("histogram bins per feature", int, low=2),
-        "min_child_weight": Param("minimum hessian in a leaf", float, low=0),
-        "reg_lambda": Param("L2 penalty on leaf weights", float, low=0),
-        "n_jobs": Param("threads", int, low=1),
+    _parameter_constraints = {
+        "n_estimators": [Interval(Integral, 1, None, closed="left")],
+        "max_depth": [Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, 1, closed="right")],
+        "subsample": [Interval(Real, 0, 1, closed="right")],
+        "colsample_bytree": [Interval(Real, 0, 1, closed="right")],
+        "max_bin": [Interval(Integral, 2, None, closed="left")],
+        "min_child_weight": [Interval(Real, 0, None, closed="left")],
+        "reg_lambda": [Interval(Real, 0, None, closed="left")],
+        "n_jobs": [Interval(Integral, 1, None, closed="left")],
+        **BinaryClassifier._parameter_constraints,
     }
 
     def __init__(self, n_estimators=200, max_depth=3, learning_rate=0.1, subsample=0.8, colsample_bytree=0.3,

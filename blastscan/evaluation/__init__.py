@@ -10,9 +10,9 @@ from blastscan.evaluation.cv import (FitTask, HoldoutPlan, InnerPlan, SubjectCV,
                                      oof_predict, run_fit, subject_cv, subject_cv_tasks)
 from blastscan.evaluation.metrics import (CI_METRICS, METRIC_NAMES, bootstrap_ci, compute_metrics,
                                           per_subject_accuracy)
-from blastscan.evaluation.settings import EvalSettings
+from blastscan.evaluation.settings import RULES, EvalSettings, rule_text
 from blastscan.evaluation.splits import FoldPlan, as_labels, leaky_folds, plan_subject_folds, subject_folds
-from blastscan.evaluation.thresholds import RULES, choose_threshold, rule_text
+from blastscan.evaluation.thresholds import choose_threshold
 
 __all__ = ["EvalSettings", "FoldPlan", "as_labels", "plan_subject_folds", "subject_folds", "leaky_folds",
            "RULES", "rule_text", "choose_threshold", "METRIC_NAMES", "CI_METRICS", "compute_metrics",

@@ -23,7 +23,11 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import numpy as np
+import pandas as pd
+from scipy.special import expit
+from sklearn.linear_model import LogisticRegression
 
+from blastscan.errors import BlastscanError
 from blastscan.evaluation.splits import as_labels
 
 __all__ = ["CALIBRATION_METHOD", "subject_weights", "fit_calibration", "apply_calibration", "brier_score", "reliability_table"]
@@ -63,8 +67,6 @@ def fit_calibration(y_true, p_all, groups=None) -> dict[str, Any] | None:
         training subjects' cells backwards): P(ALL) is then used as the model gives it, since a flat or
         reversing map would change the model's calls.
     """
-    from sklearn.linear_model import LogisticRegression
-
     y = as_labels(y_true)
     p = np.asarray(p_all, dtype=float)
     ok = ~np.isnan(p)
@@ -91,11 +93,7 @@ def apply_calibration(p_all, calibration: Mapping[str, Any] | None) -> np.ndarra
     if not calibration:
         return p
     if calibration.get("method") != CALIBRATION_METHOD:
-        from blastscan.errors import BlastscanError
-
         raise BlastscanError("calibration", f"unknown method {calibration.get('method')!r}")
-    from scipy.special import expit
-
     out = expit(float(calibration["a"]) * _logit(p) + float(calibration["b"]))
     return np.where(np.isnan(p), np.nan, out)
 
@@ -110,8 +108,6 @@ def brier_score(y_true, p_all) -> float:
 
 def reliability_table(y_true, p_all, n_bins: int = 10):
     """Per bin of P(ALL) (``n_bins`` equal widths on [0, 1]): cells, mean P(ALL), observed share of ALL."""
-    import pandas as pd
-
     y = as_labels(y_true).astype(float)
     p = np.asarray(p_all, dtype=float)
     ok = ~np.isnan(p)

@@ -6,18 +6,24 @@ here ever looks at an outer test fold to make a choice.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+from sklearn.base import clone
 
+from blastscan import parallel
+from blastscan.classifiers import fit_classifier, get_classifier, predict_p_all
 from blastscan.errors import BlastscanError
 from blastscan.evaluation import decision
+from blastscan.evaluation.calibration import apply_calibration
+from blastscan.evaluation.settings import RULES, EvalSettings
 from blastscan.evaluation.splits import FoldPlan, as_labels, plan_subject_folds, subject_folds
 
 __all__ = ["make_classifier", "fit_model", "fit_predict", "oof_predict", "TaskKey", "FitTask", "run_fit",
-           "InnerPlan", "HoldoutPlan", "subject_cv_tasks", "SubjectCV", "assemble_subject_cv", "holdout_tasks",
-           "assemble_holdout", "subject_cv", "shipped_decision"]
+           "keyed_fit", "InnerPlan", "HoldoutPlan", "subject_cv_tasks", "SubjectCV", "assemble_subject_cv",
+           "holdout_tasks", "assemble_holdout", "subject_cv", "shipped_decision"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -30,13 +36,9 @@ def make_classifier(spec, params: Mapping[str, Any] | None = None, seed: int = 0
     """
     params = dict(params or {})
     if isinstance(spec, str):
-        from blastscan.classifiers import get_classifier
-
         return get_classifier(spec, random_state=seed, **params)
     if isinstance(spec, type) or (callable(spec) and not hasattr(spec, "fit")):
         return spec(random_state=seed, **params)
-    from sklearn.base import clone
-
     est = clone(spec)
     return est.set_params(**params) if params else est
 
@@ -44,8 +46,6 @@ def make_classifier(spec, params: Mapping[str, Any] | None = None, seed: int = 0
 def fit_model(est, X, y, groups):
     # fit_classifier is the one way to fit: it hands groups to models that split internally (SVM
     # calibration, FCN early stopping) so even their inner splits are subject-disjoint.
-    from blastscan.classifiers import fit_classifier
-
     return fit_classifier(est, X, y, groups=groups)
 
 
@@ -58,11 +58,10 @@ def fit_predict(spec, params, X, y, groups, train, test, seed: int = 0, info: di
         final = est.steps[-1][1] if hasattr(est, "steps") else est
         if hasattr(final, "best_params_"):
             info["best_params"] = dict(final.best_params_)
-    col = list(getattr(est, "classes_", [0, 1])).index(1)  # the P(ALL) column, whatever the class order
-    return np.asarray(est.predict_proba(X[test]))[:, col].astype(float)
+    return predict_p_all(est, X[test])
 
 
-def oof_predict(classifier_name, params, X, y, groups, n_splits: int = 5, seed: int = 0, *,
+def oof_predict(classifier_name, params, X, y, groups, n_splits: int = EvalSettings.folds, seed: int = 0, *,
                 folds=None) -> np.ndarray:
     """Out-of-fold P(ALL) from subject-disjoint folds (every sample predicted by a model that never
     saw its group).
@@ -169,7 +168,7 @@ def _pairs_possible(plan: FoldPlan, y: np.ndarray, inner_splits: int) -> bool:
     return True
 
 
-def subject_cv_tasks(plan: FoldPlan, y, groups, *, inner_splits: int = 3,
+def subject_cv_tasks(plan: FoldPlan, y, groups, *, inner_splits: int = EvalSettings.inner_folds,
                      seed: int = 0) -> tuple[list[FitTask], InnerPlan]:
     """The fits a subject-disjoint CV with training-only thresholds needs, and how its inner CVs are made."""
     y = as_labels(y)
@@ -270,14 +269,12 @@ def _inner_predictions(plan: FoldPlan, inner: InnerPlan, preds: Mapping[TaskKey,
 
 
 def assemble_subject_cv(plan: FoldPlan, inner: InnerPlan, preds: Mapping[TaskKey, np.ndarray], y, *,
-                        groups=None, rules: Sequence[str] = ("recall", "f1"), target_recall: float = 0.90,
-                        targets: Sequence[float] = (), threshold_fn: Callable | None = None,
-                        calibrate: bool = True) -> SubjectCV:
+                        groups=None, rules: Sequence[str] = tuple(RULES),
+                        target_recall: float = EvalSettings.target_recall, targets: Sequence[float] = (),
+                        threshold_fn: Callable | None = None, calibrate: bool = True) -> SubjectCV:
     """Pool the fits of :func:`subject_cv_tasks` (``preds[key]`` = predictions of that task): each fold's
     calibration map and thresholds come from :func:`~blastscan.evaluation.decision.decide` on out-of-fold
     predictions of its training part only, and are applied to its test fold."""
-    from blastscan.evaluation.calibration import apply_calibration
-
     y = as_labels(y)
     groups = None if groups is None else np.asarray(groups).astype(str)
     n = len(y)
@@ -312,7 +309,7 @@ def assemble_subject_cv(plan: FoldPlan, inner: InnerPlan, preds: Mapping[TaskKey
                      target_thresholds=target_thr, raw_fold_thresholds=raw_thr)
 
 
-def holdout_tasks(train, test, y, groups, *, inner_splits: int = 3,
+def holdout_tasks(train, test, y, groups, *, inner_splits: int = EvalSettings.inner_folds,
                   seed: int = 0) -> tuple[list[FitTask], HoldoutPlan]:
     """Fits for a fixed train -> test split (the official phase): the final model, and an inner
     subject-disjoint CV on ``train`` for the threshold."""
@@ -333,13 +330,11 @@ def holdout_tasks(train, test, y, groups, *, inner_splits: int = 3,
 
 
 def assemble_holdout(info: HoldoutPlan, preds: Mapping[TaskKey, np.ndarray], y, *,
-                     groups=None, rules: Sequence[str] = ("recall", "f1"), target_recall: float = 0.90,
-                     threshold_fn: Callable | None = None,
+                     groups=None, rules: Sequence[str] = tuple(RULES),
+                     target_recall: float = EvalSettings.target_recall, threshold_fn: Callable | None = None,
                      calibrate: bool = True) -> tuple[np.ndarray, dict[str, float]]:
     """Calibrated test predictions and thresholds of :func:`holdout_tasks` (calibration map and thresholds
     from :func:`~blastscan.evaluation.decision.decide` on the training part's inner predictions only)."""
-    from blastscan.evaluation.calibration import apply_calibration
-
     y = as_labels(y)
     train = info.train
     p_inner = None
@@ -353,17 +348,22 @@ def assemble_holdout(info: HoldoutPlan, preds: Mapping[TaskKey, np.ndarray], y, 
     return apply_calibration(preds[TaskKey("holdout")], d.calibration), dict(d.thresholds)
 
 
+def keyed_fit(spec, params, X, y, groups, task: FitTask, seed: int = 0) -> tuple[TaskKey, np.ndarray]:
+    """``(task.key, run_fit(...))``: a fit that says which task it was (a pool returns results unordered)."""
+    return task.key, run_fit(spec, params, X, y, groups, task, seed)
+
+
 def _run_all(spec, params, X, y, groups, tasks: Sequence[FitTask], seed: int, n_jobs: int | None) -> dict:
-    if n_jobs == 1 or len(tasks) <= 1:
+    if n_jobs in (1, None) or len(tasks) <= 1:
         return {t.key: run_fit(spec, params, X, y, groups, t, seed) for t in tasks}
-    from joblib import Parallel, delayed
+    jobs = (os.cpu_count() or 1) if n_jobs < 1 else n_jobs
+    fits = [(spec, params, X, y, groups, t, seed) for t in tasks]
+    return dict(parallel.executor(jobs).map_unordered(keyed_fit, fits, one_thread=True))
 
-    out = Parallel(n_jobs=n_jobs)(delayed(run_fit)(spec, params, X, y, groups, t, seed) for t in tasks)
-    return {t.key: p for t, p in zip(tasks, out)}
 
-
-def subject_cv(spec, params, X, y, groups, *, n_splits: int = 5, seed: int = 0, inner_splits: int = 3,
-               target_recall: float = 0.90, n_jobs: int | None = 1, threshold_fn: Callable | None = None,
+def subject_cv(spec, params, X, y, groups, *, n_splits: int = EvalSettings.folds, seed: int = EvalSettings.seed,
+               inner_splits: int = EvalSettings.inner_folds, target_recall: float = EvalSettings.target_recall,
+               n_jobs: int | None = 1, threshold_fn: Callable | None = None,
                plan: FoldPlan | None = None, targets: Sequence[float] = (), calibrate: bool = True) -> SubjectCV:
     """Subject-disjoint CV of one classifier on one feature matrix, with training-only thresholds.
 
@@ -375,7 +375,8 @@ def subject_cv(spec, params, X, y, groups, *, n_splits: int = 5, seed: int = 0, 
     inner_splits : int
         Folds of the inner CV when the pair scheme is not possible; 0 skips thresholds (0.5).
     n_jobs : int
-        Parallel fits (joblib).
+        Parallel fits, through :func:`blastscan.parallel.executor` (1 or None: in this process; -1: one
+        per CPU; inside a Dask :func:`~blastscan.parallel.session`: on its cluster).
     threshold_fn : callable, optional
         Replaces :func:`~blastscan.evaluation.thresholds.choose_threshold` (for tests).
     targets : target ALL recalls whose per-fold thresholds are also chosen (operating points)

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from blastscan.evaluation.calibration import apply_calibration, fit_calibration
+from blastscan.evaluation.settings import RULES, EvalSettings
 from blastscan.evaluation.splits import as_labels
 from blastscan.evaluation.thresholds import choose_threshold
 
@@ -69,8 +70,9 @@ class Decision:
         return self.thresholds[rule]
 
 
-def decide(y_true, p_oof, *, groups=None, rules: Sequence[str] = ("recall", "f1"), target_recall: float = 0.90,
-           targets: Sequence[float] = (), threshold_fn: Callable | None = None, calibrate: bool = True) -> Decision:
+def decide(y_true, p_oof, *, groups=None, rules: Sequence[str] = tuple(RULES),
+           target_recall: float = EvalSettings.target_recall, targets: Sequence[float] = (),
+           threshold_fn: Callable | None = None, calibrate: bool = True) -> Decision:
     """Calibration map and thresholds from out-of-fold P(ALL) of TRAINING subjects (never the test fold).
 
     Parameters

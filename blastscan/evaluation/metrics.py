@@ -10,7 +10,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
+from sklearn.metrics import roc_auc_score
 
+from blastscan.evaluation.settings import EvalSettings
 from blastscan.evaluation.splits import as_labels
 
 __all__ = ["METRIC_NAMES", "CI_METRICS", "safe_div", "compute_metrics", "bootstrap_ci", "per_subject_accuracy",
@@ -33,8 +36,6 @@ class _Scores:
     reused for every bootstrap draw."""
 
     def __init__(self, p: np.ndarray):
-        from scipy import sparse
-
         self.values, self.inverse = np.unique(p, return_inverse=True)
         self.n = len(self.values)
         self.onehot = sparse.csr_matrix((np.ones(len(p)), (np.arange(len(p)), self.inverse)),
@@ -126,7 +127,8 @@ def compute_metrics(y_true, p_all, threshold, *, subjects=None, groups=None) -> 
     return m
 
 
-def bootstrap_ci(y_true, p_all, threshold, groups, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+def bootstrap_ci(y_true, p_all, threshold, groups, *, n_boot: int = EvalSettings.n_boot,
+                 seed: int = EvalSettings.seed, level: float = 0.95,
                  metrics: Sequence[str] = CI_METRICS) -> dict[str, tuple[float, float]]:
     """Percentile confidence intervals of pooled metrics, resampling whole groups (subjects).
 
@@ -220,8 +222,6 @@ def within_fold_roc_auc(y_true, p_all, fold) -> float:
     cells differently. This figure does not move: it only ever compares cells scored by the same model.
     Folds whose held-out cells are of one class are left out; NaN when none is left.
     """
-    from sklearn.metrics import roc_auc_score
-
     y = np.asarray(y_true).astype(int)
     p = np.asarray(p_all, dtype=float)
     fold = np.asarray(fold)

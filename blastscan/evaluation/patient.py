@@ -11,7 +11,11 @@ import math
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import minimize_scalar
+from scipy.special import betaln
+from scipy.stats import norm
 
+from blastscan.evaluation.settings import EvalSettings
 from blastscan.evaluation.splits import as_labels
 
 __all__ = ["WITHIN_SUBJECT_WEIGHT", "MIN_CELLS_FOR_FRACTION", "LOW_SPECIFICITY", "subject_means", "patient_metrics",
@@ -42,7 +46,7 @@ def _auc(y: np.ndarray, s: np.ndarray) -> float:
     return float(greater / (len(pos) * len(neg)))
 
 
-def patient_metrics(subjects, y, p_all, threshold, *, n_boot: int = 1000, seed: int = 0,
+def patient_metrics(subjects, y, p_all, threshold, *, n_boot: int = EvalSettings.n_boot, seed: int = EvalSettings.seed,
                     level: float = 0.95) -> dict[str, float]:
     """How well per-subject summaries separate ALL from HEM subjects.
 
@@ -156,9 +160,6 @@ def _fit_beta_binomial(n: np.ndarray, k: np.ndarray) -> tuple[float, float]:
     """Maximum-likelihood Beta(a, b) of per-subject rates given ``k`` of ``n`` cells per subject
     (beta-binomial), with its mean kept off 0 and 1 by half a cell (Jeffreys) and ``a + b`` in
     :data:`_BETA_SUM`."""
-    from scipy.optimize import minimize_scalar
-    from scipy.special import betaln
-
     n, k = np.asarray(n, dtype=float), np.asarray(k, dtype=float)
     mean_ = (k.sum() + 0.5) / (n.sum() + 1.0)  # the pooled rate fixes the mean; the fit finds the spread
 
@@ -244,6 +245,4 @@ def _wilson_fraction(n_called_all: int, n_cells: int, recall, specificity, level
 
 
 def _z(level: float) -> float:
-    from scipy.stats import norm
-
     return float(norm.ppf(1 - (1 - level) / 2))

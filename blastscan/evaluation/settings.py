@@ -1,4 +1,6 @@
-"""Evaluation settings as one validated object, shared by compare, train and export."""
+"""Evaluation settings as one validated object, shared by compare, train and export: the one place of every
+evaluation default (the 0.90 ALL-recall target among them), of the threshold rules' wording and of their check.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +8,28 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 from blastscan.errors import BlastscanError
-from blastscan.evaluation.thresholds import RULES, rule_text
 
-__all__ = ["EvalSettings"]
+__all__ = ["RULES", "rule_text", "check_rule", "EvalSettings"]
+
+#: The threshold rules and how reports, bundles and run records describe them.
+RULES = {"recall": "the highest threshold reaching ALL recall ≥ {target:.2f}",
+         "f1": "the threshold with the best weighted F1"}
+
+
+def rule_text(rule: str, target_recall: float | None = None, *, on: str = "") -> str:
+    """The rule in words, e.g. ``"the highest threshold reaching ALL recall ≥ 0.90"`` (+ ``" on <on>"``);
+    ``target_recall`` is needed by the ``"recall"`` rule only."""
+    text = RULES[rule].format(target=float(target_recall)) if rule == "recall" else RULES[rule]
+    return f"{text} on {on}" if on else text
+
+
+def check_rule(rule: str, target_recall: float) -> None:
+    """Raise ``BlastscanError`` (naming the command-line option) for an unknown rule or a target ALL recall
+    outside (0, 1]."""
+    if rule not in RULES:
+        raise BlastscanError("--threshold", f"unknown rule '{rule}'; choose {' or '.join(RULES)}")
+    if not 0 < float(target_recall) <= 1:
+        raise BlastscanError("--target-recall", f"must be in (0, 1] (got {target_recall})")
 
 
 @dataclass(frozen=True)
@@ -52,10 +73,7 @@ class EvalSettings:
     per_image_split: bool = False
 
     def __post_init__(self):
-        if self.threshold_rule not in RULES:
-            raise BlastscanError("--threshold", f"unknown rule '{self.threshold_rule}'; choose recall or f1")
-        if not 0 < float(self.target_recall) <= 1:
-            raise BlastscanError("--target-recall", f"must be in (0, 1] (got {self.target_recall})")
+        check_rule(self.threshold_rule, self.target_recall)
         for opt, value in (("--inner-folds", self.inner_folds), ("--leaky-folds", self.leaky_folds)):
             if value != 0 and value < 2:
                 raise BlastscanError(opt, f"must be 0 (off) or at least 2 (got {value})")
@@ -84,7 +102,7 @@ class EvalSettings:
     def from_run(cls, run: Mapping[str, Any], **overrides: Any) -> "EvalSettings":
         """The settings recorded in a compare run's ``run.json`` (missing entries take the defaults)."""
         thr = run.get("threshold") or {}
-        base = {"seed": int(run.get("seed", 0)), "threshold_rule": thr.get("rule", "recall"),
-                "target_recall": float(thr.get("target_recall", 0.90)),
+        base = {"seed": int(run.get("seed", cls.seed)), "threshold_rule": thr.get("rule", cls.threshold_rule),
+                "target_recall": float(thr.get("target_recall", cls.target_recall)),
                 "per_image_split": bool(run.get("leaky_split"))}
         return cls(**{**base, **overrides})

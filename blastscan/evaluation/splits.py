@@ -6,8 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from blastscan.errors import BlastscanError
+from blastscan.evaluation.settings import EvalSettings
 
 __all__ = ["FoldPlan", "as_labels", "plan_subject_folds", "subject_folds", "leaky_folds"]
 
@@ -45,7 +47,8 @@ def _groups_per_class(groups: np.ndarray, y: np.ndarray) -> dict[int, int]:
     return {int(c): int(len(np.unique(groups[y == c]))) for c in (0, 1)}
 
 
-def plan_subject_folds(groups, y, n_splits: int = 5, seed: int = 0, *, what: str = "subject folds") -> FoldPlan:
+def plan_subject_folds(groups, y, n_splits: int = EvalSettings.folds, seed: int = EvalSettings.seed, *,
+                       what: str = "subject folds") -> FoldPlan:
     """Grouped, stratified folds that never split a group, adapted to what the data supports.
 
     ``StratifiedGroupKFold`` needs at least ``n_splits`` groups of each class for every test fold to
@@ -70,8 +73,6 @@ def plan_subject_folds(groups, y, n_splits: int = 5, seed: int = 0, *, what: str
     BlastscanError
         When fewer than two groups hold each class, no subject-disjoint split exists.
     """
-    from sklearn.model_selection import StratifiedGroupKFold
-
     groups = np.asarray(groups).astype(str)
     y = as_labels(y)
     if len(groups) != len(y):
@@ -112,15 +113,15 @@ def plan_subject_folds(groups, y, n_splits: int = 5, seed: int = 0, *, what: str
                     one_class_folds=one_class)
 
 
-def subject_folds(groups, y, n_splits: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+def subject_folds(groups, y, n_splits: int = EvalSettings.folds,
+                  seed: int = EvalSettings.seed) -> list[tuple[np.ndarray, np.ndarray]]:
     """``StratifiedGroupKFold`` on ``groups``: folds that never split a group (see :func:`plan_subject_folds`)."""
     return plan_subject_folds(groups, y, n_splits, seed).folds
 
 
-def leaky_folds(y, n_splits: int = 3, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+def leaky_folds(y, n_splits: int = EvalSettings.leaky_folds,
+                seed: int = EvalSettings.seed) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per-image ``StratifiedKFold`` that ignores subjects. LEAKY: for showing inflation only."""
-    from sklearn.model_selection import StratifiedKFold
-
     y = as_labels(y)
     k = max(2, min(int(n_splits), int(np.bincount(y, minlength=2).min())))
     cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)

@@ -6,23 +6,15 @@ import math
 
 import numpy as np
 
-from blastscan.errors import BlastscanError
 from blastscan.evaluation.metrics import safe_div
+from blastscan.evaluation.settings import EvalSettings, check_rule
 from blastscan.evaluation.splits import as_labels
 
-__all__ = ["RULES", "rule_text", "choose_threshold"]
-
-#: The threshold rules and how reports describe them.
-RULES = {"recall": "highest threshold reaching ALL recall >= {target:.2f}", "f1": "best weighted F1"}
+__all__ = ["choose_threshold"]
 
 
-def rule_text(rule: str, target_recall: float, *, on: str = "") -> str:
-    """The rule in words, e.g. ``"highest threshold reaching ALL recall >= 0.90"`` (+ ``" on <on>"``)."""
-    text = RULES[rule].format(target=float(target_recall))
-    return f"{text} on {on}" if on else text
-
-
-def choose_threshold(y_true, p_all, rule: str = "recall", target_recall: float = 0.90) -> float:
+def choose_threshold(y_true, p_all, rule: str = EvalSettings.threshold_rule,
+                     target_recall: float = EvalSettings.target_recall) -> float:
     """Decision threshold on P(ALL) (a cell is called ALL when ``p_all >= threshold``).
 
     Parameters
@@ -30,9 +22,9 @@ def choose_threshold(y_true, p_all, rule: str = "recall", target_recall: float =
     y_true, p_all : arrays
         Labels (1 = ALL) and P(ALL) of TRAINING data (out-of-fold predictions): never the test fold.
     rule : {"recall", "f1"}
-        ``"recall"``: the highest threshold whose ALL recall (sensitivity) is at least
-        ``target_recall``, i.e. the best specificity at that sensitivity. ``"f1"``: the threshold with the
-        best weighted F1 (ties go to the lower threshold, favouring sensitivity).
+        One of :data:`~blastscan.evaluation.settings.RULES`. ``"recall"``: the highest threshold whose ALL
+        recall (sensitivity) is at least ``target_recall``, i.e. the best specificity at that sensitivity.
+        ``"f1"``: the threshold with the best weighted F1 (ties go to the lower threshold, favouring sensitivity).
     target_recall : float
         For ``rule="recall"``.
 
@@ -41,10 +33,9 @@ def choose_threshold(y_true, p_all, rule: str = "recall", target_recall: float =
     float
         The threshold; 0.5 when the data cannot define one (no ALL or no HEM samples).
     """
+    check_rule(rule, target_recall)
     y = as_labels(y_true)
     p = np.asarray(p_all, dtype=float)
-    if rule not in ("recall", "f1"):
-        raise BlastscanError("--threshold", f"unknown rule '{rule}'; choose recall or f1")
     ok = ~np.isnan(p)
     y, p = y[ok], p[ok]
     n_pos = int(y.sum())
@@ -52,8 +43,6 @@ def choose_threshold(y_true, p_all, rule: str = "recall", target_recall: float =
     if n_pos == 0 or n_neg == 0:
         return 0.5
     if rule == "recall":
-        if not 0 < target_recall <= 1:
-            raise BlastscanError("--target-recall", f"must be in (0, 1] (got {target_recall})")
         pos = np.sort(p[y == 1])[::-1]
         k = max(1, math.ceil(target_recall * n_pos - 1e-9))
         return float(pos[k - 1])

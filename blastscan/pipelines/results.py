@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from blastscan.evaluation.settings import rule_text
+
 __all__ = ["SUBJECT_POOLED", "SUBJECT_FOLD", "LEAKY", "OFFICIAL", "WITHIN_SUBJECT", "OPERATING", "LEAKY_NOTE", "SPLIT_KINDS", "CompareResult",
            "rank_configs", "fmt", "ci_text", "with_ci", "rule_sentence", "split_sentence", "best_sentence"]
 
@@ -150,9 +152,7 @@ def with_ci(row, metric: str) -> str:
 
 def rule_sentence(run: dict) -> str:
     t = run["threshold"]
-    if t["rule"] == "recall":
-        return f"the highest threshold reaching ALL recall ≥ {t['target_recall']:.2f}"
-    return "the threshold with the best weighted F1"
+    return rule_text(t["rule"], t.get("target_recall"))
 
 
 def split_sentence(run: dict) -> str:
