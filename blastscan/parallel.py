@@ -289,6 +289,8 @@ def _check_workers(client, address: str, timeout: float = 60.0) -> None:
                                                        f"{blastscan.__version__}; install the same on every worker")
 
 
+# The open sessions of this process, innermost last: process-wide, as Dask's own default client, because
+# the pipelines several calls below a command ask executor() where to run; each lives as its `with` block.
 _ACTIVE: list[DaskExecutor] = []
 
 
