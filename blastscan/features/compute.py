@@ -85,7 +85,7 @@ def featurise_chunk(extractors: list[Extractor], paths: list[str], shas: list[st
                     wanted: list[list[bool]]) -> list[Result]:
     """Run in a worker: per image, decode once and build the extractors' shared context once
     (:attr:`PerImageExtractor.context`: e.g. one segmentation for all handcrafted families; the image
-    itself for an extractor alone), then compute every extractor that still lacks the image
+    itself for an extractor without one), then compute every extractor that still lacks the image
     (``wanted[k][i]``). A bad image becomes a failure of each extractor that wanted it, not a crash."""
     rows: list[list[np.ndarray]] = [[] for _ in extractors]
     oks: list[list[str]] = [[] for _ in extractors]
