@@ -4,21 +4,36 @@ Per-image feature chunks, deep-feature batches and the model fits of a compariso
 run in a loky process pool (``--jobs``); inside :func:`session` with a scheduler (``--scheduler ADDRESS``,
 ``local[:N]``, ``$BLASTSCAN_SCHEDULER`` or Dask's ``$DASK_SCHEDULER_ADDRESS``) they run on a Dask
 distributed cluster. Either way results come back to the caller, which alone writes the feature store, so
-workers need no shared folder. Dask is imported only when a scheduler is asked for.
+workers need no shared folder. Threads within one process (reading images, preparing a network's next
+batches) come from :func:`thread_pool` and :func:`map_threads`.
+
+Dask (``dask``, ``distributed``) is optional and slow to import: it is imported inside the functions that
+need it, only when a scheduler is asked for.
 """
 
 from __future__ import annotations
 
+import collections
+import functools
+import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
+from joblib import Parallel, delayed, parallel_config
+
+import blastscan
+from blastscan._io import remove_stale_temp
 from blastscan.errors import BlastscanError
 
 __all__ = ["ENV_VARS", "RETRIES", "LocalExecutor", "DaskExecutor", "resolve_scheduler", "session", "executor",
-           "active", "exit_with_parent", "PARENT_POLL_SECONDS"]
+           "active", "exit_with_parent", "PARENT_POLL_SECONDS", "thread_pool", "map_threads"]
 
 #: Read in this order when no ``--scheduler`` is given (the second is Dask's own convention).
 ENV_VARS = ("BLASTSCAN_SCHEDULER", "DASK_SCHEDULER_ADDRESS")
@@ -37,17 +52,20 @@ MALLOC_TRIM_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 
 #: How often a local worker process checks that its parent still runs (it exits when not).
 PARENT_POLL_SECONDS = 1.0
-_watching: set[int] = set()
 
 
 def exit_with_parent(parent_pid: int | None) -> None:
     """In a worker process: exit as soon as ``parent_pid`` is gone. A kill -9 of the parent runs no
     clean-up, and loky's idle workers (and through them its resource tracker, which waits for every
     holder of its pipe) would otherwise linger for minutes."""
-    if parent_pid is None or parent_pid == os.getpid() or parent_pid in _watching:
+    if parent_pid is None or parent_pid == os.getpid():
         return
-    _watching.add(parent_pid)
+    _watch_parent(parent_pid)
 
+
+# The worker process's own state, kept between its tasks (a loky worker serves many): one watcher per parent.
+@functools.cache
+def _watch_parent(parent_pid: int) -> None:
     def watch():
         while True:
             if os.getppid() != parent_pid:  # re-parented: the parent died
@@ -61,6 +79,31 @@ def _watched(parent_pid: int, fn: Callable, *args):
     """Run ``fn(*args)`` in a local worker that exits with its parent."""
     exit_with_parent(parent_pid)
     return fn(*args)
+
+
+# -- threads within this process ---------------------------------------------------------------------
+def thread_pool(threads: int, name: str, initializer: Callable[[], None] | None = None) -> ThreadPoolExecutor:
+    """A pool of ``threads`` threads named ``name`` (each runs ``initializer`` first), for work that
+    releases the GIL or overlaps a caller's own (decoding images, preparing a network's next batches)."""
+    return ThreadPoolExecutor(max_workers=max(1, int(threads)), thread_name_prefix=name, initializer=initializer)
+
+
+def map_threads(fn: Callable, items: Iterable, threads: int, *, ahead: int = 4) -> Iterator[Any]:
+    """``fn(item)`` for each item on ``threads`` threads, yielded in the items' order, with at most
+    ``ahead * threads`` started and not yet yielded (memory stays flat on long lists). The first
+    exception is raised here; items not started when the caller stops are never run."""
+    threads = max(1, int(threads))
+    pool = thread_pool(threads, "blastscan-map")
+    pending: collections.deque = collections.deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= ahead * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class LocalExecutor:
@@ -88,8 +131,6 @@ class LocalExecutor:
             for args in arglists:
                 yield fn(*args)
             return
-        from joblib import Parallel, delayed, parallel_config
-
         with parallel_config(backend="loky", inner_max_num_threads=1 if one_thread else None):
             par = Parallel(n_jobs=self.jobs, return_as="generator_unordered", pre_dispatch="2*n_jobs")
             parent = os.getpid()  # every worker watches this process and exits when it dies
@@ -137,8 +178,6 @@ class DaskExecutor:
             shared.clear()
 
     def _share(self, args: tuple, shared: dict) -> tuple:
-        import numpy as np
-
         out = []
         for a in args:
             if isinstance(a, np.ndarray) and a.nbytes >= SHARE_BYTES:
@@ -153,9 +192,6 @@ class DaskExecutor:
         if self.cluster is not None:
             self.cluster.close()
         if self.scratch:  # Dask would leave an empty dask-scratch-space behind
-            import shutil
-            import tempfile
-
             shutil.rmtree(self.scratch, ignore_errors=True)
             try:  # the one Dask makes in the temp folder itself: only when empty (another run may use it)
                 os.rmdir(os.path.join(tempfile.gettempdir(), "dask-scratch-space"))
@@ -193,18 +229,12 @@ def _local_workers(address: str) -> int | None:
 def _connect(address: str) -> DaskExecutor:
     n_local = _local_workers(address)
     try:
-        import logging
-
         from distributed import Client, LocalCluster
     except ImportError:
         raise BlastscanError(f"--scheduler {address}", INSTALL_HINT) from None
     if n_local is not None:
         # Single-threaded worker processes, as the local pool: models and feature code are not all
         # thread-safe, and BLAS/OpenMP are limited to one thread per worker by Dask's nanny.
-        import tempfile
-
-        from blastscan._io import remove_stale_temp
-
         # the workers' scratch space in a folder of our own (named by pid: a killed run's is removed by the next)
         remove_stale_temp(tempfile.gettempdir(), SCRATCH_PREFIX)
         scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
@@ -218,8 +248,6 @@ def _connect(address: str) -> DaskExecutor:
                 cluster = LocalCluster(n_workers=n_local, threads_per_worker=1, processes=True,
                                        dashboard_address=None, silence_logs=logging.ERROR, local_directory=scratch)
         except BaseException:
-            import shutil
-
             shutil.rmtree(scratch, ignore_errors=True)
             raise
         return DaskExecutor(Client(cluster), cluster, address, scratch)
@@ -237,17 +265,16 @@ def _connect(address: str) -> DaskExecutor:
 
 
 def _worker_version() -> str | None:
+    """Run on a worker: its blastscan version (None without one: the import is the question asked)."""
     try:
-        import blastscan
+        import blastscan as on_worker
     except ImportError:
         return None
-    return blastscan.__version__
+    return on_worker.__version__
 
 
 def _check_workers(client, address: str, timeout: float = 60.0) -> None:
     """Wait for a worker, and refuse workers whose blastscan differs: their features would not be ours."""
-    import blastscan
-
     try:
         client.wait_for_workers(1, timeout=timeout)
     except TimeoutError:
@@ -262,6 +289,8 @@ def _check_workers(client, address: str, timeout: float = 60.0) -> None:
                                                        f"{blastscan.__version__}; install the same on every worker")
 
 
+# The open sessions of this process, innermost last: process-wide, as Dask's own default client, because
+# the pipelines several calls below a command ask executor() where to run; each lives as its `with` block.
 _ACTIVE: list[DaskExecutor] = []
 
 

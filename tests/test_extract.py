@@ -297,3 +297,20 @@ def test_the_readme_extract_example_holds_every_set_the_default_compare_reads():
     # the default compare reads DEFAULT_FEATURE_SETS (the deep ones when their weights are found)
     needed = {name for fs in DEFAULT_FEATURE_SETS for name in fs.split("+")} & set(available_extractors())
     assert needed and needed <= extracted, (needed, extracted)
+
+
+def test_a_family_alone_and_within_its_shared_context_group_stores_the_same_rows(tmp_path):
+    """One extraction path: a family computed alone (a group of one) and with the other families of its
+    context (one segmentation for all) give the same table, on real cells, in-process and in workers."""
+    from blastscan.dataset import build_manifest
+
+    sample = Path(__file__).resolve().parents[1] / "blastscan" / "sample"
+    paths = [str(sample / p) for p in pd.read_csv(sample / "manifest.csv")["path"][:10]]
+    man = build_manifest(paths, jobs=1, progress=False).df
+    alone = ex.extract(man, ["shape"], tmp_path / "alone", jobs=1, progress=False).runs[0]
+    grouped = ex.extract(man, ["shape", "color"], tmp_path / "grouped", jobs=2, progress=False).runs[0]
+    assert alone.identity == grouped.identity and alone.computed == grouped.computed == len(man)
+    a = ex.load_features(man, "shape", tmp_path / "alone")
+    g = ex.load_features(man, "shape", tmp_path / "grouped")
+    assert a.feature_names == g.feature_names and list(a.rows) == list(g.rows)
+    np.testing.assert_array_equal(a.X, g.X)

@@ -235,3 +235,31 @@ def test_local_cluster_workers_keep_glibcs_own_malloc_settings(monkeypatch):
     with parallel.session("local:1") as ex:
         seen = ex.client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
     assert list(seen.values()) == [None]
+
+
+def test_map_threads_keeps_the_order_bounds_the_look_ahead_and_stops_with_the_caller():
+    import threading
+    import time
+
+    started, lock = [], threading.Lock()
+
+    def work(i):
+        with lock:
+            started.append(i)
+        time.sleep(0.002 * (7 - i % 8))  # later items finish first within each group of 8
+        return i * i
+
+    assert list(parallel.map_threads(work, range(40), 3)) == [i * i for i in range(40)]
+    started.clear()
+    gen = parallel.map_threads(work, range(1000), 2, ahead=4)
+    assert [next(gen) for _ in range(5)] == [0, 1, 4, 9, 16]
+    gen.close()  # the caller stops: what was not started is never run
+    assert len(started) <= 5 + 4 * 2, len(started)
+
+    def fail(i):
+        if i == 3:
+            raise ValueError("bad item 3")
+        return i
+
+    with pytest.raises(ValueError, match="bad item 3"):
+        list(parallel.map_threads(fail, range(10), 2))

@@ -37,6 +37,7 @@ import numpy as np
 from blastscan._io import atomic_write_bytes
 from blastscan.dataset.problems import Problem
 from blastscan.errors import BlastscanError
+from blastscan.parallel import map_threads
 
 __all__ = ["IMAGE_EXTENSIONS", "INSPECT_CACHE", "MAX_FILE_BYTES", "MAX_PIXELS", "Inspection", "inspect_cache",
            "inspect_file", "inspect_files", "load_image", "load_pil_image", "odd_cell_size", "read_image_bytes",
@@ -347,12 +348,9 @@ def _inspect_all(paths: Sequence[str], jobs: int | None, progress: bool) -> list
                 out.append(inspect_file(p))
                 bar.update()
         else:
-            from joblib import Parallel, delayed
-
             # threads: hashing and decoding release the GIL for most of their time, and no images are
             # pickled between processes
-            parallel = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator", batch_size=8)
-            for res in parallel(delayed(inspect_file)(p) for p in paths):
+            for res in map_threads(inspect_file, paths, n_jobs):
                 out.append(res)
                 bar.update()
     finally:

@@ -1,9 +1,14 @@
 """The extraction engine: compute the rows an extractor's store table lacks and publish them in chunks.
 
-Per-image extractors run over chunks of images in worker processes; batch extractors (deep networks)
-read and process their own batches. Finished rows are buffered for at most :data:`FLUSH_SECONDS` and
-published together, so a run killed even with ``kill -9`` keeps all but the last seconds of its work,
-and a second run recomputes nothing. Worker processes watch their parent and exit when it dies.
+One path for every extractor: the extractors that run together (per-image ones sharing a context, such
+as the handcrafted families; any other extractor alone) form a group, each task returns one result per
+member, and :func:`_consume` publishes each member's rows. Per-image extractors run over chunks of images
+as tasks (this process, worker processes or a Dask cluster: :mod:`blastscan.parallel`); batch extractors
+(deep networks) read and process their own batches, here or a few batches per task on a cluster.
+Finished rows are buffered for at most :data:`FLUSH_SECONDS` and published together, so a run killed
+even with ``kill -9`` keeps all but the last seconds of its work, and a second run recomputes nothing.
+
+Dask's ``distributed`` is imported only on a cluster worker (:func:`_worker_threads`): it is optional.
 """
 
 from __future__ import annotations
@@ -12,18 +17,20 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
+from blastscan.dataset import load_image
 from blastscan.errors import BlastscanError
 from blastscan.features.base import Extractor, get_extractor
 from blastscan.features.store import FeatureStore
-from blastscan.parallel import executor, exit_with_parent
+from blastscan.parallel import executor
 
 __all__ = ["ExtractorRun", "FLUSH_ROWS", "FLUSH_SECONDS", "TASK_IMAGES", "BATCHES_PER_TASK", "compute_missing",
-           "featurise_batch"]
+           "featurise_chunk", "featurise_batch"]
 
 # Rows are buffered and published together: a kill -9 loses at most FLUSH_SECONDS of finished work (plus
 # the tasks in flight); the parts are merged into one file at the end of the run (compact).
@@ -61,66 +68,28 @@ class ExtractorRun:
 
 def progress_bar(total: int, desc: str, enabled: bool):
     """A tqdm bar on stderr (hidden when ``enabled`` is false or there is nothing to do)."""
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=not enabled or total == 0,
                 dynamic_ncols=True, smoothing=0.1)
 
 
+# A task's result: one ``(ok shas, float32 matrix, {sha: reason})`` per extractor of its group.
+Result = tuple[list[str], np.ndarray, dict[str, str]]
+
+
+def _result(ok: list[str], mats: list[np.ndarray], failures: dict[str, str], n_features: int) -> Result:
+    return ok, np.vstack(mats) if mats else np.zeros((0, n_features), np.float32), failures
+
+
 # -- per-image extractors: chunks of paths to worker processes -----------------------------------------
-def _exit_with_parent(parent_pid: int | None) -> None:
-    """In a worker process: exit as soon as ``parent_pid`` is gone (see :func:`blastscan.parallel.exit_with_parent`)."""
-    exit_with_parent(parent_pid)
-
-
-def _featurise_chunk(extractor, paths: list[str], shas: list[str], parent_pid: int | None = None):
-    """Run in a worker: load and featurise each image; a bad image becomes a failure, not a crash."""
-    from blastscan.dataset import load_image
-
-    _exit_with_parent(parent_pid)
-    rows, ok, failures = [], [], {}
-    for path, sha in zip(paths, shas):
-        try:
-            vec = extractor.compute(load_image(path))
-        except BlastscanError as exc:
-            failures[sha] = exc.why or str(exc)
-            continue
-        except Exception as exc:  # a bug on one odd cell must not lose a long run; the reason names it
-            failures[sha] = f"unexpected error ({type(exc).__name__}: {exc}); please report it"
-            continue
-        rows.append(np.asarray(vec, dtype=np.float32))
-        ok.append(sha)
-    n = len(extractor.feature_names)
-    mat = np.vstack(rows) if rows else np.zeros((0, n), np.float32)
-    return ok, mat, failures
-
-
-def _per_image_results(extractor, todo: pd.DataFrame, jobs: int) -> Iterator[tuple[list, np.ndarray, dict]]:
-    paths, shas = todo["path"].tolist(), todo["sha256"].tolist()
-    chunks = [(paths[i:i + TASK_IMAGES], shas[i:i + TASK_IMAGES]) for i in range(0, len(paths), TASK_IMAGES)]
-    # in this process, a local process pool or a Dask cluster (blastscan.parallel decides)
-    ex = executor(jobs)
-    yield from ex.map_unordered(_featurise_chunk, [(extractor, p, s, _parent(ex)) for p, s in chunks])
-
-
-def _parent(ex) -> int | None:
-    """This process's pid for local pool workers to watch (they exit when it dies); None on a cluster,
-    whose workers outlive any one client by design."""
-    return None if ex.remote else os.getpid()
-
-
-def _featurise_shared_chunk(extractors, paths: list[str], shas: list[str], wanted: list[list[bool]],
-                            parent_pid: int | None = None):
+def featurise_chunk(extractors: list[Extractor], paths: list[str], shas: list[str],
+                    wanted: list[list[bool]]) -> list[Result]:
     """Run in a worker: per image, decode once and build the extractors' shared context once
-    (:attr:`PerImageExtractor.context`: e.g. one segmentation for all handcrafted families), then compute
-    every extractor that still lacks the image (``wanted[k][i]``). Returns one ``(ok, mat, failures)``
-    per extractor."""
-    from blastscan.dataset import load_image
-
-    _exit_with_parent(parent_pid)
-    rows = [[] for _ in extractors]
-    oks = [[] for _ in extractors]
-    fails = [{} for _ in extractors]
+    (:attr:`PerImageExtractor.context`: e.g. one segmentation for all handcrafted families; the image
+    itself for an extractor without one), then compute every extractor that still lacks the image
+    (``wanted[k][i]``). A bad image becomes a failure of each extractor that wanted it, not a crash."""
+    rows: list[list[np.ndarray]] = [[] for _ in extractors]
+    oks: list[list[str]] = [[] for _ in extractors]
+    fails: list[dict[str, str]] = [{} for _ in extractors]
     for i, (path, sha) in enumerate(zip(paths, shas)):
         need = [k for k in range(len(extractors)) if wanted[k][i]]
         try:
@@ -133,13 +102,9 @@ def _featurise_shared_chunk(extractors, paths: list[str], shas: list[str], wante
             try:
                 rows[k].append(np.asarray(extractors[k].compute_context(ctx), dtype=np.float32))
                 oks[k].append(sha)
-            except Exception as exc:
+            except Exception as exc:  # a bug on one odd cell must not lose a long run; the reason names it
                 fails[k][sha] = _reason(exc)
-    out = []
-    for k, ext in enumerate(extractors):
-        n = len(ext.feature_names)
-        out.append((oks[k], np.vstack(rows[k]) if rows[k] else np.zeros((0, n), np.float32), fails[k]))
-    return out
+    return [_result(oks[k], rows[k], fails[k], len(ext.feature_names)) for k, ext in enumerate(extractors)]
 
 
 def _reason(exc: Exception) -> str:
@@ -148,43 +113,61 @@ def _reason(exc: Exception) -> str:
     return f"unexpected error ({type(exc).__name__}: {exc}); please report it"
 
 
-def _shared_results(extractors, todos: list[pd.DataFrame], jobs: int):
-    """Like :func:`_per_image_results` for extractors sharing a context: yields one result list per chunk."""
+def _per_image_results(extractors: list[Extractor], todos: list[pd.DataFrame], jobs: int) -> Iterator[list[Result]]:
+    """Chunks of :data:`TASK_IMAGES` images (those any of ``extractors`` lacks) to :func:`featurise_chunk`,
+    in this process, a local process pool or a Dask cluster (:func:`blastscan.parallel.executor` decides)."""
     union = pd.concat(todos).drop_duplicates("sha256")
     paths, shas = union["path"].tolist(), union["sha256"].tolist()
     need = [set(t["sha256"]) for t in todos]
-    chunks = []
+    tasks = []
     for i in range(0, len(paths), TASK_IMAGES):
-        p, s = paths[i:i + TASK_IMAGES], shas[i:i + TASK_IMAGES]
-        chunks.append((p, s, [[x in n for x in s] for n in need]))
-    ex = executor(jobs)
-    yield from ex.map_unordered(_featurise_shared_chunk, [(extractors, *c, _parent(ex)) for c in chunks])
+        s = shas[i:i + TASK_IMAGES]
+        tasks.append((extractors, paths[i:i + TASK_IMAGES], s, [[x in n for x in s] for n in need]))
+    yield from executor(jobs).map_unordered(featurise_chunk, tasks)
 
 
-# -- batch extractors on a cluster: one model per worker, built once, tasks of a few batches --
+# -- batch extractors (deep networks): their own batches here, or tasks of a few batches on a cluster ---
+@dataclass(frozen=True)
+class _BatchOptions:
+    """What this module reads of a batch extractor beyond :class:`Extractor` (deep backbones' options)."""
+
+    batch_size: int | None
+    weights_path: str | None
+    engine: str | None
+    engine_used: str  # what ran the forward, once it ran
+    precision: str
+    has_threads: bool  # a thread count that a cluster worker sets to its own
+
+
+def _batch_options(ext: Extractor) -> _BatchOptions:
+    """The one place this module reads deep-only attributes (absent on other extractors)."""
+    return _BatchOptions(batch_size=getattr(ext, "batch_size", None), weights_path=getattr(ext, "weights_path", None),
+                         engine=getattr(ext, "engine", None), engine_used=getattr(ext, "engine_used", None) or "",
+                         precision=getattr(ext, "precision", None) or "", has_threads=hasattr(ext, "threads"))
+
+
+# A worker process's networks, kept between its tasks (building one costs seconds; a task is a few
+# batches), so module-level: it lives as long as the worker process. Empty in the client.
 _WORKER_EXTRACTORS: dict[tuple, Extractor] = {}
 
 
-def _worker_extractor(extractor) -> Extractor:
+def _worker_extractor(extractor: Extractor) -> Extractor:
     """The worker's own instance of ``extractor`` (its network is built on first use and then kept).
 
     Weights are looked for at the client's path, else where this worker finds them (its
     ``$BLASTSCAN_WEIGHTS_DIR`` or Keras cache); other weights than the client's are refused."""
-    import os
-
-    key = (extractor.identity, getattr(extractor, "batch_size", None))
+    opts = _batch_options(extractor)
+    key = (extractor.identity, opts.batch_size)
     if key not in _WORKER_EXTRACTORS:
-        path = getattr(extractor, "weights_path", None)
-        if path is not None and not os.path.exists(path):
-            options = {**extractor.build_options(), "batch_size": getattr(extractor, "batch_size", None),
-                       "engine": getattr(extractor, "engine", None)}
+        if opts.weights_path is not None and not os.path.exists(opts.weights_path):
+            options = {**extractor.build_options(), "batch_size": opts.batch_size, "engine": opts.engine}
             rebuilt = get_extractor(extractor.name, **{k: v for k, v in options.items() if v is not None})
             if rebuilt.identity != extractor.identity:
                 raise BlastscanError(f"{extractor.name} weights on a worker", f"they give features "
                                      f"{rebuilt.identity}, the client's {extractor.identity}; give every "
                                      "worker the client's weight files")
             extractor = rebuilt
-        if hasattr(extractor, "threads"):
+        if opts.has_threads:
             # the worker's own thread count, not every core: two local:2 workers of two network threads
             # each on two cores ran at 0.7-0.9x of one local process
             extractor.threads = _worker_threads()
@@ -202,16 +185,19 @@ def _worker_threads() -> int | None:
         return None
 
 
-def featurise_batch(extractor, paths: list[str], shas: list[str]):
-    """Run on a worker: a batch extractor over ``paths``, as one ``(ok shas, matrix, failures)`` result."""
+def _batch_result(res, shas: list[str]) -> Result:
+    return ([shas[i] for i in res.indices], np.asarray(res.features, dtype=np.float32),
+            {shas[i]: reason for i, reason in res.failures.items()})
+
+
+def featurise_batch(extractor: Extractor, paths: list[str], shas: list[str]) -> list[Result]:
+    """Run on a worker: a batch extractor over ``paths``, as one result (a list of one, as
+    :func:`featurise_chunk`'s)."""
     ext = _worker_extractor(extractor)
-    ok, mats, failures = [], [], {}
-    for res in ext.compute_paths(paths):
-        ok += [shas[i] for i in res.indices]
-        mats.append(np.asarray(res.features, dtype=np.float32))
-        failures.update({shas[i]: reason for i, reason in res.failures.items()})
-    mat = np.vstack(mats) if mats else np.zeros((0, len(ext.feature_names)), np.float32)
-    return ok, mat, failures
+    parts = [_batch_result(res, shas) for res in ext.compute_paths(paths)]
+    failures = {sha: reason for _, _, f in parts for sha, reason in f.items()}
+    return [_result([s for ok, _, _ in parts for s in ok], [m for _, m, _ in parts], failures,
+                    len(ext.feature_names))]
 
 
 def _task_images(n_images: int, batch_size: int, workers: int) -> int:
@@ -223,21 +209,19 @@ def _task_images(n_images: int, batch_size: int, workers: int) -> int:
     return max(1, -(-n_images // (rounds * workers)))
 
 
-def _batch_results(extractor, todo: pd.DataFrame, jobs: int = 1) -> Iterator[tuple[list, np.ndarray, dict]]:
-    shas = todo["sha256"].tolist()
+def _batch_results(extractor: Extractor, todo: pd.DataFrame, jobs: int) -> Iterator[list[Result]]:
+    paths, shas = todo["path"].tolist(), todo["sha256"].tolist()
     ex = executor(jobs)
     if ex.remote:  # batches go to the cluster's workers; results come back here
-        paths, n = todo["path"].tolist(), _task_images(len(todo), getattr(extractor, "batch_size", TASK_IMAGES),
-                                                       ex.workers)
+        n = _task_images(len(todo), _batch_options(extractor).batch_size or TASK_IMAGES, ex.workers)
         yield from ex.map_unordered(featurise_batch, [(extractor, paths[i:i + n], shas[i:i + n])
                                                       for i in range(0, len(paths), n)])
         return
-    for res in extractor.compute_paths(todo["path"].tolist()):
-        ok = [shas[i] for i in res.indices]
-        failures = {shas[i]: reason for i, reason in res.failures.items()}
-        yield ok, np.asarray(res.features, dtype=np.float32), failures
+    for res in extractor.compute_paths(paths):  # here: the extractor overlaps its own reading and forward
+        yield [_batch_result(res, shas)]
 
 
+# -- planning, running, publishing ---------------------------------------------------------------------
 @dataclass
 class _Todo:
     ext: Extractor
@@ -261,9 +245,9 @@ def _plan(ext: Extractor, unique: pd.DataFrame, fstore: FeatureStore, retry_fail
 
 
 def _finish(t: _Todo, unique: pd.DataFrame, fstore: FeatureStore, seconds: float) -> ExtractorRun:
+    opts = _batch_options(t.ext)
     run = ExtractorRun(name=t.ext.name, identity=t.identity, n_images=len(unique), seconds=seconds,
-                       engine=getattr(t.ext, "engine_used", None) or "",
-                       precision=getattr(t.ext, "precision", None) or "")
+                       engine=opts.engine_used, precision=opts.precision)
     failures = fstore.failures(t.identity)
     run.computed = int((~t.todo["sha256"].isin(failures)).sum())
     by_sha = dict(zip(unique["sha256"], unique["path"]))
@@ -273,14 +257,22 @@ def _finish(t: _Todo, unique: pd.DataFrame, fstore: FeatureStore, seconds: float
     return run
 
 
-def _shared_groups(plans: list[_Todo]) -> dict[str, list[int]]:
-    """Per-image extractors with the same context key and something to compute, by key (two or more)."""
-    groups: dict[str, list[int]] = {}
+def _groups(plans: list[_Todo]) -> list[list[int]]:
+    """Plans with something to compute, in order, as the groups that run together: per-image extractors
+    with the same non-empty context key form one group (at the place of the first); others run alone."""
+    groups: list[list[int]] = []
+    by_key: dict[str, list[int]] = {}
     for i, t in enumerate(plans):
-        key = getattr(t.ext, "context", "") if t.ext.kind == "per_image" else ""
-        if key and len(t.todo):
-            groups.setdefault(key, []).append(i)
-    return {k: v for k, v in groups.items() if len(v) > 1}
+        if not len(t.todo):
+            continue
+        key = t.ext.context if t.ext.kind == "per_image" else ""
+        if key and key in by_key:
+            by_key[key].append(i)
+            continue
+        groups.append([i])
+        if key:
+            by_key[key] = groups[-1]
+    return groups
 
 
 def compute_missing(extractors: list[Extractor], unique: pd.DataFrame, fstore: FeatureStore, *, jobs: int,
@@ -293,76 +285,40 @@ def compute_missing(extractors: list[Extractor], unique: pd.DataFrame, fstore: F
     """
     plans = [_plan(ext, unique, fstore, retry_failed) for ext in extractors]
     seconds: dict[int, float] = {}
-    for members in _shared_groups(plans).values():
+    for members in _groups(plans):
         group = [plans[i] for i in members]
         t0 = time.perf_counter()
+        if group[0].ext.kind == "per_image":
+            results = _per_image_results([t.ext for t in group], [t.todo for t in group], jobs)
+        else:
+            results = _batch_results(group[0].ext, group[0].todo, jobs)
         n = len(pd.concat([t.todo for t in group]).drop_duplicates("sha256"))
         bar = progress_bar(n, "+".join(t.ext.name for t in group), progress)
-        _consume_shared(_shared_results([t.ext for t in group], [t.todo for t in group], jobs), fstore,
-                        [t.identity for t in group], [len(t.ext.feature_names) for t in group], bar)
-        for i in members:
-            fstore.compact(plans[i].identity, COMPACT_MIN_PARTS)
-            seconds[i] = time.perf_counter() - t0
-    for i, t in enumerate(plans):
-        if i in seconds or not len(t.todo):
-            continue
-        t0 = time.perf_counter()
-        ext = t.ext
-        results = (_per_image_results(ext, t.todo, jobs) if ext.kind == "per_image"
-                   else _batch_results(ext, t.todo, jobs))
-        _consume(results, fstore, t.identity, len(ext.feature_names), progress_bar(len(t.todo), ext.name, progress))
-        fstore.compact(t.identity, COMPACT_MIN_PARTS)
-        seconds[i] = time.perf_counter() - t0
+        _consume(results, fstore, group, bar)
+        for t in group:
+            fstore.compact(t.identity, COMPACT_MIN_PARTS)
+        seconds.update(dict.fromkeys(members, time.perf_counter() - t0))
     return [_finish(t, unique, fstore, seconds.get(i, 0.0)) for i, t in enumerate(plans)]
 
 
-def _consume(results, fstore: FeatureStore, identity: str, n_features: int, bar) -> None:
-    buf_shas: list[str] = []
-    buf_mats: list[np.ndarray] = []
-    buf_fail: dict[str, str] = {}
-    last = time.monotonic()
-
-    def flush():
-        nonlocal buf_shas, buf_mats, buf_fail, last
-        if buf_shas or buf_fail:
-            mat = np.vstack(buf_mats) if buf_mats else np.zeros((0, n_features), np.float32)
-            fstore.write_chunk(identity, buf_shas, mat, buf_fail)
-        buf_shas, buf_mats, buf_fail, last = [], [], {}, time.monotonic()
-
-    try:
-        for ok, mat, failures in results:
-            buf_shas.extend(ok)
-            if len(ok):
-                buf_mats.append(mat)
-            buf_fail.update(failures)
-            bar.update(len(ok) + len(failures))
-            if len(buf_shas) + len(buf_fail) >= FLUSH_ROWS or time.monotonic() - last > FLUSH_SECONDS:
-                flush()
-    finally:
-        # Also on Ctrl-C or an error: what was finished is kept.
-        flush()
-        bar.close()
-
-
-def _consume_shared(results, fstore: FeatureStore, identities: list[str], n_features: list[int], bar) -> None:
-    """:func:`_consume` for chunks that carry one result per extractor (see :func:`_shared_results`)."""
-    bufs = [([], [], {}) for _ in identities]
+def _consume(results: Iterable[list[Result]], fstore: FeatureStore, group: list[_Todo], bar) -> None:
+    """Buffer each extractor's rows and failures and publish them together (one atomic chunk per table)
+    every :data:`FLUSH_ROWS` rows or :data:`FLUSH_SECONDS`, and at the end, also on Ctrl-C or an error."""
+    bufs: list[tuple[list[str], list[np.ndarray], dict[str, str]]] = [([], [], {}) for _ in group]
     last = time.monotonic()
 
     def flush():
         nonlocal last
-        for k, (shas, mats, fails) in enumerate(bufs):
+        for t, (shas, mats, fails) in zip(group, bufs):
             if shas or fails:
-                mat = np.vstack(mats) if mats else np.zeros((0, n_features[k]), np.float32)
-                fstore.write_chunk(identities[k], list(shas), mat, dict(fails))
+                fstore.write_chunk(t.identity, *_result(list(shas), mats, dict(fails), len(t.ext.feature_names)))
             shas.clear(), mats.clear(), fails.clear()
         last = time.monotonic()
 
     try:
         for chunk in results:
             done = set()
-            for k, (ok, mat, failures) in enumerate(chunk):
-                shas, mats, fails = bufs[k]
+            for (ok, mat, failures), (shas, mats, fails) in zip(chunk, bufs):
                 shas.extend(ok)
                 if len(ok):
                     mats.append(mat)
@@ -373,5 +329,5 @@ def _consume_shared(results, fstore: FeatureStore, identities: list[str], n_feat
             if sum(len(b[0]) + len(b[2]) for b in bufs) >= FLUSH_ROWS or time.monotonic() - last > FLUSH_SECONDS:
                 flush()
     finally:
-        flush()
+        flush()  # what was finished is kept
         bar.close()

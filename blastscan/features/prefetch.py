@@ -9,18 +9,25 @@ started when the forward wants the batch, the consumer prepares itself, at norma
 starved thread (a machine busy with other jobs) costs no more than preparing in line.
 
 :class:`Prefetcher` works on items (one image each) grouped in batches; ``prepare(i)`` must return its
-result or raise (an exception reaches the consumer with the batch of its item).
+result or raise (an exception reaches the consumer with the batch of its item). The thread is a
+one-thread executor (:func:`blastscan.parallel.thread_pool`) fed one future per item, a few batches
+ahead; the consumer takes over an item by cancelling its future before the thread starts it.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import Future, wait
 from typing import Any, Callable, Sequence
 
-__all__ = ["Prefetcher", "LOW_PRIORITY"]
+from blastscan.parallel import thread_pool
+
+__all__ = ["Prefetcher", "LOW_PRIORITY", "THREAD_NAME"]
 
 LOW_PRIORITY = 19  # nice value of the preparation thread (Linux: per thread); 0 keeps the normal priority
+THREAD_NAME = "blastscan-prep"
+CLOSE_WAIT_SECONDS = 5.0  # close() waits this long for the item in the thread's hands
 
 
 def _lower_this_thread(nice: int) -> bool:
@@ -59,16 +66,13 @@ class Prefetcher:
                  nice: int = LOW_PRIORITY):
         self._prepare = prepare
         self._batches = [list(b) for b in batches]
-        self._ahead = max(0, int(ahead))
         self._nice = nice
-        self._cv = threading.Condition()
-        self._claimed: set[int] = set()
-        self._done: dict[int, tuple[bool, Any]] = {}
-        self._current = 0  # the batch the consumer takes next
-        self._stop = False
+        self._futures: dict[int, Future] = {}
+        self._submitted = 0  # batches handed to the thread so far
         self.lowered = False  # whether the thread got its low priority (for tests and benchmarks)
-        self._thread = threading.Thread(target=self._work, name="blastscan-prep", daemon=True)
-        self._thread.start()
+        self._pool = thread_pool(1, THREAD_NAME, self._start_thread)
+        for _ in range(min(len(self._batches), 1 + max(0, int(ahead)))):
+            self._submit_next()
 
     def __enter__(self) -> "Prefetcher":
         return self
@@ -78,67 +82,42 @@ class Prefetcher:
 
     def close(self) -> None:
         """Stop preparing (the item in hand is finished and dropped)."""
-        with self._cv:
-            self._stop = True
-            self._cv.notify_all()
-        self._thread.join(timeout=5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        wait(list(self._futures.values()), timeout=CLOSE_WAIT_SECONDS)
+        self._futures.clear()
 
-    # -- both threads -------------------------------------------------------------------------------
-    def _claim(self, b: int) -> int | None:
-        """An item of batch ``b`` nobody has started, now claimed (call with the lock held)."""
-        for item in self._batches[b]:
-            if item not in self._claimed:
-                self._claimed.add(item)
-                return item
-        return None
-
-    def _run(self, item: int) -> None:
-        try:
-            out = (True, self._prepare(item))
-        except BaseException as exc:  # handed to the consumer with its batch
-            out = (False, exc)
-        with self._cv:
-            self._done[item] = out
-            self._cv.notify_all()
-
-    # -- the preparation thread ---------------------------------------------------------------------
-    def _work(self) -> None:
+    def _start_thread(self) -> None:
+        threading.current_thread().name = THREAD_NAME
         self.lowered = _lower_this_thread(self._nice)
-        while True:
-            with self._cv:
-                item = None
-                while not self._stop:
-                    last = min(len(self._batches), self._current + 1 + self._ahead)
-                    item = next((i for b in range(self._current, last) if (i := self._claim(b)) is not None), None)
-                    if item is not None or self._current >= len(self._batches):
-                        break
-                    self._cv.wait()
-                if self._stop or item is None:
-                    return
-            self._run(item)
 
-    # -- the consumer -------------------------------------------------------------------------------
+    def _submit_next(self) -> None:
+        """Hand the thread the next batch's items (one future each)."""
+        if self._submitted < len(self._batches):
+            for item in self._batches[self._submitted]:
+                self._futures[item] = self._pool.submit(self._prepare, item)
+            self._submitted += 1
+
     def take(self, b: int) -> list[Any]:
         """The results of batch ``b``'s items, in order; prepares here what the thread has not started.
 
         Raises the first exception a ``prepare`` of this batch raised.
         """
-        with self._cv:
-            self._current = b
-            self._cv.notify_all()
-        while True:
-            with self._cv:
-                item = self._claim(b)
-            if item is None:
-                break
-            self._run(item)
-        with self._cv:
-            while not all(i in self._done for i in self._batches[b]):
-                self._cv.wait()
-            outs = [self._done.pop(i) for i in self._batches[b]]
-            self._current = b + 1
-            self._cv.notify_all()
-        for ok, value in outs:
+        while self._submitted <= b:  # a batch taken out of order: it was never handed to the thread
+            self._submit_next()
+        outs: dict[int, tuple[bool, Any]] = {}
+        for item in self._batches[b]:
+            if self._futures[item].cancel():  # not started: prepared here, at the consumer's priority
+                try:
+                    outs[item] = (True, self._prepare(item))
+                except BaseException as exc:  # raised below, with the batch, as the thread's would be
+                    outs[item] = (False, exc)
+        for item in self._batches[b]:
+            fut = self._futures.pop(item)
+            if item not in outs:
+                exc = fut.exception()
+                outs[item] = (False, exc) if exc is not None else (True, fut.result())
+        self._submit_next()  # the window moves on by the batch just taken
+        for ok, value in (outs[item] for item in self._batches[b]):
             if not ok:
                 raise value
-        return [value for _, value in outs]
+        return [outs[item][1] for item in self._batches[b]]
