@@ -203,7 +203,7 @@ def extract(dataset, features, store, jobs, weights_dir, random_weights, input_s
     click.echo(f"{len(manifest.df)} images in {dataset} ({manifest.layout} layout)")
     click.echo(summary.format())
     if out:
-        from blastscan.pipelines.table import write_feature_table
+        from blastscan.report.table import write_feature_table
 
         table = write_feature_table(manifest.df, features.split(","), store, out, extractor_options=opts)
         click.echo(f"feature table: {out} ({len(table):,} cells x {table.shape[1]} columns)")
@@ -230,7 +230,7 @@ def masks(inputs, out, n, subjects, seed, columns, tile, store, quiet):
     features.
     """
     from blastscan.dataset import build_manifest, inspect_cache
-    from blastscan.pipelines.masks import masks_sheet, with_scores
+    from blastscan.report.masks import masks_sheet, with_scores
 
     source = inputs[0] if len(inputs) == 1 else list(inputs)
     manifest = build_manifest(source, progress=not quiet, cache=inspect_cache(store))
@@ -410,7 +410,7 @@ def export(run_dir, config_name, out, no_embed, store, weights_dir, target_recal
     bundle = export_run(run_dir, config_name, out, store=store, extractor_options=opts, target_recall=target_recall,
                         progress=not quiet, embed=not no_embed)
     click.echo(bundle.summary())
-    from blastscan.bundle_onnx import is_data_only
+    from blastscan.bundle.data_only import is_data_only
 
     click.echo(f"bundle: {out} (" + ("data-only: JSON + ONNX" if is_data_only(out)
                                       else f"joblib, + {bundle.path.with_suffix('.json').name}") + ")")
@@ -478,7 +478,7 @@ def view(bundle, port, host, store, max_upload_mb, weights_dir, precision, engin
     without the token are refused. Stop it with Ctrl+C; uploads and the default feature store live in a
     temporary folder that is removed then (or at the next start, after a kill).
     """
-    from blastscan.pipelines.view import serve
+    from blastscan.view.server import serve
 
     opts = deep_options(weights_dir, None, precision=precision, engine=engine, batch_size=batch_size)
     noted = []

@@ -217,7 +217,7 @@ def test_deep_bundle_scores_without_tensorflow_or_weights(sample_root, tmp_path,
 def test_view_serves_a_data_only_bundle(made):
     import urllib.request
 
-    from blastscan.pipelines.view import ViewServer
+    from blastscan.view.server import ViewServer
 
     expected = load_bundle(made["joblib"]).score_frame(made["paths"][:2], made["store"]).set_index("path")
     srv = ViewServer(made["bsb"], "127.0.0.1", 0, max_upload_mb=1.0, jobs=1, token="bsb-test-token").start()
@@ -239,7 +239,7 @@ def test_view_serves_a_data_only_bundle(made):
 
 
 def test_extras_json_holds_only_typed_numeric_arrays_and_bytes():
-    from blastscan.bundle_onnx import _decode, _encode, _json_loads
+    from blastscan.bundle.data_only import _decode, _encode, _json_loads
 
     data = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": b"\xff\xd8jpeg", "c": [np.int64(3), "x", None]}
     back = _decode(json.loads(json.dumps(_encode(data, "extras"))), "extras")

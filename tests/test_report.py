@@ -18,8 +18,8 @@ from blastscan import provenance as prov
 from blastscan.errors import BlastscanError
 from blastscan.evaluation import EvalSettings
 from blastscan.pipelines import compare as cmp
-from blastscan.pipelines.results import LEAKY_NOTE
-from blastscan.pipelines.report import fmt
+from blastscan.report.results import LEAKY_NOTE
+from blastscan.report.document import fmt
 
 
 class Broken(LogisticRegression):
@@ -310,7 +310,7 @@ def test_operating_points_are_measured_on_held_out_subjects_and_tabled(run):
 
 
 def cmp_figures(result):
-    from blastscan.pipelines.figures import make_figures
+    from blastscan.report.figures import make_figures
 
     return make_figures(result)
 

@@ -74,7 +74,7 @@ class Bundle:
         Version mismatches found when loading.
     extras : dict
         Optional data beside the model, by name; ``"view"`` holds the training reference that
-        ``blastscan view`` shows (see :func:`blastscan.pipelines.view.training_reference`).
+        ``blastscan view`` shows (see :func:`blastscan.view.server.training_reference`).
     """
 
     model: Any
@@ -247,14 +247,14 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike, *, embed: bool = True,
     """Write ``bundle`` to ``path`` (joblib) and its sidecar ``<name>.json``, both atomically.
 
     The sidecar holds the metadata and the sha256 of the bundle file; :func:`load_bundle` checks it.
-    A ``.bsb`` path writes the data-only bundle instead (:mod:`blastscan.bundle_onnx`: JSON + ONNX, no
+    A ``.bsb`` path writes the data-only bundle instead (:mod:`blastscan.bundle.data_only`: JSON + ONNX, no
     sidecar); ``embed`` (its backbones' graphs inside) and ``extractor_options`` (where the weights are)
     apply to it only.
     """
     import joblib
 
     from blastscan import provenance as prov
-    from blastscan.bundle_onnx import SUFFIX, save_data_only
+    from blastscan.bundle.data_only import SUFFIX, save_data_only
 
     path = Path(path)
     if path.suffix.lower() == SUFFIX:
@@ -406,7 +406,7 @@ def _check_content(content, path: Path) -> None:
 def load_bundle(path: str | os.PathLike, trust: bool = False) -> Bundle:
     """Load a bundle written by :func:`save_bundle`.
 
-    A data-only bundle (a ``.bsb`` file, or any zip) is read by :func:`blastscan.bundle_onnx.load_data_only`:
+    A data-only bundle (a ``.bsb`` file, or any zip) is read by :func:`blastscan.bundle.data_only.load_data_only`:
     JSON and ONNX only, every entry checked against its manifest; ``trust`` does not apply to it.
 
     Before unpickling, the file's sha256 is checked against its sidecar ``<name>.json``; a missing
@@ -416,7 +416,7 @@ def load_bundle(path: str | os.PathLike, trust: bool = False) -> Bundle:
     """
     import joblib
 
-    from blastscan.bundle_onnx import is_data_only, load_data_only
+    from blastscan.bundle.data_only import is_data_only, load_data_only
 
     path = Path(path)
     if not path.is_file():

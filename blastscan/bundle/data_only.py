@@ -15,7 +15,7 @@ is their own attack surface, as for any data file). Entries, all with fixed name
     How the model is stored: the graph's entry, input width, the classifier, the ONNX Runtime and opset it
     was written for, the members of a vote, and the embedded backbones (entry, graph sha256, weights).
 ``model.onnx``
-    The classifier as one graph: float64 features ``X`` in, ``p_all`` out (:mod:`blastscan.onnx_model`).
+    The classifier as one graph: float64 features ``X`` in, ``p_all`` out (:mod:`blastscan.bundle.onnx_model`).
 ``backbones/<name>.onnx``
     A deep feature set's backbone: the same graph the ONNX Runtime engine caches (``preprocess_input``
     inside, uint8 images in), written from the weights whose sha256 the extractor's identity records.
@@ -193,7 +193,7 @@ def save_data_only(bundle, path: str | os.PathLike, *, embed: bool = True, extra
     """
     from blastscan import provenance as prov
     from blastscan._io import atomic_path
-    from blastscan.onnx_model import OPSET, NotWritable, to_onnx
+    from blastscan.bundle.onnx_model import OPSET, NotWritable, to_onnx
 
     path = Path(path)
     metadata = prov.to_jsonable(bundle.metadata)
@@ -379,13 +379,13 @@ def _check_metadata(path, metadata: Any) -> None:
 def load_data_only(path: str | os.PathLike) -> tuple[Any, dict, dict]:
     """Read a data-only bundle: JSON and ONNX only, every entry checked against the manifest first.
 
-    Returns ``(model, metadata, extras)``: an :class:`~blastscan.onnx_model.OnnxModel`, the metadata as
+    Returns ``(model, metadata, extras)``: an :class:`~blastscan.bundle.onnx_model.OnnxModel`, the metadata as
     written, and the extras (the view's reference; ``"embedded_backbones"``: name ->
     :class:`~blastscan.features.onnx_engine.EmbeddedGraph`). :func:`blastscan.bundle.load_bundle` makes the
     Bundle. Raises ``BlastscanError`` (one line) for anything edited, damaged, unexpected or malformed.
     """
     from blastscan.features.onnx_engine import EmbeddedGraph
-    from blastscan.onnx_model import OnnxModel
+    from blastscan.bundle.onnx_model import OnnxModel
 
     path = Path(path)
     if not path.is_file():

@@ -23,7 +23,7 @@ from blastscan.evaluation import EvalSettings
 from blastscan.options import parse_params, resolve_jobs, split_list
 from blastscan.pipelines.assemble import assemble_grid
 from blastscan.pipelines.grid import ConfigSpec, add_votes, plan_splits, prepare_data, run_grid, vote_spec
-from blastscan.pipelines.results import CompareResult
+from blastscan.report.results import CompareResult
 from blastscan.pipelines.runrecord import (check_replaceable, default_run_dir, run_dir_lock, run_record, used_manifest,
                                           write_outputs)
 

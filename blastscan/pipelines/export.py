@@ -69,7 +69,7 @@ def run_estimate(run_dir: str | os.PathLike, run: dict, config_name: str, rule: 
                  target_recall: float) -> dict:
     """The operating point the run measured for ``config_name`` at ``rule`` (and ``target_recall``): its
     pooled outer-fold metrics with subject-bootstrap intervals, and the per-fold thresholds."""
-    from blastscan.pipelines.results import OPERATING, SUBJECT_POOLED
+    from blastscan.report.results import OPERATING, SUBJECT_POOLED
 
     path = Path(run_dir) / "metrics.csv"
     try:

@@ -28,7 +28,7 @@ from blastscan.evaluation.decision import operating_targets
 from blastscan.options import clean_options
 from blastscan.pipelines.assemble import Tables
 from blastscan.pipelines.grid import CompareData, SplitPlan
-from blastscan.pipelines.results import LEAKY_NOTE, SPLIT_KINDS, CompareResult
+from blastscan.report.results import LEAKY_NOTE, SPLIT_KINDS, CompareResult
 
 
 __all__ = ["INCOMPLETE_MARK", "MANIFEST_NAME", "check_replaceable", "default_run_dir", "run_dir_lock", "run_record",
@@ -222,7 +222,7 @@ def _publish(tmp: Path, final: Path) -> None:
 
 def _write_files(result: CompareResult, manifest: pd.DataFrame, d: Path) -> None:
     from blastscan import provenance as prov
-    from blastscan.pipelines.report import write_report
+    from blastscan.report.document import write_report
 
     _write_table(manifest, d / MANIFEST_NAME)
     _write_table(result.metrics, d / "metrics.csv")

@@ -271,7 +271,7 @@ def train_bundle(
     metadata["leaky_split"] = leaky
     bundle = Bundle(model=fitted.model, metadata=metadata)
     # what `blastscan view` shows beside a cell: training distributions, importances, reference cells
-    from blastscan.pipelines.view_detail import training_reference
+    from blastscan.view.detail import training_reference
 
     # block activations (finetune: 81,920 columns) keep no reference cells: 240 of them would weigh 78 MB
     wide = data.X.shape[1] > WIDE_FEATURES
@@ -373,7 +373,7 @@ def train(
         JSON file of parameters per classifier (only ``classifier``'s entry is used; ``params`` win).
     out : path, optional
         Write the bundle (and its ``.json`` sidecar) here; a ``.bsb`` path writes the data-only bundle
-        (JSON + ONNX, no sidecar, see :mod:`blastscan.bundle_onnx`).
+        (JSON + ONNX, no sidecar, see :mod:`blastscan.bundle.data_only`).
     embed : bool
         Data-only bundles only: carry the backbones' ONNX graphs (scoring then needs no weight files).
     extractor_options, settings
@@ -413,7 +413,7 @@ def train(
 
 def _format_note(out: Path, embed: bool) -> str:
     """What was written, in words, for the line after ``bundle:``."""
-    from blastscan.bundle_onnx import SUFFIX
+    from blastscan.bundle.data_only import SUFFIX
 
     if out.suffix.lower() != SUFFIX:
         return f"joblib, + {out.with_suffix('.json').name}; for sharing write a data-only .bsb instead"

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from blastscan._io import atomic_write_bytes
-from blastscan.pipelines.figures import make_figures
-from blastscan.pipelines.results import (LEAKY, LEAKY_NOTE, OFFICIAL, OPERATING, SUBJECT_FOLD, SUBJECT_POOLED,
+from blastscan.report.figures import make_figures
+from blastscan.report.results import (LEAKY, LEAKY_NOTE, OFFICIAL, OPERATING, SUBJECT_FOLD, SUBJECT_POOLED,
                                          WITHIN_SUBJECT,
                                          CompareResult,
                                          best_sentence, fmt, rank_configs, rule_sentence, split_sentence,

@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pandas as pd
 
-from blastscan.pipelines.results import LEAKY, CompareResult, fmt, rank_configs
+from blastscan.report.results import LEAKY, CompareResult, fmt, rank_configs
 
 __all__ = ["LABELS", "make_figures"]
 

@@ -17,7 +17,7 @@ from blastscan.dataset import load_image
 from blastscan.errors import BlastscanError
 from blastscan.features.handcrafted import feature_dictionary
 from blastscan.features.segmentation import segment
-from blastscan.pipelines.masks import CELL_RGB, NUCLEUS_RGB
+from blastscan.report.masks import CELL_RGB, NUCLEUS_RGB
 
 __all__ = ["REFERENCE_VERSION", "PERCENTILES", "TOP_FEATURES", "N_NEIGHBOURS", "training_reference", "outline_png",
            "cell_detail", "data_url"]

@@ -1,7 +1,7 @@
 """A local web page over a bundle (``blastscan view``): drop cells, see P(ALL), the call and why.
 
 The server is the standard library's threaded HTTP server; the page is three static files shipped in
-``blastscan/view_static`` (no CDN, no build step). Cells are scored by the engine ``blastscan score``
+``blastscan/view/static`` (no CDN, no build step). Cells are scored by the engine ``blastscan score``
 uses (:func:`input_manifest` + :meth:`Bundle.score_manifest`), so probabilities and the status of bad
 files are the same. Uploads are size-limited, written only into the server's temporary folder and
 deleted once scored; that folder (and the default feature store inside it) is removed when the server
@@ -43,9 +43,9 @@ from blastscan.errors import BlastscanError
 from blastscan._io import remove_stale_temp
 from blastscan.bundle import Bundle, load_bundle
 from blastscan.dataset.inputs import input_manifest
-from blastscan.pipelines.view_access import ApiError, QuietServer, batch_error, check_batch_path, too_many_pixels
+from blastscan.view.access import ApiError, QuietServer, batch_error, check_batch_path, too_many_pixels
 from blastscan.pipelines.score import COLUMNS, flag_odd_sizes, subject_summary, training_rates
-from blastscan.pipelines.view_detail import cell_detail, data_url, outline_png, training_reference
+from blastscan.view.detail import cell_detail, data_url, outline_png, training_reference
 
 __all__ = ["NOTICE", "ViewServer", "training_reference", "cell_detail", "serve"]
 
@@ -131,7 +131,7 @@ class ViewServer:
         self.store = Path(store) if store is not None else self.tmp / "store"
         self.lock = threading.Lock()  # one scoring step at a time: the store and the CPUs are shared
         self.batches: dict[str, dict] = {}
-        self.static = Path(__file__).resolve().parents[1] / "view_static"
+        self.static = Path(__file__).resolve().parent / "static"
         try:
             self.httpd = QuietServer((host, port), _handler(self))
         except OSError as exc:
