@@ -45,7 +45,7 @@ def oof_scores(data: Path, store: Path, config: str, weights_dir: str | None, se
     from blastscan.dataset import build_manifest, inspect_cache
     from blastscan.evaluation import oof_predict
     from blastscan.features.featureset import FeatureSet
-    from blastscan.pipelines.train import labelled_rows
+    from blastscan.dataset import labelled_rows
 
     fs_name, clf = config.split("/")
     manifest = build_manifest(data, cache=inspect_cache(store), progress=False)

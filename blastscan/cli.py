@@ -16,6 +16,7 @@ from blastscan.cli_options import (TRUST_HELP, bundle_weights_option, dataset_ma
                                    jobs_option, joblib_note, max_pixels_option, no_embed_option, params_option,
                                    per_image_split_option, scheduler_option, store_option, subject_pattern_option,
                                    weights_dir_option, weights_option)
+from blastscan._io import sigterm_as_interrupt
 from blastscan.errors import BlastscanError
 
 
@@ -23,7 +24,7 @@ class _Group(click.Group):
     """Turns BlastscanError into one line on stderr and exit code 2."""
 
     def invoke(self, ctx):
-        _sigterm_as_interrupt()
+        sigterm_as_interrupt()
         try:
             return super().invoke(ctx)
         except BlastscanError as exc:
@@ -43,19 +44,6 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted: finished chunks are kept in the store", err=True)
             ctx.exit(130)
-
-
-def _sigterm_as_interrupt() -> None:
-    """SIGTERM (``kill``, a scheduler's stop) unwinds like Ctrl+C: finished rows published, temp files removed."""
-    import signal
-    import threading
-
-    def handler(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -376,10 +364,11 @@ def train(dataset, features, classifier, params, params_file, out, no_embed, sto
                             inner_folds=inner_folds, n_boot=n_boot, per_image_split=per_image_split)
     opts = deep_options(weights_dir, random_weights, input_size=input_size, batch_size=batch_size, precision=precision,
                         engine=engine)
+    manifest = dataset_manifest(dataset, store, jobs, quiet, subject_pattern)
     with session(scheduler):
-        run_train(dataset, features, classifier, store, params=params, params_file=params_file, out=out,
+        run_train(manifest.df, features, classifier, store, params=params, params_file=params_file, out=out,
                   extractor_options=opts, settings=settings, jobs=jobs, progress=not quiet, echo=click.echo,
-                  subject_pattern=subject_pattern, tune=tune, embed=not no_embed)
+                  tune=tune, embed=not no_embed, dataset=dataset)
 
 
 @main.command()

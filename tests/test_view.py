@@ -98,7 +98,8 @@ def test_reference_ranks_the_feature_the_model_uses_and_places_a_cell():
 
     from blastscan.features.handcrafted import feature_dictionary
     from blastscan.bundle import Bundle
-    from blastscan.view.detail import cell_detail, training_reference
+    from blastscan.bundle.reference import training_reference
+    from blastscan.view.detail import cell_detail
 
     names = [f.name for f in feature_dictionary()[:4]] + ["inception_v3_0"]
     rng = np.random.default_rng(1)
