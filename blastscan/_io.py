@@ -12,6 +12,7 @@ import errno
 import hashlib
 import os
 import re
+import shutil
 import signal
 import tempfile
 import threading
@@ -225,8 +226,6 @@ def remove_stale_temp(folder: str | os.PathLike, prefix: str | None = None) -> i
     no longer runs (temp files of :func:`atomic_path`, temp folders named so); with ``prefix`` None, every
     temp file of :func:`atomic_path` there, whatever its target. Returns how many were removed; errors are
     ignored (cleaning is best effort, never a reason to fail)."""
-    import shutil
-
     n = 0
     try:
         entries = list(os.scandir(folder))

@@ -49,7 +49,11 @@ from typing import Any
 
 import numpy as np
 
+from blastscan import provenance as prov
+from blastscan._io import atomic_path
+from blastscan.bundle.onnx_model import OPSET, NotWritable, OnnxModel, to_onnx
 from blastscan.errors import BlastscanError
+from blastscan.features.onnx_engine import EmbeddedGraph, UnsupportedLayer
 
 __all__ = ["SUFFIX", "DATA_FORMAT", "DATA_FORMAT_VERSION", "is_data_only", "save_data_only", "load_data_only"]
 
@@ -159,8 +163,6 @@ def _json_bytes(obj) -> bytes:
 # -- writing ---------------------------------------------------------------------------------------------
 def _backbone_graphs(bundle, extractor_options) -> dict[str, tuple[bytes, str]]:
     """name -> (graph bytes, weights identity) for every deep extractor of the bundle's feature set."""
-    from blastscan.features.onnx_engine import UnsupportedLayer
-
     records = [r for r in bundle.metadata.get("extractors", []) if r.get("kind") == "batch"]
     if not records:
         return {}
@@ -191,10 +193,6 @@ def save_data_only(bundle, path: str | os.PathLike, *, embed: bool = True, extra
     BlastscanError
         When the model (or a backbone) has no ONNX writer: one line naming it; a joblib bundle still works.
     """
-    from blastscan import provenance as prov
-    from blastscan._io import atomic_path
-    from blastscan.bundle.onnx_model import OPSET, NotWritable, to_onnx
-
     path = Path(path)
     metadata = prov.to_jsonable(bundle.metadata)
     clf = metadata.get("classifier", "?")
@@ -384,9 +382,6 @@ def load_data_only(path: str | os.PathLike) -> tuple[Any, dict, dict]:
     :class:`~blastscan.features.onnx_engine.EmbeddedGraph`). :func:`blastscan.bundle.load_bundle` makes the
     Bundle. Raises ``BlastscanError`` (one line) for anything edited, damaged, unexpected or malformed.
     """
-    from blastscan.features.onnx_engine import EmbeddedGraph
-    from blastscan.bundle.onnx_model import OnnxModel
-
     path = Path(path)
     if not path.is_file():
         raise BlastscanError(str(path), "no such bundle file")

@@ -15,6 +15,8 @@ A family without a writer here raises :class:`NotWritable` (one line; joblib bun
 
 from __future__ import annotations
 
+# onnx, onnxmltools and onnxruntime are imported where they are used: importing onnx alone takes about a
+# second, and scoring a joblib bundle needs none of them
 import os
 
 import numpy as np

@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from blastscan import provenance as prov
 from blastscan._io import check_writable_file
@@ -32,7 +33,7 @@ from blastscan.errors import BlastscanError
 from blastscan.evaluation import (EvalSettings, FoldPlan, bootstrap_ci, compute_metrics, fit_model, make_classifier,
                                   plan_subject_folds, subject_cv)
 from blastscan.evaluation.cv import shipped_decision
-from blastscan.evaluation.decision import operating_targets, shipped_inner_splits, spread_note, threshold_spread
+from blastscan.evaluation.decision import decide, operating_targets, shipped_inner_splits, spread_note, threshold_spread
 from blastscan.evaluation.patient import operating_point_bootstrap
 from blastscan.evaluation.tuning import Tuned
 from blastscan.features.featureset import FeatureMatrix, FeatureSet
@@ -113,8 +114,6 @@ def _fit_with_threshold(data: TrainingData, classifier, params: Mapping[str, Any
                         progress: bool, estimate: dict | None = None) -> _Fitted:
     """The outer-fold estimate (unless given), the shipped calibration map and threshold (the procedure
     compare runs per fold, on an inner CV over all subjects), then the final fit on every row."""
-    from tqdm.auto import tqdm
-
     notes: list[str] = []
     if estimate is None:
         estimate = outer_estimate(classifier, params, data, settings)
@@ -131,8 +130,6 @@ def _fit_with_threshold(data: TrainingData, classifier, params: Mapping[str, Any
                                               targets=operating_targets(settings.target_recall),
                                               progress=lambda: bar.update(1))
         else:  # --inner-folds 0: compare's folds had no inner CV either
-            from blastscan.evaluation.decision import decide
-
             decision, plan = decide(data.y, None, targets=operating_targets(settings.target_recall)), None
             decision.note = "threshold left at 0.5, no calibration (--inner-folds 0, as in compare)"
         if plan is None:
