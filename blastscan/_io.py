@@ -22,8 +22,8 @@ from typing import Iterator
 from blastscan.errors import BlastscanError
 
 __all__ = ["atomic_path", "atomic_write_bytes", "check_writable_dir", "check_writable_file", "file_sha256",
-           "fsync_path", "is_write_failure", "WriteError", "WRITE_ERRNOS", "pid_alive", "remove_stale_temp", "TEMP_MARK",
-           "sigterm_as_interrupt"]
+           "fsync_path", "is_write_failure", "WriteError", "WRITE_ERRNOS", "pid_alive", "remove_stale_temp",
+           "TEMP_MARK", "sigterm_as_interrupt"]
 
 TEMP_MARK = ".tmp"  # every temporary name ends so (see atomic_path); stale ones are removed by remove_stale_temp
 

@@ -1,5 +1,6 @@
-"""The package's shape: no import cycle between blastscan modules, and no module reaching into another
-module's private names (checked on the source with ``ast``, so lazy imports inside functions count too)."""
+"""The package's shape: no import cycle between blastscan modules, no module reaching into another module's
+private names, no module importing a layer above its own, and small modules and functions (checked on the
+source with ``ast``, so lazy imports inside functions count too)."""
 
 from __future__ import annotations
 

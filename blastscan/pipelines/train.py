@@ -33,7 +33,8 @@ from blastscan.errors import BlastscanError
 from blastscan.evaluation import (EvalSettings, FoldPlan, bootstrap_ci, compute_metrics, fit_model, make_classifier,
                                   plan_subject_folds, subject_cv)
 from blastscan.evaluation.cv import shipped_decision
-from blastscan.evaluation.decision import decide, operating_targets, shipped_inner_splits, spread_note, threshold_spread
+from blastscan.evaluation.decision import (decide, operating_targets, shipped_inner_splits, spread_note,
+                                          threshold_spread)
 from blastscan.evaluation.patient import operating_point_bootstrap
 from blastscan.evaluation.tuning import Tuned
 from blastscan.features.featureset import FeatureMatrix, FeatureSet
