@@ -1,18 +1,19 @@
 """A local web page over a bundle (``blastscan view``): drop cells, see P(ALL), the call and why.
 
 The server is the standard library's threaded HTTP server; the page is three static files shipped in
-``blastscan/view/static`` (no CDN, no build step). Cells are scored by the engine ``blastscan score``
-uses (:func:`input_manifest` + :func:`blastscan.bundle.scoring.score_manifest`), so probabilities and the status of bad
-files are the same. Uploads are size-limited, written only into the server's temporary folder and
-deleted once scored; that folder (and the default feature store inside it) is removed when the server
-stops, and folders of a killed server (``blastscan-view-<pid>-*`` whose pid is gone) at the next start.
-What the page shows beside a cell was computed at training time (:mod:`blastscan.bundle.reference`).
+``blastscan/view/static`` (no CDN, no build step). Cells are scored by the engine ``blastscan score`` uses
+(:func:`input_manifest` + :func:`blastscan.bundle.scoring.score_manifest`), so probabilities and the
+status of bad files are the same. Uploads are size-limited, written only into the server's temporary
+folder and deleted once scored; that folder (and the default feature store inside it) is removed when the
+server stops, and folders of a killed server (``blastscan-view-<pid>-*`` whose pid is gone) at the next
+start. What the page shows beside a cell was computed at training time (:mod:`blastscan.bundle.reference`).
 
 Access: the server makes a random token and prints the page's URL with it (as Jupyter does).
 ``GET /?token=T`` serves the page, whose script reads the token from its URL and sends it as the
-``X-Blastscan-Token`` header on every API call; requests without it get 403. The page's two static assets (``app.js``, ``style.css``: files shipped with the
-package, no data) are served without it. Server-side batch paths are read only under the folders given
-with ``--allow DIR`` (none by default: dropping cells needs no server-side path).
+``X-Blastscan-Token`` header on every API call; requests without it get 403. The page's two static assets
+(``app.js``, ``style.css``: files shipped with the package, no data) are served without it. Server-side
+batch paths are read only under the folders given with ``--allow DIR`` (none by default: dropping cells
+needs no server-side path).
 """
 
 from __future__ import annotations
