@@ -16,8 +16,9 @@ from blastscan.cli_options import (TRUST_HELP, bundle_weights_option, dataset_ma
                                    jobs_option, joblib_note, max_pixels_option, no_embed_option, params_option,
                                    per_image_split_option, scheduler_option, store_option, subject_pattern_option,
                                    weights_dir_option, weights_option)
-from blastscan._io import sigterm_as_interrupt
+from blastscan._io import check_writable_file, sigterm_as_interrupt
 from blastscan.errors import BlastscanError
+from blastscan.options import params_for
 
 
 class _Group(click.Group):
@@ -364,6 +365,9 @@ def train(dataset, features, classifier, params, params_file, out, no_embed, sto
                             inner_folds=inner_folds, n_boot=n_boot, per_image_split=per_image_split)
     opts = deep_options(weights_dir, random_weights, input_size=input_size, batch_size=batch_size, precision=precision,
                         engine=engine)
+    params_for(classifier, params, params_file)  # a bad --param or --out fails before the manifest is built
+    if out is not None:
+        check_writable_file(out, "--out")
     manifest = dataset_manifest(dataset, store, jobs, quiet, subject_pattern)
     with session(scheduler):
         run_train(manifest.df, features, classifier, store, params=params, params_file=params_file, out=out,
