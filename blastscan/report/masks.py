@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 
 from blastscan._io import atomic_write_bytes
@@ -90,8 +91,6 @@ def render_tile(image: np.ndarray, tile: int = 180):
 
     Raises ``BlastscanError`` when the cell cannot be segmented.
     """
-    from PIL import Image
-
     ctx = build_context(image)
     values, reasons = mask_quality(ctx)
     h, w = ctx.cell.shape
@@ -109,8 +108,6 @@ def render_tile(image: np.ndarray, tile: int = 180):
 
 def contact_sheet(tiles: list[tuple[np.ndarray | None, str, bool]], columns: int = 8, tile: int = 180) -> bytes:
     """A PNG of captioned tiles: ``(image or None, caption, flagged)`` in reading order."""
-    from PIL import Image, ImageDraw
-
     caption_h = 14
     rows = max(1, -(-len(tiles) // columns))
     sheet = Image.new("RGB", (columns * (tile + 4) + 4, rows * (tile + caption_h + 6) + 22 + 4), BACKGROUND_RGB)
