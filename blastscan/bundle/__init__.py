@@ -2,8 +2,10 @@
 
 :mod:`~blastscan.bundle.core` holds the :class:`Bundle` type and the joblib format (save, load, the
 sidecar hash and version checks); :mod:`~blastscan.bundle.data_only` the data-only format (``.bsb``:
-JSON + ONNX, no pickle); :mod:`~blastscan.bundle.onnx_model` a fitted classifier as one ONNX graph.
-The names below are the package's public API.
+JSON + ONNX, no pickle); :mod:`~blastscan.bundle.onnx_model` a fitted classifier as one ONNX graph;
+:mod:`~blastscan.bundle.scoring` the scoring with a bundle (``blastscan score`` and the page share it);
+:mod:`~blastscan.bundle.reference` the training reference a bundle carries for the page. The names below
+are the package's public API.
 """
 
 from blastscan.bundle.core import (FORMAT, FORMAT_VERSION, JOBLIB_NOTE, TRUST_WARNING, Bundle, BundleWarning,
