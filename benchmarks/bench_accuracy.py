@@ -48,7 +48,7 @@ def main() -> int:
     from blastscan.dataset import build_manifest, inspect_cache
     from blastscan.evaluation import EvalSettings
     from blastscan.pipelines.compare import compare
-    from blastscan.pipelines.results import SUBJECT_POOLED, WITHIN_SUBJECT, rank_configs
+    from blastscan.report.results import SUBJECT_POOLED, WITHIN_SUBJECT, rank_configs
 
     classifiers = ["logreg", "svm", "svm_pca"] + ([] if args.quick else ["xgboost"])
     manifest = build_manifest(args.data, cache=inspect_cache(args.store))

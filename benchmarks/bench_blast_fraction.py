@@ -42,10 +42,9 @@ MIN_SOURCE_CELLS = 20  # subjects a simulated patient's cells are drawn from
 
 def oof_scores(data: Path, store: Path, config: str, weights_dir: str | None, seed: int) -> pd.DataFrame:
     """Out-of-fold P(ALL) per labelled cell (``subject, y, p``) of ``config`` = ``SET/CLASSIFIER``."""
-    from blastscan.dataset import build_manifest, inspect_cache
+    from blastscan.dataset import build_manifest, inspect_cache, labelled_rows
     from blastscan.evaluation import oof_predict
     from blastscan.features.featureset import FeatureSet
-    from blastscan.pipelines.train import labelled_rows
 
     fs_name, clf = config.split("/")
     manifest = build_manifest(data, cache=inspect_cache(store), progress=False)

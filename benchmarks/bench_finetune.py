@@ -58,7 +58,7 @@ def main() -> int:
     from blastscan.dataset import build_manifest, inspect_cache
     from blastscan.evaluation import EvalSettings
     from blastscan.pipelines.compare import compare
-    from blastscan.pipelines.results import rank_configs
+    from blastscan.report.results import rank_configs
 
     df = build_manifest(args.data, cache=inspect_cache(args.store)).df
     df = df[df["source_split"].astype(str) != "prelim"]

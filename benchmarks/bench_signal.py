@@ -73,7 +73,7 @@ def main() -> int:
     from blastscan.dataset import build_manifest, inspect_cache
     from blastscan.evaluation import EvalSettings
     from blastscan.pipelines.compare import compare
-    from blastscan.pipelines.results import SUBJECT_POOLED
+    from blastscan.report.results import SUBJECT_POOLED
 
     rgb = args.backbone
     # "grey" -> inception_v3_grey; "+mixed7" -> the union inception_v3+inception_v3_mixed7 (beside the last block)

@@ -12,14 +12,18 @@ import errno
 import hashlib
 import os
 import re
+import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
 
 from blastscan.errors import BlastscanError
 
 __all__ = ["atomic_path", "atomic_write_bytes", "check_writable_dir", "check_writable_file", "file_sha256",
-           "fsync_path", "is_write_failure", "WriteError", "WRITE_ERRNOS", "pid_alive", "remove_stale_temp", "TEMP_MARK"]
+           "fsync_path", "is_write_failure", "WriteError", "WRITE_ERRNOS", "pid_alive", "remove_stale_temp",
+           "TEMP_MARK", "sigterm_as_interrupt"]
 
 TEMP_MARK = ".tmp"  # every temporary name ends so (see atomic_path); stale ones are removed by remove_stale_temp
 
@@ -222,8 +226,6 @@ def remove_stale_temp(folder: str | os.PathLike, prefix: str | None = None) -> i
     no longer runs (temp files of :func:`atomic_path`, temp folders named so); with ``prefix`` None, every
     temp file of :func:`atomic_path` there, whatever its target. Returns how many were removed; errors are
     ignored (cleaning is best effort, never a reason to fail)."""
-    import shutil
-
     n = 0
     try:
         entries = list(os.scandir(folder))
@@ -248,3 +250,19 @@ def remove_stale_temp(folder: str | os.PathLike, prefix: str | None = None) -> i
                 os.unlink(e.path)
             n += 1
     return n
+
+
+def sigterm_as_interrupt():
+    """Make SIGTERM (``kill``, a scheduler's stop) unwind like Ctrl+C: a ``KeyboardInterrupt`` in the main
+    thread, so finished work is published and temporary files are removed; a second SIGTERM kills at once.
+
+    Returns the handler it replaced (to restore it), or None outside the main thread, where nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)

@@ -16,14 +16,16 @@ from blastscan.cli_options import (TRUST_HELP, bundle_weights_option, dataset_ma
                                    jobs_option, joblib_note, max_pixels_option, no_embed_option, params_option,
                                    per_image_split_option, scheduler_option, store_option, subject_pattern_option,
                                    weights_dir_option, weights_option)
+from blastscan._io import check_writable_file, sigterm_as_interrupt
 from blastscan.errors import BlastscanError
+from blastscan.options import params_for
 
 
 class _Group(click.Group):
     """Turns BlastscanError into one line on stderr and exit code 2."""
 
     def invoke(self, ctx):
-        _sigterm_as_interrupt()
+        sigterm_as_interrupt()
         try:
             return super().invoke(ctx)
         except BlastscanError as exc:
@@ -43,19 +45,6 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted: finished chunks are kept in the store", err=True)
             ctx.exit(130)
-
-
-def _sigterm_as_interrupt() -> None:
-    """SIGTERM (``kill``, a scheduler's stop) unwinds like Ctrl+C: finished rows published, temp files removed."""
-    import signal
-    import threading
-
-    def handler(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -203,7 +192,7 @@ def extract(dataset, features, store, jobs, weights_dir, random_weights, input_s
     click.echo(f"{len(manifest.df)} images in {dataset} ({manifest.layout} layout)")
     click.echo(summary.format())
     if out:
-        from blastscan.pipelines.table import write_feature_table
+        from blastscan.report.table import write_feature_table
 
         table = write_feature_table(manifest.df, features.split(","), store, out, extractor_options=opts)
         click.echo(f"feature table: {out} ({len(table):,} cells x {table.shape[1]} columns)")
@@ -230,7 +219,7 @@ def masks(inputs, out, n, subjects, seed, columns, tile, store, quiet):
     features.
     """
     from blastscan.dataset import build_manifest, inspect_cache
-    from blastscan.pipelines.masks import masks_sheet, with_scores
+    from blastscan.report.masks import masks_sheet, with_scores
 
     source = inputs[0] if len(inputs) == 1 else list(inputs)
     manifest = build_manifest(source, progress=not quiet, cache=inspect_cache(store))
@@ -376,10 +365,14 @@ def train(dataset, features, classifier, params, params_file, out, no_embed, sto
                             inner_folds=inner_folds, n_boot=n_boot, per_image_split=per_image_split)
     opts = deep_options(weights_dir, random_weights, input_size=input_size, batch_size=batch_size, precision=precision,
                         engine=engine)
+    params_for(classifier, params, params_file)  # a bad --param or --out fails before the manifest is built
+    if out is not None:
+        check_writable_file(out, "--out")
+    manifest = dataset_manifest(dataset, store, jobs, quiet, subject_pattern)
     with session(scheduler):
-        run_train(dataset, features, classifier, store, params=params, params_file=params_file, out=out,
+        run_train(manifest.df, features, classifier, store, params=params, params_file=params_file, out=out,
                   extractor_options=opts, settings=settings, jobs=jobs, progress=not quiet, echo=click.echo,
-                  subject_pattern=subject_pattern, tune=tune, embed=not no_embed)
+                  tune=tune, embed=not no_embed, dataset=dataset)
 
 
 @main.command()
@@ -410,7 +403,7 @@ def export(run_dir, config_name, out, no_embed, store, weights_dir, target_recal
     bundle = export_run(run_dir, config_name, out, store=store, extractor_options=opts, target_recall=target_recall,
                         progress=not quiet, embed=not no_embed)
     click.echo(bundle.summary())
-    from blastscan.bundle_onnx import is_data_only
+    from blastscan.bundle.data_only import is_data_only
 
     click.echo(f"bundle: {out} (" + ("data-only: JSON + ONNX" if is_data_only(out)
                                       else f"joblib, + {bundle.path.with_suffix('.json').name}") + ")")
@@ -478,7 +471,7 @@ def view(bundle, port, host, store, max_upload_mb, weights_dir, precision, engin
     without the token are refused. Stop it with Ctrl+C; uploads and the default feature store live in a
     temporary folder that is removed then (or at the next start, after a kill).
     """
-    from blastscan.pipelines.view import serve
+    from blastscan.view.server import serve
 
     opts = deep_options(weights_dir, None, precision=precision, engine=engine, batch_size=batch_size)
     noted = []

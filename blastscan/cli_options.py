@@ -157,7 +157,7 @@ def joblib_note(bundle) -> None:
     """One line on stderr once a joblib bundle was loaded (a refused one gives only its error line): it runs
     code when loaded; the data-only one does not."""
     from blastscan.bundle import JOBLIB_NOTE
-    from blastscan.bundle_onnx import is_data_only
+    from blastscan.bundle.data_only import is_data_only
 
     if not is_data_only(bundle):
         click.echo(JOBLIB_NOTE.format(path=bundle), err=True)

@@ -9,13 +9,17 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import pandas as pd
+
+from blastscan import __version__
 
 __all__ = [
     "LIBRARIES",
@@ -94,9 +98,8 @@ def manifest_hash(df: pd.DataFrame) -> str:
 
 
 def to_jsonable(obj: Any) -> Any:
-    """``obj`` with paths, numpy scalars/arrays, sets and tuples turned into plain JSON types."""
-    import numpy as np
-
+    """``obj`` with paths, numpy scalars/arrays, sets and tuples turned into plain JSON types, and NaN and
+    infinities (which JSON has not) into None."""
     if isinstance(obj, Mapping):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set)):
@@ -108,7 +111,7 @@ def to_jsonable(obj: Any) -> Any:
         return to_jsonable(obj.tolist())
     if isinstance(obj, np.generic):
         obj = obj.item()
-    if isinstance(obj, float) and obj != obj:  # NaN is not JSON
+    if isinstance(obj, float) and not math.isfinite(obj):  # NaN and infinities are not JSON
         return None
     return obj
 
@@ -144,8 +147,6 @@ def timestamp() -> str:
 
 def provenance(manifest_df: pd.DataFrame | None = None, config: Any = None) -> dict[str, Any]:
     """One dict with everything above: versions, code revision, time, and hashes of data and config."""
-    from blastscan import __version__
-
     out: dict[str, Any] = {
         "blastscan_version": __version__,
         "git_revision": git_revision(),

@@ -11,7 +11,7 @@ import pytest
 
 from blastscan.evaluation.patient import (LOW_SPECIFICITY, MIN_CELLS_FOR_FRACTION, blast_fraction,
                                           operating_point_bootstrap)
-from blastscan.pipelines.score import TrainingRates, fraction_warnings, subject_summary
+from blastscan.bundle.scoring import TrainingRates, fraction_warnings, subject_summary
 
 
 def _training(rng, n_all, n_hem, cells, tpr_beta, fpr_beta):

@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from blastscan.bundle import load_bundle, save_bundle
+from blastscan.bundle.scoring import score_frame
 from blastscan.dataset import build_manifest
 from blastscan.errors import BlastscanError
 from blastscan.evaluation import EvalSettings
@@ -68,8 +69,8 @@ def test_data_only_bundle_scores_holds_and_shows_what_the_joblib_one_does(made):
     a, b = load_bundle(made["joblib"]), load_bundle(made["bsb"])
     assert type(b.model).__name__ == "OnnxModel"
     assert b.metadata == json.loads(json.dumps(a.metadata))  # every metadata field carried over whole
-    fa = a.score_frame(made["paths"], made["store"])
-    fb = b.score_frame(made["paths"], made["store"])
+    fa = score_frame(a, made["paths"], made["store"])
+    fb = score_frame(b, made["paths"], made["store"])
     np.testing.assert_allclose(fb["p_all"], fa["p_all"], rtol=0, atol=1e-9)
     assert fa["p_all"].std() > 0.01
     assert list(fb["pred"]) == list(fa["pred"])
@@ -191,7 +192,7 @@ def test_deep_bundle_scores_without_tensorflow_or_weights(sample_root, tmp_path,
     with zipfile.ZipFile(small) as zf:
         assert not any(n.startswith("backbones/") for n in zf.namelist())
     assert "embedded_backbones" not in load_bundle(small).extras
-    expected = bundle.score_frame(paths)  # the in-memory model on features computed now
+    expected = score_frame(bundle, paths)  # the in-memory model on features computed now
 
     blocker = tmp_path / "blocker"
     blocker.mkdir()
@@ -217,9 +218,9 @@ def test_deep_bundle_scores_without_tensorflow_or_weights(sample_root, tmp_path,
 def test_view_serves_a_data_only_bundle(made):
     import urllib.request
 
-    from blastscan.pipelines.view import ViewServer
+    from blastscan.view.server import ViewServer
 
-    expected = load_bundle(made["joblib"]).score_frame(made["paths"][:2], made["store"]).set_index("path")
+    expected = score_frame(load_bundle(made["joblib"]), made["paths"][:2], made["store"]).set_index("path")
     srv = ViewServer(made["bsb"], "127.0.0.1", 0, max_upload_mb=1.0, jobs=1, token="bsb-test-token").start()
     try:
         def request(url, data=None):
@@ -239,7 +240,7 @@ def test_view_serves_a_data_only_bundle(made):
 
 
 def test_extras_json_holds_only_typed_numeric_arrays_and_bytes():
-    from blastscan.bundle_onnx import _decode, _encode, _json_loads
+    from blastscan.bundle.data_only import _decode, _encode, _json_loads
 
     data = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": b"\xff\xd8jpeg", "c": [np.int64(3), "x", None]}
     back = _decode(json.loads(json.dumps(_encode(data, "extras"))), "extras")

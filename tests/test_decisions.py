@@ -15,7 +15,7 @@ from blastscan.evaluation import decision as dec
 from blastscan.evaluation.calibration import apply_calibration, brier_score, fit_calibration
 from blastscan.pipelines.compare import collapse_equivalent
 from blastscan.pipelines.grid import ConfigSpec
-from blastscan.pipelines.results import SUBJECT_POOLED, rank_configs
+from blastscan.report.results import SUBJECT_POOLED, rank_configs
 
 
 def subjects_data(n_all=10, n_hem=8, seed=0, d=5, shift=0.8):

@@ -1,13 +1,16 @@
-"""blastscan._io: atomic writes publish whole files only, with the usual mode; file hashing."""
+"""blastscan._io: atomic writes publish whole files only, with the usual mode; file hashing; SIGTERM as Ctrl+C."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import threading
+import time
 
 import pytest
 
-from blastscan._io import atomic_path, atomic_write_bytes, file_sha256
+from blastscan._io import atomic_path, atomic_write_bytes, file_sha256, sigterm_as_interrupt
 
 
 def test_atomic_path_publishes_only_on_success(tmp_path):
@@ -37,3 +40,21 @@ def test_file_sha256_is_the_hash_of_the_bytes(tmp_path):
     data = os.urandom(3 << 20)  # several read blocks
     f.write_bytes(data)
     assert file_sha256(f) == hashlib.sha256(data).hexdigest()
+
+
+def test_sigterm_unwinds_as_ctrl_c_once_and_only_in_the_main_thread():
+    before = signal.getsignal(signal.SIGTERM)
+    replaced = sigterm_as_interrupt()
+    try:
+        assert replaced == before
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # a second SIGTERM kills at once
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    off_main = []
+    worker = threading.Thread(target=lambda: off_main.append(sigterm_as_interrupt()))
+    worker.start()
+    worker.join()
+    assert off_main == [None] and signal.getsignal(signal.SIGTERM) == before

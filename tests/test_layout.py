@@ -1,5 +1,6 @@
-"""The package's shape: no import cycle between blastscan modules, and no module reaching into another
-module's private names (checked on the source with ``ast``, so lazy imports inside functions count too)."""
+"""The package's shape: no import cycle between blastscan modules, no module reaching into another module's
+private names, no module importing a layer above its own, and small modules and functions (checked on the
+source with ``ast``, so lazy imports inside functions count too)."""
 
 from __future__ import annotations
 
@@ -100,3 +101,45 @@ def test_modules_and_functions_stay_small():
                 if n > 110:
                     long_functions.append((f"{_module_name(p)}.{node.name}", n))
     assert long_functions == []
+
+
+# Data flows downhill: each package or module of the package in one layer, top first (README "Code layout").
+# A module may import its own layer and the layers below it, never one above. The package's root
+# (``blastscan/__init__.py``: ``__version__`` and the ``load_bundle`` shortcut) stands outside the layers.
+LAYERS = (
+    ("blastscan.cli", "blastscan.cli_options"),
+    ("blastscan.pipelines",),
+    ("blastscan.report", "blastscan.view", "blastscan.bundle"),
+    ("blastscan.features", "blastscan.classifiers", "blastscan.evaluation"),
+    ("blastscan.dataset", "blastscan.registry", "blastscan._io", "blastscan.errors", "blastscan.options",
+     "blastscan.parallel", "blastscan.provenance", "blastscan._tf", "blastscan.sample"),
+)
+
+
+def _layer(module: str) -> int:
+    """The index in LAYERS of the longest prefix naming ``module`` or a package above it."""
+    best = None
+    for i, names in enumerate(LAYERS):
+        for name in names:
+            if (module == name or module.startswith(name + ".")) and (best is None or len(name) > len(best[1])):
+                best = (i, name)
+    assert best is not None, f"{module} is in no layer of LAYERS"
+    return best[0]
+
+
+def _upward(graph) -> list[tuple[str, str]]:
+    return sorted((mod, target) for mod, targets in graph.items() for target in targets
+                  if "blastscan" not in (mod, target) and _layer(target) < _layer(mod))
+
+
+def test_nothing_imports_a_layer_above_it():
+    graph, _ = _graph()
+    assert len({_layer(m) for m in graph if m != "blastscan"}) == len(LAYERS)  # every layer has modules
+    assert _upward(graph) == []
+
+
+def test_layer_check_finds_an_upward_import():
+    graph = {"blastscan.features.store": {"blastscan.pipelines.score", "blastscan._io"},
+             "blastscan.pipelines.score": {"blastscan.bundle.core", "blastscan.pipelines.extract"},
+             "blastscan.report.results": {"blastscan.view.server"}}
+    assert _upward(graph) == [("blastscan.features.store", "blastscan.pipelines.score")]

@@ -37,14 +37,14 @@ def test_masks_draws_a_sheet_of_both_classes(few_cells, tmp_path):
     with Image.open(out) as im:
         assert im.size[0] > 3 * 100 and im.size[1] > 2 * 100
         colours = {tuple(c) for c in np.asarray(im.convert("RGB")).reshape(-1, 3)}
-    from blastscan.pipelines.masks import CELL_RGB, NUCLEUS_RGB
+    from blastscan.report.masks import CELL_RGB, NUCLEUS_RGB
 
     assert CELL_RGB in colours and NUCLEUS_RGB in colours  # both outlines are drawn
 
 
 def test_masks_of_a_scored_csv_label_each_tile_with_its_call_and_probability(few_cells, tmp_path):
     from blastscan.dataset import build_manifest
-    from blastscan.pipelines.masks import masks_sheet, with_scores
+    from blastscan.report.masks import masks_sheet, with_scores
 
     cells = pd.read_csv(few_cells)
     scored = tmp_path / "predictions.csv"  # the columns `blastscan score` writes
@@ -66,10 +66,10 @@ def test_masks_of_a_scored_csv_label_each_tile_with_its_call_and_probability(few
 def test_view_and_masks_draw_outlines_in_the_same_colours():
     from pathlib import Path as P
 
-    from blastscan.pipelines import view_detail
-    from blastscan.pipelines.masks import CELL_RGB, NUCLEUS_RGB
+    from blastscan.view import detail as view_detail
+    from blastscan.report.masks import CELL_RGB, NUCLEUS_RGB
 
-    css = (P(view_detail.__file__).resolve().parents[1] / "view_static" / "style.css").read_text()
+    css = (P(view_detail.__file__).resolve().parent / "static" / "style.css").read_text()
     for cls, rgb in (("cell", CELL_RGB), ("nucleus", NUCLEUS_RGB)):
         assert f".sw.{cls} {{ background: #{bytes(rgb).hex()}; }}" in css
     assert view_detail.CELL_RGB == CELL_RGB and view_detail.NUCLEUS_RGB == NUCLEUS_RGB

@@ -9,7 +9,7 @@ import pytest
 from blastscan.classifiers import available_classifiers, fit_classifier, get_classifier
 from blastscan.dataset import build_manifest, labelled
 from blastscan.features.featureset import FeatureSet
-from blastscan.onnx_model import NotWritable, OnnxModel, to_onnx
+from blastscan.bundle.onnx_model import NotWritable, OnnxModel, to_onnx
 
 SMALL = {"fcn": {"hidden": 16, "epochs": 15, "patience": 3}, "fcn_svm": {"hidden": 16, "epochs": 15, "patience": 3},
          "xgboost": {"n_estimators": 40}, "svm_pca": {"n_components": 8}}
@@ -78,7 +78,7 @@ JOBLIB_ONLY = {"finetune"}
 
 
 def test_every_registered_family_has_a_writer():
-    from blastscan.onnx_model import _CLASSIFIERS
+    from blastscan.bundle.onnx_model import _CLASSIFIERS
 
     for name in available_classifiers():
         final = get_classifier(name).steps[-1][1]

@@ -17,9 +17,10 @@ from blastscan import options
 from blastscan import provenance as prov
 from blastscan.errors import BlastscanError
 from blastscan.evaluation import EvalSettings
+from blastscan.features.featureset import FeatureMatrix
 from blastscan.pipelines import compare as cmp
-from blastscan.pipelines.results import LEAKY_NOTE
-from blastscan.pipelines.report import fmt
+from blastscan.report.results import LEAKY_NOTE
+from blastscan.report.document import fmt
 
 
 class Broken(LogisticRegression):
@@ -63,11 +64,8 @@ def _features(df, seed=0):
     return out
 
 
-def install_fakes(mp, df):
-    """Fake feature loading and classifier factory (with the real function signatures)."""
-    import blastscan.classifiers as classifiers
-    import blastscan.pipelines.extract as extract
-
+def fake_features_for(df):
+    """Feature loading for compare's ``features_for`` parameter (the real function's signature)."""
     feats = _features(df)
 
     def features_for(manifest_df, feature_set, store, *, extractor_options=None, jobs=None, progress=True,
@@ -78,13 +76,19 @@ def install_fakes(mp, df):
         X = np.stack([feats[s] for s in manifest_df["sha256"]])
         if feature_set == "half":
             X = X[:, :2]
-        return None, extract.FeatureMatrix(X=X, feature_names=[f"f{i}" for i in range(X.shape[1])],
-                                     rows=manifest_df.reset_index(drop=True),
-                                     dropped=manifest_df.iloc[:0].assign(reason=pd.Series(dtype=str)),
-                                     extractors=[{"name": feature_set, "identity": f"{feature_set}@1"}],
-                                     feature_set=feature_set)
+        return None, FeatureMatrix(X=X, feature_names=[f"f{i}" for i in range(X.shape[1])],
+                                   rows=manifest_df.reset_index(drop=True),
+                                   dropped=manifest_df.iloc[:0].assign(reason=pd.Series(dtype=str)),
+                                   extractors=[{"name": feature_set, "identity": f"{feature_set}@1"}],
+                                   feature_set=feature_set)
 
-    mp.setattr(extract, "features_for", features_for)
+    return features_for
+
+
+def install_fakes(mp):
+    """Fake classifier factory (with the real function signatures)."""
+    import blastscan.classifiers as classifiers
+
     mp.setattr(classifiers, "get_classifier", lambda name, random_state=0, **p: FACTORIES[name](random_state, **p),
                raising=False)
     mp.setattr(classifiers, "available_classifiers", lambda: sorted(FACTORIES), raising=False)
@@ -96,8 +100,9 @@ def run(tmp_path_factory):
     df = synthetic_manifest()
     out = tmp_path_factory.mktemp("run")
     with pytest.MonkeyPatch.context() as mp:
-        install_fakes(mp, df)
+        install_fakes(mp)
         result = cmp.compare(df, "full,half", "logreg,nb,broken", tmp_path_factory.mktemp("store"), out,
+                             features_for=fake_features_for(df),
                              settings=EvalSettings(folds=5, seed=0, n_boot=200), jobs=1, progress=False,
                              dataset="synthetic",
                              params=["logreg.C=0.5"])
@@ -221,16 +226,17 @@ def test_same_folds_for_every_configuration(run):
 def test_missing_features_error_propagates(tmp_path):
     df = synthetic_manifest()
     with pytest.MonkeyPatch.context() as mp:
-        install_fakes(mp, df)
+        install_fakes(mp)
         with pytest.raises(BlastscanError, match=r"run: blastscan extract DATA --features missing"):
             cmp.compare(df, "full,missing", "logreg", tmp_path / "store", tmp_path / "run", progress=False,
+                        features_for=fake_features_for(df),
                         dataset="DATA", settings=EvalSettings(n_boot=0), jobs=1)
 
 
 def test_bad_options_fail_early(tmp_path):
     df = synthetic_manifest()
     with pytest.MonkeyPatch.context() as mp:
-        install_fakes(mp, df)
+        install_fakes(mp)
         with pytest.raises(BlastscanError, match="unknown"):
             cmp.compare(df, "full", "nosuch", tmp_path, tmp_path / "r", progress=False)
         with pytest.raises(BlastscanError, match="--threshold"):
@@ -310,7 +316,7 @@ def test_operating_points_are_measured_on_held_out_subjects_and_tabled(run):
 
 
 def cmp_figures(result):
-    from blastscan.pipelines.figures import make_figures
+    from blastscan.report.figures import make_figures
 
     return make_figures(result)
 

@@ -15,7 +15,8 @@ from PIL import Image
 from blastscan.cli import main
 from blastscan.errors import BlastscanError
 from blastscan.bundle import load_bundle, sidecar_path
-from blastscan.pipelines.score import score, subject_summary, subjects_path
+from blastscan.bundle.scoring import subject_summary
+from blastscan.pipelines.score import score, subjects_path
 from test_bundle import cells, run_dir, trained  # noqa: F401  (shared module fixtures)
 
 
@@ -160,15 +161,16 @@ def test_score_flags_odd_sizes_and_cleans_what_a_killed_run_left(tmp_path):
 
     import pandas as pd
 
+    from blastscan.bundle.scoring import SCORE_TMP_PREFIX, flag_odd_sizes
     from blastscan.pipelines import score as sc
 
     rows = pd.DataFrame({"status": ["ok", "ok", "unreadable"], "width": [450, 4500, 0], "height": [450, 4500, 0]})
-    st = sc._flag_odd_sizes(rows)["status"].tolist()
+    st = flag_odd_sizes(rows)["status"].tolist()
     assert st[0] == "ok" and st[1].startswith("ok (warning: 4500x4500 px") and st[2] == "unreadable"
     dead = 2 ** 22 + 12345  # above the usual pid_max, so never a live process
     leftover = tmp_path / f".pred.csv.{dead}.abc.csv.tmp"
     leftover.write_text("")
-    stale = Path(tempfile.gettempdir()) / f"{sc.SCORE_TMP_PREFIX}{dead}-xyz"
+    stale = Path(tempfile.gettempdir()) / f"{SCORE_TMP_PREFIX}{dead}-xyz"
     stale.mkdir(exist_ok=True)
     mine = tmp_path / f".pred.csv.{os.getpid()}.abc.csv.tmp"
     mine.write_text("")

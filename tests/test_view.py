@@ -29,7 +29,7 @@ from blastscan.evaluation import EvalSettings
 from blastscan.pipelines.train import train_bundle
 from blastscan.pipelines.extract import extract
 from blastscan.pipelines.score import score
-from blastscan.pipelines.view import ViewServer
+from blastscan.view.server import ViewServer
 
 N_SUBJECTS, MAX_CELLS = 4, 5
 # the installed command, as a user runs it (next to this interpreter in the venv)
@@ -98,7 +98,8 @@ def test_reference_ranks_the_feature_the_model_uses_and_places_a_cell():
 
     from blastscan.features.handcrafted import feature_dictionary
     from blastscan.bundle import Bundle
-    from blastscan.pipelines.view_detail import cell_detail, training_reference
+    from blastscan.bundle.reference import training_reference
+    from blastscan.view.detail import cell_detail
 
     names = [f.name for f in feature_dictionary()[:4]] + ["inception_v3_0"]
     rng = np.random.default_rng(1)

@@ -22,6 +22,7 @@ from blastscan.dataset.manifest import (
     build_manifest,
     duplicate_table,
     labelled,
+    labelled_rows,
     read_manifest,
     write_manifest,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "format_problems",
     "inspect_cache",
     "labelled",
+    "labelled_rows",
     "load_image",
     "natural_key",
     "parse_cnmc_name",

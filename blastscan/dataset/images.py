@@ -33,6 +33,9 @@ from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import numpy as np
+from joblib import Parallel, delayed
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 
 from blastscan._io import atomic_write_bytes
 from blastscan.dataset.problems import Problem
@@ -137,8 +140,6 @@ def odd_cell_size(width: int, height: int) -> str | None:
 
 def _decode(data: bytes):
     """Fully decode ``data``; return ``(RGB PIL image, source mode)`` or raise :class:`_Refused`."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         im = Image.open(io.BytesIO(data))
         too_big = over_pixel_budget(im.width, im.height) or (  # from the header, before any pixel is decoded
@@ -336,8 +337,6 @@ def inspect_files(paths: Sequence[str], jobs: int | None, progress: bool,
 
 
 def _inspect_all(paths: Sequence[str], jobs: int | None, progress: bool) -> list[Inspection]:
-    from tqdm.auto import tqdm
-
     n_jobs = max(1, os.cpu_count() or 1) if jobs is None or jobs <= 0 else int(jobs)
     bar = tqdm(total=len(paths), desc="checking images", unit="img", file=sys.stderr, disable=not progress,
                delay=1.0, dynamic_ncols=True)

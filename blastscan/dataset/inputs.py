@@ -8,6 +8,9 @@ import os
 import numpy as np
 import pandas as pd
 
+from blastscan.dataset.images import inspect_cache
+from blastscan.dataset.layouts import parse_cnmc_name
+from blastscan.dataset.manifest import build_manifest
 from blastscan.errors import BlastscanError
 
 __all__ = ["FAILED_KINDS", "input_manifest", "failed_frame"]
@@ -22,8 +25,6 @@ def input_manifest(inputs, progress: bool = False, store=None,
     that could not be used (``path, sha256, subject, status, p_all, pred``); file checks are cached in
     ``store``. With ``allow_empty``, inputs none of which is usable give an empty manifest and their
     failed rows instead of an error."""
-    from blastscan.dataset import build_manifest, inspect_cache, parse_cnmc_name
-
     if isinstance(inputs, pd.DataFrame):
         missing = {"path", "sha256"} - set(inputs.columns)
         if missing:

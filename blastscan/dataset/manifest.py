@@ -12,6 +12,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from blastscan._io import atomic_path
@@ -22,7 +23,7 @@ from blastscan.dataset.subjects import apply_subject_pattern, missing_subject_ma
 from blastscan.errors import BlastscanError
 
 __all__ = ["COLUMNS", "Manifest", "assign_groups", "build_manifest", "duplicate_table", "labelled",
-           "read_manifest", "write_manifest"]
+           "labelled_rows", "read_manifest", "write_manifest"]
 
 COLUMNS = ["path", "sha256", "label", "subject", "group", "source_split", "width", "height", "dup_group"]
 _STR_COLUMNS = ["path", "sha256", "label", "subject", "group", "source_split"]
@@ -240,9 +241,38 @@ def _coerce(df: pd.DataFrame) -> pd.DataFrame:
 
 
 # -- helpers on manifests -------------------------------------------------------------------------------
+def _lower_labels(df: pd.DataFrame) -> pd.Series:
+    return df["label"].astype("string").str.lower()
+
+
 def labelled(df: pd.DataFrame) -> pd.DataFrame:
-    """The rows whose label is ``all`` or ``hem``."""
-    return df[df["label"].isin(["all", "hem"]).fillna(False).to_numpy(dtype=bool)]
+    """The rows whose label is ``all`` or ``hem`` (in any case; the rows as given)."""
+    return df[_lower_labels(df).isin(["all", "hem"]).fillna(False).to_numpy(dtype=bool)]
+
+
+def labelled_rows(manifest_df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The rows of :func:`labelled` ready to split and fit on (labels lower-cased), each with a split
+    ``group``, a ``subject``, a ``source_split`` and a ``_row`` position; and the number of unlabelled rows
+    left out.
+
+    ``group`` is the split unit; it falls back to the subject, then to the image itself, so nothing is
+    ungrouped.
+    """
+    df = labelled(manifest_df).copy()
+    n_unlabelled = len(manifest_df) - len(df)
+    df["label"] = _lower_labels(df).astype(str).to_numpy()
+    missing = pd.Series(pd.NA, index=df.index, dtype="string")
+    subject = df["subject"].astype("string") if "subject" in df else missing
+    group = df["group"].astype("string") if "group" in df else missing
+    group = group.fillna(subject).fillna("img:" + df["sha256"].astype("string").str[:12])
+    df["group"] = group.astype(str).to_numpy()
+    df["subject"] = subject.fillna(df["group"]).astype(str).to_numpy()
+    if "source_split" not in df:
+        df["source_split"] = ""
+    df["source_split"] = df["source_split"].astype("string").fillna("").astype(str).to_numpy()
+    df = df.reset_index(drop=True)
+    df["_row"] = np.arange(len(df))
+    return df, n_unlabelled
 
 
 def duplicate_table(df: pd.DataFrame) -> pd.DataFrame:

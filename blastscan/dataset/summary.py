@@ -109,7 +109,6 @@ def _missing_text(rows: Sequence[Problem]) -> str:
 def problems_note(problems: Sequence[Problem], dataset) -> str:
     """The one line a command other than ``data`` says about a dataset's problems."""
     by_csv = missing_rows_by_csv(problems)
-    n_rows = sum(len(v) for v in by_csv.values())
     parts = [f"{name}: {_missing_text(rows)}" for name, rows in by_csv.items()]
     rest = [p for p in problems if not (p.kind == "missing_image" and _LISTED.match(p.reason))]
     if rest:

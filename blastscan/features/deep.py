@@ -114,7 +114,7 @@ class DeepExtractor(BatchExtractor):
     cpu : Cpu, optional
         The CPU the ``auto`` choices are made for (default: this machine's ``/proc/cpuinfo``).
     embedded_backbones : dict of str to EmbeddedGraph, optional
-        Graphs a data-only bundle carries, by backbone name (:mod:`blastscan.bundle_onnx`). When this
+        Graphs a data-only bundle carries, by backbone name (:mod:`blastscan.bundle.data_only`). When this
         backbone's is there (float32, or bf16 on OpenVINO, which compiles the same float32 graph in
         bfloat16), it runs on that engine and no weight file is looked up; its weights' sha256 comes from
         the graph's record (checked against the bundle's feature identity).

@@ -17,7 +17,7 @@ from blastscan.evaluation.thresholds import choose_threshold
 from blastscan.evaluation.calibration import brier_score
 from blastscan.evaluation.metrics import within_fold_roc_auc
 from blastscan.evaluation.decision import SPREAD_BOUND, operating_targets, spread_note, threshold_spread
-from blastscan.pipelines.results import (LEAKY, LEAKY_NOTE, OFFICIAL, OPERATING, SUBJECT_FOLD, SUBJECT_POOLED,
+from blastscan.report.results import (LEAKY, LEAKY_NOTE, OFFICIAL, OPERATING, SUBJECT_FOLD, SUBJECT_POOLED,
                                          WITHIN_SUBJECT, rank_configs)
 
 __all__ = ["Tables", "assemble_grid", "PREDICTION_COLUMNS"]

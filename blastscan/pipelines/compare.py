@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
@@ -22,8 +22,9 @@ from blastscan.errors import BlastscanError
 from blastscan.evaluation import EvalSettings
 from blastscan.options import parse_params, resolve_jobs, split_list
 from blastscan.pipelines.assemble import assemble_grid
+from blastscan.pipelines.extract import features_for
 from blastscan.pipelines.grid import ConfigSpec, add_votes, plan_splits, prepare_data, run_grid, vote_spec
-from blastscan.pipelines.results import CompareResult
+from blastscan.report.results import CompareResult
 from blastscan.pipelines.runrecord import (check_replaceable, default_run_dir, run_dir_lock, run_record, used_manifest,
                                           write_outputs)
 
@@ -209,6 +210,7 @@ def compare(
     progress: bool = True,
     dataset: str | None = None,
     feature_set_notes: Sequence[str] = (),
+    features_for: Callable[..., tuple] = features_for,
 ) -> CompareResult:
     """Evaluate every feature set x classifier subject-disjoint and write the run folder.
 
@@ -244,6 +246,9 @@ def compare(
         How the data was named (recorded; used in hints).
     feature_set_notes : list of str
         Why default feature sets were left out (:func:`default_feature_sets`); in the summary and report.
+    features_for : callable
+        How a feature set's matrix is had (:func:`blastscan.pipelines.extract.features_for`: computed into
+        the store, then read; its signature).
 
     Returns
     -------
@@ -271,13 +276,15 @@ def compare(
         return _compare_locked(manifest_df, run_dir, settings, votes, feature_sets, classifiers, configs, needed,
                                store=store, dataset=dataset, extractor_options=extractor_options, jobs=jobs,
                                progress=progress, leaky=leaky, t_start=t_start, started=started,
-                               feature_set_notes=feature_set_notes, not_run=not_run)
+                               feature_set_notes=feature_set_notes, not_run=not_run, features_for=features_for)
 
 
 def _compare_locked(manifest_df, run_dir, settings, votes, feature_sets, classifiers, configs, needed, *, store,
                     dataset, extractor_options, jobs, progress, leaky, t_start, started,
-                    feature_set_notes: Sequence[str] = (), not_run: Sequence[dict] = ()) -> CompareResult:
-    data = prepare_data(manifest_df, needed, classifiers, store, extractor_options, jobs, progress, dataset)
+                    feature_set_notes: Sequence[str] = (), not_run: Sequence[dict] = (),
+                    features_for=features_for) -> CompareResult:
+    data = prepare_data(manifest_df, needed, classifiers, store, extractor_options, jobs, progress, dataset,
+                        features_for=features_for)
     splits = plan_splits(data, settings)
     screening = _screening(data)
     configs = [c for c in configs if c.feature_set in data.Xs and (c.inputs or c.feature_set) in data.Xs]

@@ -22,16 +22,17 @@ from blastscan.bundle import Bundle, save_bundle
 from blastscan._io import check_writable_file
 from blastscan.errors import BlastscanError
 from blastscan.evaluation import EvalSettings
+from blastscan.evaluation.decision import threshold_spread
 from blastscan.options import clean_options
+from blastscan.pipelines.runrecord import INCOMPLETE_MARK
 from blastscan.pipelines.train import train_bundle
+from blastscan.report.results import OPERATING, SUBJECT_POOLED
 
 __all__ = ["read_run", "export_run", "run_estimate"]
 
 
 def read_run(run_dir: str | os.PathLike) -> dict:
     """The ``run.json`` of a compare run folder."""
-    from blastscan.pipelines.runrecord import INCOMPLETE_MARK
-
     run_dir = Path(run_dir)
     if (run_dir / INCOMPLETE_MARK).exists():
         raise BlastscanError(str(run_dir), "an incomplete compare run (it was stopped before the end); "
@@ -69,8 +70,6 @@ def run_estimate(run_dir: str | os.PathLike, run: dict, config_name: str, rule: 
                  target_recall: float) -> dict:
     """The operating point the run measured for ``config_name`` at ``rule`` (and ``target_recall``): its
     pooled outer-fold metrics with subject-bootstrap intervals, and the per-fold thresholds."""
-    from blastscan.pipelines.results import OPERATING, SUBJECT_POOLED
-
     path = Path(run_dir) / "metrics.csv"
     try:
         m = pd.read_csv(path)
@@ -113,8 +112,6 @@ def run_estimate(run_dir: str | os.PathLike, run: dict, config_name: str, rule: 
         head = m[(m["split"] == SUBJECT_POOLED) & (m["headline"].astype(bool))]
         if len(head) and pd.notna(head.iloc[0].get("roc_auc_ci_low")):
             ci["roc_auc"] = [float(head.iloc[0]["roc_auc_ci_low"]), float(head.iloc[0]["roc_auc_ci_high"])]
-    from blastscan.evaluation.decision import threshold_spread
-
     per_fold = [float(x) for x in per_fold] if per_fold else []
     return {"metrics": metrics, "ci": ci, "fold_thresholds": per_fold, "threshold_spread": threshold_spread(per_fold),
             "n_splits": int(run.get("n_splits", 0)), "inner_mode": run.get("threshold_inner_mode") or (

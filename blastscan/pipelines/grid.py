@@ -10,14 +10,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from blastscan.errors import BlastscanError
 from blastscan.evaluation import (EvalSettings, FitTask, FoldPlan, HoldoutPlan, InnerPlan, TaskKey, holdout_tasks,
                                   leaky_folds, plan_subject_folds, run_fit, subject_cv_tasks)
 from blastscan.features.featureset import ExtractSummary, FeatureMatrix
 from blastscan.parallel import executor
-from blastscan.pipelines import extract as _extract
-from blastscan.pipelines.train import labelled_rows
+from blastscan.dataset import labelled_rows
+from blastscan.evaluation.tuning import Tuned
+from blastscan.pipelines.extract import features_for
 
 __all__ = ["ConfigSpec", "CompareData", "SplitPlan", "GridRun", "prepare_data", "plan_splits", "run_grid",
            "add_votes", "vote_spec"]
@@ -40,8 +42,6 @@ class ConfigSpec:
         """What each fit builds: the classifier's name, or a :class:`~blastscan.evaluation.tuning.Tuned` one."""
         if not self.tune:
             return self.classifier
-        from blastscan.evaluation.tuning import Tuned
-
         return Tuned(classifier=self.classifier, params=dict(self.params))
 
     def fit_params(self) -> dict:
@@ -66,9 +66,10 @@ class CompareData:
 
 
 def prepare_data(manifest_df, feature_sets, classifiers, store, extractor_options, jobs, progress,
-             dataset) -> CompareData:
+                 dataset, *, features_for=features_for) -> CompareData:
     """Labelled rows, the features of each set (computing what the store lacks), restricted to the
-    cells every set has."""
+    cells every set has. ``features_for`` gives one set's matrix (:func:`blastscan.pipelines.extract.features_for`
+    by default; a test passes its own)."""
     rows, n_unlabelled = labelled_rows(manifest_df)
     notes: list[str] = []
     if n_unlabelled:
@@ -77,8 +78,8 @@ def prepare_data(manifest_df, feature_sets, classifiers, store, extractor_option
         raise BlastscanError(dataset or "manifest", "no labelled images (labels all/hem) to evaluate")
     matrices, skipped, extracted = {}, [], []
     for fs in feature_sets:
-        summary, fm = _extract.features_for(rows, fs, store, extractor_options=extractor_options, jobs=jobs,
-                                            progress=progress, dataset_hint=dataset or "DATASET")
+        summary, fm = features_for(rows, fs, store, extractor_options=extractor_options, jobs=jobs,
+                                   progress=progress, dataset_hint=dataset or "DATASET")
         if summary is not None:
             extracted.append(summary)
         if len(fm.dropped):
@@ -194,8 +195,6 @@ def _run_tasks(tasks, jobs: int, seed: int):
 def run_grid(data: CompareData, splits: SplitPlan, configs: list[ConfigSpec], jobs: int, seed: int,
              progress: bool) -> GridRun:
     """Every fit of every (non-vote) configuration, through one pool."""
-    from tqdm.auto import tqdm
-
     configs = [c for c in configs if not c.members]
     tasks = [(c.name, c.spec(), c.fit_params(), data.Xs[c.inputs or c.feature_set], data.y, data.groups, t)
              for c in configs for t in splits.tasks]

@@ -21,6 +21,7 @@ from typing import Any, Iterator, Mapping
 
 import pandas as pd
 
+from blastscan import provenance as prov
 from blastscan._io import WriteError, atomic_path, atomic_write_bytes, fsync_path, remove_stale_temp
 from blastscan.errors import BlastscanError
 from blastscan.evaluation import EvalSettings
@@ -28,7 +29,8 @@ from blastscan.evaluation.decision import operating_targets
 from blastscan.options import clean_options
 from blastscan.pipelines.assemble import Tables
 from blastscan.pipelines.grid import CompareData, SplitPlan
-from blastscan.pipelines.results import LEAKY_NOTE, SPLIT_KINDS, CompareResult
+from blastscan.report.document import write_report
+from blastscan.report.results import LEAKY_NOTE, SPLIT_KINDS, CompareResult
 
 
 __all__ = ["INCOMPLETE_MARK", "MANIFEST_NAME", "check_replaceable", "default_run_dir", "run_dir_lock", "run_record",
@@ -95,8 +97,6 @@ def used_manifest(manifest_df: pd.DataFrame, data: CompareData) -> pd.DataFrame:
 
 
 def _data_record(manifest_df: pd.DataFrame, data: CompareData) -> dict[str, Any]:
-    from blastscan import provenance as prov
-
     y, subjects, groups = data.y, data.subjects, data.groups
     n_all = int(y.sum())
     return {"n_images": int(len(data.rows)), "n_all": n_all, "n_hem": int(len(y) - n_all),
@@ -120,8 +120,6 @@ def run_record(manifest_df: pd.DataFrame, data: CompareData, splits: SplitPlan, 
                classifiers: list[str], notes: list[str], skipped: list[dict], seconds: dict, started: str,
                jobs: int, run_dir: Path) -> dict[str, Any]:
     """The content of ``run.json``: what was run, on what, with which versions, and what came out."""
-    from blastscan import provenance as prov
-
     plan, versions, records = splits.plan, prov.library_versions(), tables.config_records
     h = splits.holdout
     run = {
@@ -221,9 +219,6 @@ def _publish(tmp: Path, final: Path) -> None:
 
 
 def _write_files(result: CompareResult, manifest: pd.DataFrame, d: Path) -> None:
-    from blastscan import provenance as prov
-    from blastscan.pipelines.report import write_report
-
     _write_table(manifest, d / MANIFEST_NAME)
     _write_table(result.metrics, d / "metrics.csv")
     _write_table(result.predictions, d / "predictions.csv")

@@ -20,24 +20,18 @@ import pandas as pd
 
 from blastscan.errors import BlastscanError
 from blastscan._io import atomic_path, check_writable_file, remove_stale_temp
-from blastscan.dataset.images import odd_cell_size
 from blastscan.bundle import Bundle, load_bundle
+from blastscan.bundle.scoring import (COLUMNS, SCORE_TMP_PREFIX, SubjectTally, flag_odd_sizes, fraction_warnings,
+                                      score_manifest, subject_rule_text, training_rates)
 from blastscan.dataset.inputs import input_manifest
 from blastscan.features.compute import TASK_IMAGES
 from blastscan.options import resolve_jobs
 from blastscan.parallel import executor
 
-__all__ = ["COLUMNS", "SUBJECT_COLUMNS", "WITHIN_COLUMNS", "ScoreResult", "TrainingRates", "score",
-           "subject_summary", "subjects_path", "training_rates", "fraction_warnings", "flag_odd_sizes"]
+__all__ = ["WITHIN_COLUMNS", "ScoreResult", "score", "subjects_path"]
 
-COLUMNS = ["path", "sha256", "subject", "p_all", "pred", "status"]
-SUBJECT_COLUMNS = ["subject", "n_cells", "n_scored", "n_pred_all", "fraction_pred_all", "blast_fraction",
-                   "blast_fraction_low", "blast_fraction_high", "blast_fraction_status", "mean_p_all", "call", "rule"]
 WITHIN_COLUMNS = ["p_all_within_subject", "pred_within_subject"]
 CHUNK_IMAGES = 512
-
-
-SCORE_TMP_PREFIX = "blastscan-score-"  # + pid: temp stores of a killed run are removed by the next one
 
 
 def _prepare_output(out: Path) -> None:
@@ -48,109 +42,10 @@ def _prepare_output(out: Path) -> None:
     remove_stale_temp(tempfile.gettempdir(), SCORE_TMP_PREFIX)
 
 
-def flag_odd_sizes(rows: pd.DataFrame) -> pd.DataFrame:
-    """Scored cells whose size is far from a single-cell image keep their score, with a warning status."""
-    if not len(rows) or "width" not in rows:
-        return rows
-    status = rows["status"].astype(str).tolist()
-    for i, (st, w, h) in enumerate(zip(status, rows["width"], rows["height"])):
-        warn = odd_cell_size(int(w), int(h)) if st == "ok" and w and h else None
-        if warn:
-            status[i] = f"ok (warning: {warn})"
-    return rows.assign(status=status)
-
-
-_flag_odd_sizes = flag_odd_sizes  # the name tests and older callers use
-
-
 def subjects_path(output_csv: str | os.PathLike) -> Path:
     """``predictions.csv`` -> ``predictions_subjects.csv``."""
     out = Path(output_csv)
     return out.with_name(f"{out.stem}_subjects.csv")
-
-
-def _rule_text(fraction: float, threshold: float) -> str:
-    return (f"ALL if >= {fraction:.0%} of scored cells are predicted ALL "
-            f"(a cell is ALL when P(ALL) >= {threshold:.4f})")
-
-
-@dataclass(frozen=True)
-class TrainingRates:
-    """The model's subject-disjoint out-of-fold ALL recall and specificity on its training data, and the
-    record of their uncertainty (``operating_point_bootstrap``; None in bundles made before it existed)."""
-
-    recall: float | None = None
-    specificity: float | None = None
-    bootstrap: dict | None = None
-
-    @classmethod
-    def of(cls, rates) -> "TrainingRates":
-        """``rates`` as a TrainingRates: itself, or a ``(recall, specificity)`` pair."""
-        return rates if isinstance(rates, cls) else cls(*tuple(rates or (None, None))[:2])
-
-
-def subject_summary(cells: pd.DataFrame, threshold: float, fraction: float = 0.5,
-                    rates: "TrainingRates | tuple[float | None, float | None]" = (None, None)) -> pd.DataFrame:
-    """Per-subject counts and call from per-cell rows (``subject, p_all, pred``; NaN ``p_all`` = not scored).
-
-    A subject is called ALL when at least ``fraction`` of its scored cells are predicted ALL, HEM
-    otherwise, and gets no call without scored cells. Cells without a subject are left out.
-    ``blast_fraction`` (with a 95% interval) corrects the share of cells called ALL for the model's
-    ``rates`` (:class:`TrainingRates`: ALL recall and specificity measured subject-disjoint on its training
-    data, and their bootstrap record): see :func:`blastscan.evaluation.patient.blast_fraction`. Without
-    rates it is the plain share. ``blast_fraction_status`` says ``ok``, ``too few cells (< 20 scored)``
-    (the numbers are still given, with their wide interval), or that the bundle predates the honest
-    interval.
-    """
-    return _Tally().add(cells).frame(threshold, fraction, rates)
-
-
-class _Tally:
-    """Per-subject running sums, so the summary needs no second pass over a large batch."""
-
-    def __init__(self):
-        self.sums: dict[str, np.ndarray] = {}  # subject -> [cells, scored, predicted ALL, sum of P(ALL)]
-
-    def add(self, cells: pd.DataFrame) -> "_Tally":
-        subj = cells["subject"].astype("string").fillna("").astype(str).str.strip()
-        p = pd.to_numeric(cells["p_all"], errors="coerce").to_numpy(dtype=float)
-        scored = ~np.isnan(p)
-        part = pd.DataFrame({"subject": subj.to_numpy(), "n": 1, "scored": scored.astype(int),
-                             "all": (scored & (cells["pred"].astype(str).to_numpy() == "all")).astype(int),
-                             "p": np.where(scored, p, 0.0)})
-        part = part[part["subject"] != ""]
-        for s, row in part.groupby("subject", sort=False)[["n", "scored", "all", "p"]].sum().iterrows():
-            self.sums[s] = self.sums.get(s, np.zeros(4)) + row.to_numpy(dtype=float)
-        return self
-
-    def frame(self, threshold: float, fraction: float, rates=(None, None)) -> pd.DataFrame:
-        from blastscan.dataset import natural_key
-        from blastscan.evaluation.patient import MIN_CELLS_FOR_FRACTION, blast_fraction
-
-        rates = TrainingRates.of(rates)
-        rows = []
-        for s in sorted(self.sums, key=natural_key):
-            n, scored, n_all, p_sum = self.sums[s]
-            frac = n_all / scored if scored else np.nan
-            call = "" if not scored else ("all" if frac >= fraction - 1e-12 else "hem")
-            est, lo, hi = blast_fraction(int(n_all), int(scored), rates.recall, rates.specificity,
-                                         bootstrap=rates.bootstrap)
-            notes = []
-            if not scored:
-                notes.append("no cells scored")
-            elif scored < MIN_CELLS_FOR_FRACTION:
-                notes.append(f"too few cells (< {MIN_CELLS_FOR_FRACTION} scored)")
-            if scored and (rates.recall is None or rates.specificity is None):
-                notes.append("plain share: the bundle has no training recall/specificity")
-            elif scored and not rates.bootstrap:
-                notes.append("old bundle: interval ignores the uncertainty of recall and specificity")
-            status = "; ".join(notes) or "ok"
-            rows.append({"subject": s, "n_cells": int(n), "n_scored": int(scored), "n_pred_all": int(n_all),
-                         "fraction_pred_all": frac, "blast_fraction": est, "blast_fraction_low": lo,
-                         "blast_fraction_high": hi, "blast_fraction_status": status,
-                         "mean_p_all": p_sum / scored if scored else np.nan,
-                         "call": call, "rule": _rule_text(fraction, threshold)})
-        return pd.DataFrame(rows, columns=SUBJECT_COLUMNS)
 
 
 @dataclass
@@ -203,7 +98,7 @@ class ScoreResult:
         if len(s):
             n_all = int((s["call"] == "all").sum())
             lines.append(f"{len(s)} subjects: {n_all} called ALL, {int((s['call'] == 'hem').sum())} HEM "
-                         f"({_rule_text(self.subject_fraction, self.threshold)}); blast_fraction in the per-subject "
+                         f"({subject_rule_text(self.subject_fraction, self.threshold)}); blast_fraction in the per-subject "
                          "file corrects the share of cells called ALL for the model's training recall and "
                          "specificity, with a 95% interval that carries their patient-to-patient spread")
             few = int(s["blast_fraction_status"].astype(str).str.startswith("too few").sum())
@@ -213,31 +108,6 @@ class ScoreResult:
         lines += [f"warning: {w}" for w in self.warnings]
         lines.append(f"predictions: {self.predictions_csv}; per subject: {self.subjects_csv}")
         return "\n".join(lines)
-
-
-def training_rates(bundle: Bundle) -> TrainingRates:
-    """ALL recall and specificity of the bundle's subject-disjoint out-of-fold training metrics, with their
-    bootstrap record when the bundle has one (bundles from before blastscan recorded it have not)."""
-    tm = bundle.metadata.get("training_metrics") or {}
-    met = tm.get("metrics") or {}
-    return TrainingRates(met.get("recall_all"), met.get("specificity"), tm.get("operating_point_bootstrap"))
-
-
-def fraction_warnings(rates: TrainingRates) -> list[str]:
-    """What a reader of the blast fractions must know about the bundle they come from."""
-    from blastscan.evaluation.patient import LOW_SPECIFICITY
-
-    out = []
-    spec = rates.specificity
-    if spec is not None and np.isfinite(spec) and spec < LOW_SPECIFICITY:
-        out.append(f"the model's training specificity is {spec:.3f} (below {LOW_SPECIFICITY}): over "
-                   f"{1 - spec:.0%} of a healthy subject's cells are called ALL, so blast fractions are "
-                   "imprecise (wide intervals)")
-    if rates.recall is not None and rates.specificity is not None and not rates.bootstrap:
-        out.append("this bundle predates the blast-fraction interval that carries the uncertainty of recall "
-                   "and specificity: its intervals are the old, too narrow ones (make the bundle again with "
-                   "blastscan train or export)")
-    return out
 
 
 def _add_within_subject(path: Path, threshold: float) -> None:
@@ -260,7 +130,7 @@ def _add_within_subject(path: Path, threshold: float) -> None:
 class _Counts:
     """What the rows written so far add up to (per subject, scored, predicted ALL, failures)."""
 
-    tally: "_Tally" = field(default_factory=lambda: _Tally())
+    tally: SubjectTally = field(default_factory=SubjectTally)
     scored: int = 0
     all: int = 0
     failures: dict[str, int] = field(default_factory=dict)
@@ -292,8 +162,8 @@ def _write_predictions(out: Path, bundle: Bundle, built, manifest_df: pd.DataFra
                 part = manifest_df.iloc[start:start + chunk]
                 with tempfile.TemporaryDirectory(prefix=f"{SCORE_TMP_PREFIX}{os.getpid()}-") as chunk_store:
                     # without a store each chunk gets its own, so nothing grows with the batch
-                    rows = bundle.score_manifest(part, store if store is not None else chunk_store,
-                                                 extractor_options=extractor_options, jobs=jobs, built=built)
+                    rows = score_manifest(bundle, part, store if store is not None else chunk_store,
+                                      extractor_options=extractor_options, jobs=jobs, built=built)
                 counts.record(flag_odd_sizes(rows), fh)
                 bar.update(len(part))
             if len(failed):

@@ -18,50 +18,32 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
-from blastscan.bundle import FORMAT, FORMAT_VERSION, Bundle, save_bundle
+from blastscan import provenance as prov
 from blastscan._io import check_writable_file
+from blastscan.bundle import FORMAT, FORMAT_VERSION, Bundle, save_bundle
+from blastscan.bundle.data_only import SUFFIX
+from blastscan.bundle.reference import training_reference
+from blastscan.classifiers import classifier_inputs
+from blastscan.classifiers.finetune import share_weights_dir
+from blastscan.dataset import labelled, labelled_rows
 from blastscan.dataset.subjects import require_subjects
 from blastscan.errors import BlastscanError
 from blastscan.evaluation import (EvalSettings, FoldPlan, bootstrap_ci, compute_metrics, fit_model, make_classifier,
                                   plan_subject_folds, subject_cv)
 from blastscan.evaluation.cv import shipped_decision
-from blastscan.evaluation.decision import operating_targets, shipped_inner_splits, spread_note, threshold_spread
+from blastscan.evaluation.decision import (decide, operating_targets, shipped_inner_splits, spread_note,
+                                          threshold_spread)
 from blastscan.evaluation.patient import operating_point_bootstrap
+from blastscan.evaluation.tuning import Tuned
 from blastscan.features.featureset import FeatureMatrix, FeatureSet
 from blastscan.options import clean_options, params_for
 
-__all__ = ["TRAIN_SETTINGS", "train", "train_bundle", "labelled_rows", "TrainingData", "outer_estimate"]
+__all__ = ["TRAIN_SETTINGS", "train", "train_bundle", "TrainingData", "outer_estimate"]
 
 #: Train's defaults: compare's (5 outer folds for the estimate; the threshold CV as compare's inner CVs).
 TRAIN_SETTINGS = EvalSettings()
-
-
-def labelled_rows(manifest_df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """The manifest rows labelled ``all``/``hem`` (labels lower-cased), each with a split ``group``, a
-    ``subject``, a ``source_split`` and a ``_row`` position; and the number of unlabelled rows left out.
-
-    ``group`` is the split unit; it falls back to the subject, then to the image itself, so nothing is
-    ungrouped.
-    """
-    df = manifest_df.copy()
-    label = df["label"].astype("string").str.lower()
-    keep = label.isin(["all", "hem"]).fillna(False).to_numpy(dtype=bool)
-    df = df[keep].copy()
-    df["label"] = label[keep].astype(str).to_numpy()
-    n_unlabelled = int((~keep).sum())
-    missing = pd.Series(pd.NA, index=df.index, dtype="string")
-    subject = df["subject"].astype("string") if "subject" in df else missing
-    group = df["group"].astype("string") if "group" in df else missing
-    group = group.fillna(subject).fillna("img:" + df["sha256"].astype("string").str[:12])
-    df["group"] = group.astype(str).to_numpy()
-    df["subject"] = subject.fillna(df["group"]).astype(str).to_numpy()
-    if "source_split" not in df:
-        df["source_split"] = ""
-    df["source_split"] = df["source_split"].astype("string").fillna("").astype(str).to_numpy()
-    df = df.reset_index(drop=True)
-    df["_row"] = np.arange(len(df))
-    return df, n_unlabelled
 
 
 @dataclass
@@ -77,14 +59,12 @@ class TrainingData:
     @classmethod
     def from_features(cls, fm: FeatureMatrix) -> "TrainingData":
         rows = fm.rows
-        return cls(fm=fm, X=fm.X.astype(np.float64),  # fitted as scored (see bundle.p_all)
+        return cls(fm=fm, X=fm.X.astype(np.float64),  # fitted as scored (see classifiers.predict_p_all)
                    y=(rows["label"] == "all").to_numpy().astype(int),
                    groups=rows["group"].to_numpy().astype(str), subjects=rows["subject"].to_numpy().astype(str))
 
     def record(self, dataset: str | None) -> dict[str, Any]:
         """The ``training_data`` entry of a bundle."""
-        from blastscan import provenance as prov
-
         y, s = self.y, self.subjects
         return {"dataset": str(dataset) if dataset is not None else None,
                 "manifest_sha256": prov.manifest_hash(self.fm.rows),
@@ -135,8 +115,6 @@ def _fit_with_threshold(data: TrainingData, classifier, params: Mapping[str, Any
                         progress: bool, estimate: dict | None = None) -> _Fitted:
     """The outer-fold estimate (unless given), the shipped calibration map and threshold (the procedure
     compare runs per fold, on an inner CV over all subjects), then the final fit on every row."""
-    from tqdm.auto import tqdm
-
     notes: list[str] = []
     if estimate is None:
         estimate = outer_estimate(classifier, params, data, settings)
@@ -153,8 +131,6 @@ def _fit_with_threshold(data: TrainingData, classifier, params: Mapping[str, Any
                                               targets=operating_targets(settings.target_recall),
                                               progress=lambda: bar.update(1))
         else:  # --inner-folds 0: compare's folds had no inner CV either
-            from blastscan.evaluation.decision import decide
-
             decision, plan = decide(data.y, None, targets=operating_targets(settings.target_recall)), None
             decision.note = "threshold left at 0.5, no calibration (--inner-folds 0, as in compare)"
         if plan is None:
@@ -189,8 +165,6 @@ WIDE_FEATURES = 20_000
 
 def _inputs(classifier, feature_set: str) -> str:
     """The feature set the model reads (``finetune`` on ``inception_v3``: the cached mixed8 activations)."""
-    from blastscan.classifiers import classifier_inputs
-
     found = classifier_inputs(classifier, feature_set)
     if found is None:
         raise BlastscanError(f"classifier '{classifier}'", f"does not run on the '{feature_set}' features")
@@ -247,8 +221,6 @@ def train_bundle(
     if len(rows) == 0:
         raise BlastscanError(dataset or "manifest", "no labelled images (labels all/hem) to train on")
     fs = FeatureSet(_inputs(classifier, feature_set), extractor_options or {})
-    from blastscan.classifiers.finetune import share_weights_dir
-
     share_weights_dir(classifier if isinstance(classifier, str) else [], extractor_options)
     fm = fs.read(rows, store, dataset_hint=dataset or "DATASET")
     if len(fm.rows) == 0:
@@ -258,8 +230,6 @@ def train_bundle(
         raise BlastscanError(dataset or "manifest", "the training data holds one class only (need ALL and HEM)")
     spec, fit_params = classifier, params
     if tune:
-        from blastscan.evaluation.tuning import Tuned
-
         spec, fit_params = Tuned(classifier=classifier, params=params), {}
     fitted = _fit_with_threshold(data, spec, fit_params, settings, progress, estimate)
     if leaky and fitted.estimate is not None:  # every record of these numbers says so
@@ -271,8 +241,6 @@ def train_bundle(
     metadata["leaky_split"] = leaky
     bundle = Bundle(model=fitted.model, metadata=metadata)
     # what `blastscan view` shows beside a cell: training distributions, importances, reference cells
-    from blastscan.pipelines.view_detail import training_reference
-
     # block activations (finetune: 81,920 columns) keep no reference cells: 240 of them would weigh 78 MB
     wide = data.X.shape[1] > WIDE_FEATURES
     bundle.extras["view"] = training_reference(fitted.model, data.X, fm.rows, list(fm.feature_names),
@@ -282,8 +250,6 @@ def train_bundle(
 
 def _metadata(fs: FeatureSet, fm: FeatureMatrix, data: TrainingData, fitted: _Fitted, classifier, params,
               settings: EvalSettings, extractor_options, dataset) -> dict:
-    from blastscan import provenance as prov
-
     versions = prov.library_versions()
     est = fitted.estimate
     name = classifier if isinstance(classifier, str) else getattr(classifier, "__name__", type(classifier).__name__)
@@ -337,7 +303,7 @@ def _operating_point(fitted: _Fitted, settings: EvalSettings) -> dict | None:
 
 
 def train(
-    dataset: str | os.PathLike,
+    manifest_df: pd.DataFrame,
     feature_set: str,
     classifier: str,
     store: str | os.PathLike,
@@ -351,18 +317,18 @@ def train(
     progress: bool = True,
     echo: Callable[[str], None] = print,
     tune: bool = False,
-    subject_pattern: str | None = None,
     embed: bool = True,
+    dataset: str | None = None,
 ) -> Bundle:
-    """Fit ``classifier`` on ``feature_set`` features of every labelled image of ``dataset``.
+    """Fit ``classifier`` on ``feature_set`` features of every labelled image of ``manifest_df``.
 
-    Builds the manifest, computes the features the store lacks, fits (:func:`train_bundle`) and, with
-    ``out``, saves the bundle and its ``.json`` sidecar.
+    Computes the features the store lacks, fits (:func:`train_bundle`) and, with ``out``, saves the bundle
+    and its ``.json`` sidecar.
 
     Parameters
     ----------
-    dataset : path
-        Anything :func:`blastscan.dataset.build_manifest` reads.
+    manifest_df : DataFrame
+        A manifest (``blastscan.dataset.build_manifest(...).df``); unlabelled rows are ignored.
     feature_set, classifier : str
         E.g. ``"handcrafted"`` and ``"svm"``.
     store : path
@@ -373,36 +339,31 @@ def train(
         JSON file of parameters per classifier (only ``classifier``'s entry is used; ``params`` win).
     out : path, optional
         Write the bundle (and its ``.json`` sidecar) here; a ``.bsb`` path writes the data-only bundle
-        (JSON + ONNX, no sidecar, see :mod:`blastscan.bundle_onnx`).
+        (JSON + ONNX, no sidecar, see :mod:`blastscan.bundle.data_only`).
     embed : bool
         Data-only bundles only: carry the backbones' ONNX graphs (scoring then needs no weight files).
     extractor_options, settings
         See :func:`train_bundle`.
     jobs : int, optional
-        Processes for reading images and per-image features.
+        Processes for per-image features.
     echo : callable
         Where progress lines go.
-    subject_pattern : str, optional
-        Regex taking subjects from file names (see :func:`blastscan.dataset.build_manifest`).
+    dataset : str, optional
+        How the data was named (recorded in the bundle; used in messages).
     """
-    from blastscan.dataset import build_manifest, inspect_cache, labelled
-
     clf_params = params_for(classifier, params, params_file)
     if out is not None:
         check_writable_file(out, "--out")
-    manifest = build_manifest(dataset, jobs=jobs, progress=progress, cache=inspect_cache(store),
-                              subject_pattern=subject_pattern)
-    require_subjects(manifest.df, settings.per_image_split, "train")  # before any feature is computed
-    if len(manifest.problems):
-        echo(f"{len(manifest.problems)} problems in {dataset} (see `blastscan data`); e.g. {manifest.problems[0]}")
-    data = labelled(manifest.df)
+    require_subjects(manifest_df, settings.per_image_split, "train")  # before any feature is computed
+    data = labelled(manifest_df)
     if len(data) == 0:
-        raise BlastscanError(str(dataset), "no labelled images (labels all/hem) to train on")
+        raise BlastscanError(str(dataset or "manifest"), "no labelled images (labels all/hem) to train on")
     summary = FeatureSet(_inputs(classifier, feature_set), extractor_options or {}).ensure(data, store, jobs=jobs,
                                                                                           progress=progress)
     echo(summary.format(max_failures=5))
     bundle = train_bundle(data, feature_set, classifier, store, params=clf_params,
-                          extractor_options=extractor_options, settings=settings, dataset=str(dataset),
+                          extractor_options=extractor_options, settings=settings,
+                          dataset=str(dataset) if dataset is not None else None,
                           progress=progress, tune=tune)
     echo(bundle.summary())
     if out is not None:
@@ -413,8 +374,6 @@ def train(
 
 def _format_note(out: Path, embed: bool) -> str:
     """What was written, in words, for the line after ``bundle:``."""
-    from blastscan.bundle_onnx import SUFFIX
-
     if out.suffix.lower() != SUFFIX:
         return f"joblib, + {out.with_suffix('.json').name}; for sharing write a data-only .bsb instead"
     return "data-only: JSON + ONNX" + ("" if embed else ", backbones not embedded (scoring needs the weight files)")

@@ -73,8 +73,8 @@ def test_score_refuses_over_budget_and_max_pixels_raises_it(tmp_path, sample_roo
 
 
 def test_view_refuses_over_budget_with_score_s_words_and_warns_as_score_does():
-    from blastscan.pipelines.score import flag_odd_sizes
-    from blastscan.pipelines.view_access import too_many_pixels
+    from blastscan.bundle.scoring import flag_odd_sizes
+    from blastscan.view.access import too_many_pixels
 
     buf = io.BytesIO()
     Image.new("RGB", (2500, 2000)).save(buf, format="PNG")

@@ -22,7 +22,7 @@ from blastscan.bundle import save_bundle
 from blastscan.evaluation import EvalSettings
 from blastscan.pipelines.extract import extract
 from blastscan.pipelines.train import train_bundle
-from blastscan.pipelines.view import ViewServer
+from blastscan.view.server import ViewServer
 
 TOKEN = "fault-token-abcdefghijklmnop"
 

@@ -13,7 +13,9 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from blastscan._io import atomic_path
 from blastscan.errors import BlastscanError
+from blastscan.features.featureset import FeatureSet
 
 __all__ = ["feature_table", "write_feature_table", "ID_COLUMNS"]
 
@@ -27,8 +29,6 @@ def feature_table(manifest_df: pd.DataFrame, feature_sets: Sequence[str] | str, 
     Feature sets are joined column-wise (a family named twice appears once); ``status`` is ``ok`` or the
     reason(s) a set has no features for that image.
     """
-    from blastscan.features.featureset import FeatureSet
-
     names = FeatureSet.union(feature_sets, extractor_options).names
     out = pd.DataFrame({
         "path": manifest_df["path"].astype(str).to_numpy(),
@@ -55,8 +55,6 @@ def feature_table(manifest_df: pd.DataFrame, feature_sets: Sequence[str] | str, 
 def write_feature_table(manifest_df: pd.DataFrame, feature_sets: Sequence[str] | str, store: str | os.PathLike,
                         out: str | os.PathLike, *, extractor_options: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """Write :func:`feature_table` to ``out`` (``.parquet`` or ``.csv``, atomically); return the table."""
-    from blastscan._io import atomic_path
-
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix not in (".parquet", ".csv"):

@@ -1,4 +1,6 @@
-"""Scoring bundles: one joblib file holding a fitted model and everything needed to score new cells with it.
+"""The bundle type and its joblib format: one file holding a fitted model and everything needed to score new
+cells with it (the scoring itself is :mod:`blastscan.bundle.scoring`; the data-only format
+:mod:`blastscan.bundle.data_only`).
 
 A bundle holds the fitted pipeline, the feature set's extractor specs (name, version, identity, config
 incl. the weights hash, and the options that rebuild it), the column order, the decision threshold and
@@ -16,21 +18,28 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import joblib
 import numpy as np
 import pandas as pd
 
+from blastscan import __version__
 from blastscan._io import atomic_path, atomic_write_bytes, file_sha256
+from blastscan.bundle.data_only import SUFFIX, is_data_only, load_data_only, save_data_only
+from blastscan.bundle.scoring import score_frame
+from blastscan.classifiers import classifier_libraries, predict_p_all
 from blastscan.errors import BlastscanError
+from blastscan.evaluation.calibration import apply_calibration
+from blastscan.features.featureset import FeatureSet
 from blastscan.options import clean_options
+from blastscan.provenance import library_versions, to_jsonable
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "TRUST_WARNING", "JOBLIB_NOTE", "Bundle", "BundleWarning", "save_bundle", "load_bundle",
-           "sidecar_path", "version_warnings", "blastscan_version_check", "p_all"]
+           "sidecar_path", "version_warnings", "blastscan_version_check"]
 
 FORMAT = "blastscan-bundle"
 FORMAT_VERSION = 2
@@ -50,13 +59,6 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def p_all(est, X: np.ndarray) -> np.ndarray:
-    """P(ALL) of ``est`` for rows ``X`` (the column of class 1, whatever the class order)."""
-    # float64 in and out: float32 BLAS results can differ in the last bit with batch size and alignment
-    col = list(getattr(est, "classes_", [0, 1])).index(1)  # the P(ALL) column, whatever the class order
-    return np.asarray(est.predict_proba(np.asarray(X, dtype=np.float64)))[:, col].astype(float)
-
-
 @dataclass
 class Bundle:
     """A fitted model plus what it needs to score new cells exactly as it was trained.
@@ -74,7 +76,7 @@ class Bundle:
         Version mismatches found when loading.
     extras : dict
         Optional data beside the model, by name; ``"view"`` holds the training reference that
-        ``blastscan view`` shows (see :func:`blastscan.pipelines.view.training_reference`).
+        ``blastscan view`` shows (see :func:`blastscan.bundle.reference.training_reference`).
     """
 
     model: Any
@@ -95,9 +97,7 @@ class Bundle:
 
     def proba(self, X) -> np.ndarray:
         """Calibrated P(ALL) of feature rows ``X``: the model, then the bundle's calibration map."""
-        from blastscan.evaluation.calibration import apply_calibration
-
-        return apply_calibration(p_all(self.model, X), self.calibration)
+        return apply_calibration(predict_p_all(self.model, X), self.calibration)
 
     @property
     def feature_set(self) -> str:
@@ -115,75 +115,26 @@ class Bundle:
         Raises ``BlastscanError`` when an extractor built now has another identity than at training
         (other weights, version or settings): its features would not be those the model learned from.
         """
-        from blastscan.features.featureset import FeatureSet
-
         trained = {k: v for k, v in clean_options(self.metadata.get("extractor_options")).items()
                    if k not in ("precision", "engine")}  # the records carry what made the features
         runtime = {**trained, **clean_options(extractor_options)}
         if self.extras.get("embedded_backbones"):  # a data-only bundle's own backbone graphs: no weight files
             runtime["embedded_backbones"] = self.extras["embedded_backbones"]
-        return FeatureSet.from_specs(self.feature_set, self.metadata["extractors"], runtime, what=self._what())
+        return FeatureSet.from_specs(self.feature_set, self.metadata["extractors"], runtime, what=self.origin())
 
-    def _what(self) -> str:
+    def origin(self) -> str:
+        """How messages name this bundle: ``bundle PATH``."""
         return f"bundle {self.path}" if self.path else "bundle"
-
-    def score_manifest(self, manifest_df: pd.DataFrame, store: str | os.PathLike | None = None, *,
-                       extractor_options: Mapping[str, Any] | None = None, jobs: int | None = None,
-                       built=None) -> pd.DataFrame:
-        """P(ALL), call and status of each manifest row (same order).
-
-        Features are computed into ``store`` (only what it lacks), or a temporary store deleted
-        afterwards. ``built`` is the result of :meth:`features`, when the caller has it already. Returns
-        ``manifest_df`` columns plus ``p_all`` (NaN where the image could not be featurised), ``pred``
-        ("all"/"hem"/"") and ``status`` ("ok" or the reason).
-        """
-        fs = built if built is not None else self.features(extractor_options)
-        out = manifest_df.reset_index(drop=True).copy()
-        if len(out) == 0:
-            out["p_all"], out["pred"], out["status"] = np.nan, "", ""
-            return out
-        unique = out.drop_duplicates("sha256")[["path", "sha256"]]
-        with tempfile.TemporaryDirectory(prefix=f"blastscan-score-{os.getpid()}-") as tmp:  # pid: see score
-            root = Path(store) if store is not None else Path(tmp)
-            fs.ensure(unique, root, jobs=jobs, progress=False)
-            fm = fs.read(unique, root)
-        if fm.feature_names != self.feature_names:
-            raise BlastscanError(self._what(), "the features computed now have other columns than the model was "
-                                               "trained on (the extractor changed without a version bump)")
-        failed = dict(zip(fm.dropped["sha256"], fm.dropped["reason"]))
-        row_of = {s: i for i, s in enumerate(fm.rows["sha256"])}
-        shas = out["sha256"].to_numpy()
-        ok = np.array([s in row_of for s in shas], dtype=bool)
-        p = np.full(len(out), np.nan)
-        if ok.any():
-            p[ok] = self.proba(fm.X[[row_of[s] for s in shas[ok]]])
-        out["p_all"] = p
-        out["pred"] = np.where(ok, np.where(p >= self.threshold, "all", "hem"), "")
-        out["status"] = [("ok" if k else failed.get(s, "no features computed")) for s, k in zip(shas, ok)]
-        return out
-
-    def score_frame(self, inputs, store: str | os.PathLike | None = None, *,
-                    extractor_options: Mapping[str, Any] | None = None, jobs: int | None = None) -> pd.DataFrame:
-        """One row per input image: ``path, sha256, subject, p_all, pred, status``; files that could not be
-        read are included with their reason (``p_all`` NaN). For large batches use
-        :func:`blastscan.pipelines.score.score`, which streams to a CSV."""
-        from blastscan.dataset.inputs import input_manifest
-
-        manifest_df, failed = input_manifest(inputs)
-        scored = self.score_manifest(manifest_df, store, extractor_options=extractor_options, jobs=jobs)
-        cols = ["path", "sha256", "subject", "p_all", "pred", "status"]
-        if "subject" not in scored:
-            scored["subject"] = ""
-        return pd.concat([scored[cols], failed[cols]], ignore_index=True) if len(failed) else scored[cols]
 
     def predict_proba(self, paths_or_manifest, store: str | os.PathLike | None = None,
                       extractor_options: Mapping[str, Any] | None = None, jobs: int | None = None) -> np.ndarray:
-        """P(ALL) per image; NaN where the image could not be featurised (:meth:`score_frame` says why).
+        """P(ALL) per image; NaN where the image could not be featurised
+        (:func:`blastscan.bundle.scoring.score_frame` says why).
 
         A manifest gives one value per row; a list of image files one value per file, in the given order;
-        folders and CSVs are expanded (the order of :meth:`score_frame`).
+        folders and CSVs are expanded (the order of ``score_frame``).
         """
-        frame = self.score_frame(paths_or_manifest, store, extractor_options=extractor_options, jobs=jobs)
+        frame = score_frame(self, paths_or_manifest, store, extractor_options=extractor_options, jobs=jobs)
         if isinstance(paths_or_manifest, pd.DataFrame):
             return frame["p_all"].to_numpy(dtype=float)[: len(paths_or_manifest)]
         items = [paths_or_manifest] if isinstance(paths_or_manifest, (str, os.PathLike)) else list(paths_or_manifest)
@@ -247,21 +198,16 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike, *, embed: bool = True,
     """Write ``bundle`` to ``path`` (joblib) and its sidecar ``<name>.json``, both atomically.
 
     The sidecar holds the metadata and the sha256 of the bundle file; :func:`load_bundle` checks it.
-    A ``.bsb`` path writes the data-only bundle instead (:mod:`blastscan.bundle_onnx`: JSON + ONNX, no
+    A ``.bsb`` path writes the data-only bundle instead (:mod:`blastscan.bundle.data_only`: JSON + ONNX, no
     sidecar); ``embed`` (its backbones' graphs inside) and ``extractor_options`` (where the weights are)
     apply to it only.
     """
-    import joblib
-
-    from blastscan import provenance as prov
-    from blastscan.bundle_onnx import SUFFIX, save_data_only
-
     path = Path(path)
     if path.suffix.lower() == SUFFIX:
         return save_data_only(bundle, path, embed=embed, extractor_options=extractor_options)
     if path.suffix.lower() == ".json":
         raise BlastscanError(str(path), "the bundle needs another suffix than .json (its sidecar is .json)")
-    metadata = prov.to_jsonable(bundle.metadata)
+    metadata = to_jsonable(bundle.metadata)
     try:
         with atomic_path(path) as tmp:
             extras = {k: v for k, v in bundle.extras.items() if k != "embedded_backbones"}
@@ -308,9 +254,7 @@ def _version_key(version: str | None, parts: int) -> tuple:
 
 def _version_checks(metadata: Mapping) -> list[tuple[str, int]]:
     """(library, version parts that must agree) for what can change this bundle's predictions."""
-    from blastscan.classifiers import classifier_libraries
-
-    checks = [("scikit-learn", 2), ("numpy", 1)]
+    checks: list[tuple[str, int]] = []  # scikit-learn and numpy come first, from every family's list
     clf = str(metadata.get("classifier", ""))
     # a vote's predictions depend on its members' libraries
     members = ((metadata.get("params") or {}).get("members") or []) if clf == "vote" else []
@@ -335,8 +279,6 @@ def blastscan_version_check(recorded: str | None, what: str, installed: str | No
     major and minor agree; raises for another major version (the bundle's meaning is not kept across
     majors) and for a bundle made by a newer blastscan than this one.
     """
-    from blastscan import __version__
-
     installed = installed or __version__
     if recorded is not None and not isinstance(recorded, str):
         raise BlastscanError(what, f"records blastscan_version {recorded!r}, not a version string such as "
@@ -361,8 +303,6 @@ def blastscan_version_check(recorded: str | None, what: str, installed: str | No
 
 def version_warnings(metadata: Mapping) -> list[str]:
     """Mismatches between the library versions recorded in a bundle and the installed ones."""
-    from blastscan.provenance import library_versions
-
     then = metadata.get("versions") or {}
     now = library_versions()
     out = []
@@ -406,7 +346,7 @@ def _check_content(content, path: Path) -> None:
 def load_bundle(path: str | os.PathLike, trust: bool = False) -> Bundle:
     """Load a bundle written by :func:`save_bundle`.
 
-    A data-only bundle (a ``.bsb`` file, or any zip) is read by :func:`blastscan.bundle_onnx.load_data_only`:
+    A data-only bundle (a ``.bsb`` file, or any zip) is read by :func:`blastscan.bundle.data_only.load_data_only`:
     JSON and ONNX only, every entry checked against its manifest; ``trust`` does not apply to it.
 
     Before unpickling, the file's sha256 is checked against its sidecar ``<name>.json``; a missing
@@ -414,10 +354,6 @@ def load_bundle(path: str | os.PathLike, trust: bool = False) -> Bundle:
     recorded in a way that could change predictions are reported (``BundleWarning`` and
     ``Bundle.warnings``). Only load bundles you trust: a joblib file can run code when loaded.
     """
-    import joblib
-
-    from blastscan.bundle_onnx import is_data_only, load_data_only
-
     path = Path(path)
     if not path.is_file():
         raise BlastscanError(str(path), "no such bundle file")

@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 
 from blastscan._io import atomic_write_bytes
-from blastscan.pipelines.figures import make_figures
-from blastscan.pipelines.results import (LEAKY, LEAKY_NOTE, OFFICIAL, OPERATING, SUBJECT_FOLD, SUBJECT_POOLED,
+from blastscan.evaluation.decision import SPREAD_BOUND
+from blastscan.report.figures import make_figures
+from blastscan.report.results import (LEAKY, LEAKY_NOTE, OFFICIAL, OPERATING, SUBJECT_FOLD, SUBJECT_POOLED,
                                          WITHIN_SUBJECT,
                                          CompareResult,
                                          best_sentence, fmt, rank_configs, rule_sentence, split_sentence,
@@ -118,8 +119,6 @@ def _ranking_blocks(result: CompareResult, ranked: pd.DataFrame, order: _Order) 
             for _, r in ranked.iterrows() if isinstance(r.get("same_as"), str) and r["same_as"]]
     if same:
         blocks.append(("ul", same))
-    from blastscan.evaluation.decision import SPREAD_BOUND
-
     unstable = [f"**{r['config']}**: per-fold thresholds spread {fmt(r['threshold_spread'])} (max - min over "
                 f"outer folds, calibrated P(ALL)), more than {SPREAD_BOUND:.2f}: its threshold depends on which "
                 f"subjects chose it" for _, r in ranked.iterrows()

@@ -1,28 +1,31 @@
 """A local web page over a bundle (``blastscan view``): drop cells, see P(ALL), the call and why.
 
 The server is the standard library's threaded HTTP server; the page is three static files shipped in
-``blastscan/view_static`` (no CDN, no build step). Cells are scored by the engine ``blastscan score``
-uses (:func:`input_manifest` + :meth:`Bundle.score_manifest`), so probabilities and the status of bad
-files are the same. Uploads are size-limited, written only into the server's temporary folder and
-deleted once scored; that folder (and the default feature store inside it) is removed when the server
-stops, and folders of a killed server (``blastscan-view-<pid>-*`` whose pid is gone) at the next start.
-:func:`training_reference` computes, at training time, what the page shows beside a cell.
+``blastscan/view/static`` (no CDN, no build step). Cells are scored by the engine ``blastscan score`` uses
+(:func:`input_manifest` + :func:`blastscan.bundle.scoring.score_manifest`), so probabilities and the
+status of bad files are the same. Uploads are size-limited, written only into the server's temporary
+folder and deleted once scored; that folder (and the default feature store inside it) is removed when the
+server stops, and folders of a killed server (``blastscan-view-<pid>-*`` whose pid is gone) at the next
+start. What the page shows beside a cell was computed at training time (:mod:`blastscan.bundle.reference`).
 
 Access: the server makes a random token and prints the page's URL with it (as Jupyter does).
 ``GET /?token=T`` serves the page, whose script reads the token from its URL and sends it as the
-``X-Blastscan-Token`` header on every API call; requests without it get 403. The page's two static assets (``app.js``, ``style.css``: files shipped with the
-package, no data) are served without it. Server-side batch paths are read only under the folders given
-with ``--allow DIR`` (none by default: dropping cells needs no server-side path).
+``X-Blastscan-Token`` header on every API call; requests without it get 403. The page's two static assets
+(``app.js``, ``style.css``: files shipped with the package, no data) are served without it. Server-side
+batch paths are read only under the folders given with ``--allow DIR`` (none by default: dropping cells
+needs no server-side path).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import os
-import secrets
 import re
+import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -37,17 +40,17 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import pandas as pd
 
-# every import from other blastscan modules is here, so a restructuring can retarget them in one place
-from blastscan.dataset import parse_cnmc_name
-from blastscan.errors import BlastscanError
-from blastscan._io import remove_stale_temp
+from blastscan._io import remove_stale_temp, sigterm_as_interrupt
 from blastscan.bundle import Bundle, load_bundle
+from blastscan.bundle.scoring import COLUMNS, flag_odd_sizes, score_manifest, subject_summary, training_rates
+from blastscan.dataset import parse_cnmc_name
 from blastscan.dataset.inputs import input_manifest
-from blastscan.pipelines.view_access import ApiError, QuietServer, batch_error, check_batch_path, too_many_pixels
-from blastscan.pipelines.score import COLUMNS, flag_odd_sizes, subject_summary, training_rates
-from blastscan.pipelines.view_detail import cell_detail, data_url, outline_png, training_reference
+from blastscan.errors import BlastscanError
+from blastscan.provenance import to_jsonable
+from blastscan.view.access import ApiError, QuietServer, batch_error, check_batch_path, too_many_pixels
+from blastscan.view.detail import cell_detail, data_url, outline_png
 
-__all__ = ["NOTICE", "ViewServer", "training_reference", "cell_detail", "serve"]
+__all__ = ["NOTICE", "ViewServer", "serve"]
 
 NOTICE = "Research use only, not a medical device."
 MAX_UPLOAD_MB = 16.0
@@ -60,25 +63,10 @@ _STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
            "/style.css": ("style.css", "text/css; charset=utf-8")}
 
 
-# -- what the bundle carries for the page (computed once, at training) --------------------------------
 def _safe_name(name: str) -> str:
     base = os.path.basename(name.replace("\\", "/"))
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", base).lstrip(".")[:120]
     return base or "upload"
-
-
-def _jsonable(value):
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, (np.floating,)):
-        return _jsonable(float(value))
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 class ViewServer:
@@ -131,7 +119,7 @@ class ViewServer:
         self.store = Path(store) if store is not None else self.tmp / "store"
         self.lock = threading.Lock()  # one scoring step at a time: the store and the CPUs are shared
         self.batches: dict[str, dict] = {}
-        self.static = Path(__file__).resolve().parents[1] / "view_static"
+        self.static = Path(__file__).resolve().parent / "static"
         try:
             self.httpd = QuietServer((host, port), _handler(self))
         except OSError as exc:
@@ -190,7 +178,7 @@ class ViewServer:
     def bundle_info(self) -> dict:
         m = self.bundle.metadata
         ref = self.bundle.extras.get("view") or {}
-        return _jsonable({
+        return to_jsonable({
             "notice": NOTICE, "file": self.bundle.path.name if self.bundle.path else "",
             "feature_set": m.get("feature_set"), "classifier": m.get("classifier"),
             "n_features": m.get("n_features"), "threshold": m.get("threshold"),
@@ -211,8 +199,8 @@ class ViewServer:
 
     def _score_rows(self, manifest_df: pd.DataFrame) -> pd.DataFrame:
         with self.lock:
-            rows = self.bundle.score_manifest(manifest_df, self.store, extractor_options=self.extractor_options,
-                                              jobs=self.jobs if len(manifest_df) > 1 else 1, built=self.built)
+            rows = score_manifest(self.bundle, manifest_df, self.store, extractor_options=self.extractor_options,
+                                  jobs=self.jobs if len(manifest_df) > 1 else 1, built=self.built)
         if "subject" not in rows:
             rows["subject"] = ""
         return flag_odd_sizes(rows)  # score's size warning, word for word
@@ -233,9 +221,7 @@ class ViewServer:
             path.write_bytes(data)
             too_big = too_many_pixels(data)  # checked before anything decodes the whole image
             if too_big:
-                import hashlib
-
-                return _jsonable({"name": path.name, "sha256": hashlib.sha256(data).hexdigest(),
+                return to_jsonable({"name": path.name, "sha256": hashlib.sha256(data).hexdigest(),
                                   "subject": parse_cnmc_name(path.name)[0] or "", "p_all": None, "pred": "",
                                   "status": too_big, "threshold": self.bundle.threshold, "image": None,
                                   "features": [], "neighbours": [], "outline_note": ""})
@@ -253,7 +239,7 @@ class ViewServer:
                       "pred": str(row.get("pred") or "") if pd.notna(row.get("pred")) else "",
                       "status": str(row["status"]), "threshold": self.bundle.threshold}
             result.update(self.detail(str(path), result["sha256"], result["status"]))
-            return _jsonable(result)
+            return to_jsonable(result)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -297,7 +283,7 @@ class ViewServer:
         if job["state"] == "done":
             out["rows"] = job["rows"].to_dict(orient="records")
             out["subjects"] = job["subjects"].to_dict(orient="records")
-        return _jsonable(out)
+        return to_jsonable(out)
 
     def batch_cell(self, job_id: str, index: int) -> dict:
         job = self.batches.get(job_id)
@@ -308,7 +294,7 @@ class ViewServer:
         out["name"] = os.path.basename(str(row["path"]))
         out["threshold"] = self.bundle.threshold
         out.update(self.detail(str(row["path"]), str(row["sha256"] or ""), str(row["status"])))
-        return _jsonable(out)
+        return to_jsonable(out)
 
     def subjects(self, rows) -> list[dict]:
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
@@ -317,7 +303,7 @@ class ViewServer:
         df["p_all"] = pd.to_numeric(df["p_all"], errors="coerce")
         df["subject"] = df["subject"].fillna("").astype(str)
         df["pred"] = df["pred"].fillna("").astype(str)
-        return _jsonable(subject_summary(df, self.bundle.threshold, rates=training_rates(self.bundle)).to_dict(orient="records"))
+        return to_jsonable(subject_summary(df, self.bundle.threshold, rates=training_rates(self.bundle)).to_dict(orient="records"))
 
 
 def _refusal(path: Path) -> pd.DataFrame:
@@ -475,8 +461,6 @@ def serve(bundle_path: str | os.PathLike, host: str = "127.0.0.1", port: int = 8
           max_upload_mb: float = MAX_UPLOAD_MB, jobs: int | None = None, trust: bool = False,
           allow: Sequence[str | os.PathLike] = (), echo: Callable[[str], None] = print) -> None:
     """Serve the page until interrupted (Ctrl+C or SIGTERM); the temporary folder goes with it."""
-    import signal
-
     server = ViewServer(bundle_path, host, port, store=store, extractor_options=extractor_options,
                         max_upload_mb=max_upload_mb, jobs=jobs, trust=trust, allow=allow)
     where = ("only this machine can open it, with the token" if server.local_only
@@ -489,15 +473,13 @@ def serve(bundle_path: str | os.PathLike, host: str = "127.0.0.1", port: int = 8
     for w in server.bundle.warnings:
         echo(f"warning: {w}")
 
-    def _stop(*_):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, _stop)
+    previous = sigterm_as_interrupt()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         echo("stopped; temporary files removed")
     finally:
         server.close()
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     sys.stdout.flush()

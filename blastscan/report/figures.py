@@ -7,8 +7,12 @@ import io
 
 import numpy as np
 import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.metrics import roc_curve
 
-from blastscan.pipelines.results import LEAKY, CompareResult, fmt, rank_configs
+from blastscan.evaluation.calibration import brier_score, reliability_table
+from blastscan.report.results import LEAKY, CompareResult, fmt, rank_configs
 
 __all__ = ["LABELS", "make_figures"]
 
@@ -18,8 +22,6 @@ LABELS = {"weighted_f1": "weighted F1", "f1_all": "F1 ALL", "f1_hem": "F1 HEM", 
 
 
 def _png(fig) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
@@ -49,10 +51,6 @@ def make_figures(result: CompareResult) -> dict[str, bytes]:
 
 def _reliability(sel) -> bytes | None:
     """Observed share of ALL per bin of P(ALL), calibrated and raw, against the diagonal."""
-    from matplotlib.figure import Figure
-
-    from blastscan.evaluation.calibration import brier_score, reliability_table
-
     if not len(sel) or "p_all_raw" not in sel:
         return None
     y = (sel["label"] == "all").astype(int).to_numpy()
@@ -73,9 +71,6 @@ def _reliability(sel) -> bytes | None:
 
 def _roc(ranked, cv) -> bytes:
     """ROC curves, one panel per feature set."""
-    from matplotlib.figure import Figure
-    from sklearn.metrics import roc_curve
-
     fsets = list(dict.fromkeys(ranked["feature_set"]))
     ncol = min(len(fsets), 4)
     nrow = int(np.ceil(len(fsets) / ncol))
@@ -101,8 +96,6 @@ def _roc(ranked, cv) -> bytes:
 
 def _confusion(ranked) -> bytes:
     """Confusion matrices of the best configurations."""
-    from matplotlib.figure import Figure
-
     top = ranked.head(3)
     fig = Figure(figsize=(3.2 * len(top), 3.0))
     for k, (_, r) in enumerate(top.iterrows()):
@@ -123,8 +116,6 @@ def _confusion(ranked) -> bytes:
 
 def _metrics(ranked) -> bytes:
     """Main metrics with their intervals."""
-    from matplotlib.figure import Figure
-
     keys = ["weighted_f1", "recall_all", "specificity", "roc_auc"]
     names = list(ranked["config"])[::-1]
     fig = Figure(figsize=(3.0 * len(keys), 0.8 + 0.28 * len(names)))
@@ -146,8 +137,6 @@ def _metrics(ranked) -> bytes:
 
 def _subjects(result: CompareResult) -> bytes | None:
     """Per-subject accuracy of the best configuration."""
-    from matplotlib.figure import Figure
-
     ps = result.per_subject
     if ps is not None and len(ps) and result.best is not None:
         b = ps[ps["config"] == result.best].sort_values(["label", "accuracy"])
@@ -167,8 +156,6 @@ def _subjects(result: CompareResult) -> bytes | None:
 
 def _leaky(m, ranked) -> bytes | None:
     """The leaky per-image split beside the subject-disjoint one."""
-    from matplotlib.figure import Figure
-
     leaky = m[m["split"] == LEAKY].set_index("config")
     if len(leaky):
         names = [c for c in ranked["config"] if c in leaky.index][::-1]

@@ -15,7 +15,7 @@ is their own attack surface, as for any data file). Entries, all with fixed name
     How the model is stored: the graph's entry, input width, the classifier, the ONNX Runtime and opset it
     was written for, the members of a vote, and the embedded backbones (entry, graph sha256, weights).
 ``model.onnx``
-    The classifier as one graph: float64 features ``X`` in, ``p_all`` out (:mod:`blastscan.onnx_model`).
+    The classifier as one graph: float64 features ``X`` in, ``p_all`` out (:mod:`blastscan.bundle.onnx_model`).
 ``backbones/<name>.onnx``
     A deep feature set's backbone: the same graph the ONNX Runtime engine caches (``preprocess_input``
     inside, uint8 images in), written from the weights whose sha256 the extractor's identity records.
@@ -49,7 +49,12 @@ from typing import Any
 
 import numpy as np
 
+from blastscan import provenance as prov
+from blastscan._io import atomic_path
+from blastscan.bundle.onnx_model import OPSET, NotWritable, OnnxModel, to_onnx
 from blastscan.errors import BlastscanError
+from blastscan.features.engines.graph_cache import EmbeddedGraph
+from blastscan.features.engines.onnx_export import UnsupportedLayer
 
 __all__ = ["SUFFIX", "DATA_FORMAT", "DATA_FORMAT_VERSION", "is_data_only", "save_data_only", "load_data_only"]
 
@@ -159,8 +164,6 @@ def _json_bytes(obj) -> bytes:
 # -- writing ---------------------------------------------------------------------------------------------
 def _backbone_graphs(bundle, extractor_options) -> dict[str, tuple[bytes, str]]:
     """name -> (graph bytes, weights identity) for every deep extractor of the bundle's feature set."""
-    from blastscan.features.engines.onnx_export import UnsupportedLayer
-
     records = [r for r in bundle.metadata.get("extractors", []) if r.get("kind") == "batch"]
     if not records:
         return {}
@@ -191,10 +194,6 @@ def save_data_only(bundle, path: str | os.PathLike, *, embed: bool = True, extra
     BlastscanError
         When the model (or a backbone) has no ONNX writer: one line naming it; a joblib bundle still works.
     """
-    from blastscan import provenance as prov
-    from blastscan._io import atomic_path
-    from blastscan.onnx_model import OPSET, NotWritable, to_onnx
-
     path = Path(path)
     metadata = prov.to_jsonable(bundle.metadata)
     clf = metadata.get("classifier", "?")
@@ -379,14 +378,11 @@ def _check_metadata(path, metadata: Any) -> None:
 def load_data_only(path: str | os.PathLike) -> tuple[Any, dict, dict]:
     """Read a data-only bundle: JSON and ONNX only, every entry checked against the manifest first.
 
-    Returns ``(model, metadata, extras)``: an :class:`~blastscan.onnx_model.OnnxModel`, the metadata as
+    Returns ``(model, metadata, extras)``: an :class:`~blastscan.bundle.onnx_model.OnnxModel`, the metadata as
     written, and the extras (the view's reference; ``"embedded_backbones"``: name ->
     :class:`~blastscan.features.engines.graph_cache.EmbeddedGraph`). :func:`blastscan.bundle.load_bundle` makes the
     Bundle. Raises ``BlastscanError`` (one line) for anything edited, damaged, unexpected or malformed.
     """
-    from blastscan.features.engines.graph_cache import EmbeddedGraph
-    from blastscan.onnx_model import OnnxModel
-
     path = Path(path)
     if not path.is_file():
         raise BlastscanError(str(path), "no such bundle file")

@@ -17,8 +17,13 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from PIL import Image, ImageDraw
+from scipy import ndimage as ndi
 
+from blastscan._io import atomic_write_bytes
+from blastscan.dataset import load_image
 from blastscan.errors import BlastscanError
+from blastscan.features.segmentation import build_context, mask_quality
 
 __all__ = ["SheetResult", "CELL_RGB", "NUCLEUS_RGB", "pick_cells", "render_tile", "contact_sheet", "masks_sheet",
            "with_scores"]
@@ -78,8 +83,6 @@ def pick_cells(df: pd.DataFrame, n: int = 48, subjects: Sequence[str] | None = N
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
-    from scipy import ndimage as ndi
-
     return mask & ~ndi.binary_erosion(mask, border_value=0)
 
 
@@ -88,10 +91,6 @@ def render_tile(image: np.ndarray, tile: int = 180):
 
     Raises ``BlastscanError`` when the cell cannot be segmented.
     """
-    from PIL import Image
-
-    from blastscan.features.segmentation import build_context, mask_quality
-
     ctx = build_context(image)
     values, reasons = mask_quality(ctx)
     h, w = ctx.cell.shape
@@ -109,8 +108,6 @@ def render_tile(image: np.ndarray, tile: int = 180):
 
 def contact_sheet(tiles: list[tuple[np.ndarray | None, str, bool]], columns: int = 8, tile: int = 180) -> bytes:
     """A PNG of captioned tiles: ``(image or None, caption, flagged)`` in reading order."""
-    from PIL import Image, ImageDraw
-
     caption_h = 14
     rows = max(1, -(-len(tiles) // columns))
     sheet = Image.new("RGB", (columns * (tile + 4) + 4, rows * (tile + caption_h + 6) + 22 + 4), BACKGROUND_RGB)
@@ -143,9 +140,6 @@ def masks_sheet(manifest_df: pd.DataFrame, out: str | os.PathLike, *, n: int = 4
     n, subjects, seed, columns, tile
         How many cells, which subjects only, the sampling seed, tiles per row, tile size in px.
     """
-    from blastscan.dataset import load_image
-    from blastscan._io import atomic_write_bytes
-
     if n < 1:
         raise BlastscanError("--n", "must be at least 1")
     out = Path(out)

@@ -1,6 +1,6 @@
 """What `blastscan view` refuses before any work: batch paths outside the ``--allow`` folders,
 devices and pipes, images over the pixel budget; a refused request's status; and a server that stays
-quiet when a client hangs up. The token itself is checked by the request handler in ``view.py``."""
+quiet when a client hangs up. The token itself is checked by the request handler in :mod:`blastscan.view.server`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import sys
 from http import HTTPStatus
 from http.server import ThreadingHTTPServer
 from typing import Sequence
+
+from PIL import Image
 
 from blastscan.dataset.images import over_pixel_budget
 from blastscan.errors import BlastscanError
@@ -57,8 +59,6 @@ def batch_error(path: str, exc: Exception) -> str:
 
 def too_many_pixels(data: bytes) -> str:
     """The refusal for an image over the pixel budget ``score`` applies too (read from its header)."""
-    from PIL import Image
-
     try:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size

@@ -1,6 +1,6 @@
 """A fitted classifier as one ONNX graph: ``X`` (float64, ``(n, d)``) in, ``p_all`` (float64, ``(n,)``) out.
 
-What the data-only bundle (:mod:`blastscan.bundle_onnx`) stores instead of a pickle. Every family of the
+What the data-only bundle (:mod:`blastscan.bundle.data_only`) stores instead of a pickle. Every family of the
 registry is written from its fitted numbers with ``onnx.helper`` (scaler, PCA, logistic regression, the
 RBF SVM with its Platt or isotonic calibration, the FCN head, FCN -> SVM, votes as their members' graphs
 on their own columns plus the mean); XGBoost's trees are converted by ``onnxmltools`` and embedded. The
@@ -15,6 +15,8 @@ A family without a writer here raises :class:`NotWritable` (one line; joblib bun
 
 from __future__ import annotations
 
+# onnx, onnxmltools and onnxruntime are imported where they are used: importing onnx alone takes about a
+# second, and scoring a joblib bundle needs none of them
 import os
 
 import numpy as np
