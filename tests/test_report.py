@@ -4,8 +4,10 @@ labelling, skipped configurations, provenance. Uses synthetic features and small
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from numbers import Real
 
 import numpy as np
 import pandas as pd
@@ -15,6 +17,7 @@ from sklearn.naive_bayes import GaussianNB
 
 from blastscan import options
 from blastscan import provenance as prov
+from blastscan.classifiers.base import CLASSIFIERS, Interval, register_classifier
 from blastscan.errors import BlastscanError
 from blastscan.evaluation import EvalSettings
 from blastscan.features.featureset import FeatureMatrix
@@ -30,9 +33,12 @@ class Broken(LogisticRegression):
         raise BlastscanError("classifier 'broken'", "its backend is not installed")
 
 
-FACTORIES = {"logreg": lambda random_state=0, **p: LogisticRegression(**p),
-             "nb": lambda random_state=0, **p: GaussianNB(**p),
-             "broken": lambda random_state=0, **p: Broken()}
+def _nb(random_state=0, var_smoothing=1e-9):
+    return GaussianNB(var_smoothing=var_smoothing)
+
+
+def _broken(random_state=0):
+    return Broken()
 
 
 def synthetic_manifest(seed=0):
@@ -85,22 +91,26 @@ def fake_features_for(df):
     return features_for
 
 
-def install_fakes(mp):
-    """Fake classifier factory (with the real function signatures)."""
-    import blastscan.classifiers as classifiers
-
-    mp.setattr(classifiers, "get_classifier", lambda name, random_state=0, **p: FACTORIES[name](random_state, **p),
-               raising=False)
-    mp.setattr(classifiers, "available_classifiers", lambda: sorted(FACTORIES), raising=False)
-    mp.setattr(classifiers, "fit_classifier", lambda est, X, y, groups=None: est.fit(X, y), raising=False)
+@contextlib.contextmanager
+def fake_families():
+    """Two extra classifier families, registered as any family is (and forgotten afterwards): a small
+    scikit-learn model and one whose fit fails the expected way."""
+    register_classifier("nb", "Gaussian naive Bayes (test)", params={"var_smoothing": [Interval(Real, 0, None,
+                                                                                            closed="left")]},
+                        default=False)(_nb)
+    register_classifier("broken", "fails to fit (test)", params={}, default=False)(_broken)
+    try:
+        yield
+    finally:
+        CLASSIFIERS.remove("nb")
+        CLASSIFIERS.remove("broken")
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     df = synthetic_manifest()
     out = tmp_path_factory.mktemp("run")
-    with pytest.MonkeyPatch.context() as mp:
-        install_fakes(mp)
+    with fake_families():
         result = cmp.compare(df, "full,half", "logreg,nb,broken", tmp_path_factory.mktemp("store"), out,
                              features_for=fake_features_for(df),
                              settings=EvalSettings(folds=5, seed=0, n_boot=200), jobs=1, progress=False,
@@ -225,8 +235,7 @@ def test_same_folds_for_every_configuration(run):
 
 def test_missing_features_error_propagates(tmp_path):
     df = synthetic_manifest()
-    with pytest.MonkeyPatch.context() as mp:
-        install_fakes(mp)
+    with fake_families():
         with pytest.raises(BlastscanError, match=r"run: blastscan extract DATA --features missing"):
             cmp.compare(df, "full,missing", "logreg", tmp_path / "store", tmp_path / "run", progress=False,
                         features_for=fake_features_for(df),
@@ -235,8 +244,7 @@ def test_missing_features_error_propagates(tmp_path):
 
 def test_bad_options_fail_early(tmp_path):
     df = synthetic_manifest()
-    with pytest.MonkeyPatch.context() as mp:
-        install_fakes(mp)
+    with fake_families():
         with pytest.raises(BlastscanError, match="unknown"):
             cmp.compare(df, "full", "nosuch", tmp_path, tmp_path / "r", progress=False)
         with pytest.raises(BlastscanError, match="--threshold"):
