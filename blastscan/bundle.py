@@ -27,7 +27,7 @@ import pandas as pd
 
 from blastscan._io import atomic_path, atomic_write_bytes, file_sha256
 from blastscan.errors import BlastscanError
-from blastscan.options import clean_options
+from blastscan.options import DeepOptions
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "TRUST_WARNING", "JOBLIB_NOTE", "Bundle", "BundleWarning", "save_bundle", "load_bundle",
            "sidecar_path", "version_warnings", "blastscan_version_check", "p_all"]
@@ -108,7 +108,7 @@ class Bundle:
         return list(self.metadata["feature_names"])
 
     # -- features -------------------------------------------------------------------------------
-    def features(self, extractor_options: Mapping[str, Any] | None = None):
+    def features(self, extractor_options: DeepOptions | Mapping[str, Any] | None = None):
         """The bundle's :class:`~blastscan.features.featureset.FeatureSet`, rebuilt from its recorded
         extractor specs; ``extractor_options`` say where things are now (e.g. ``weights_dir``).
 
@@ -117,11 +117,11 @@ class Bundle:
         """
         from blastscan.features.featureset import FeatureSet
 
-        trained = {k: v for k, v in clean_options(self.metadata.get("extractor_options")).items()
-                   if k not in ("precision", "engine")}  # the records carry what made the features
-        runtime = {**trained, **clean_options(extractor_options)}
+        trained = DeepOptions.from_mapping(self.metadata.get("extractor_options"), self._what()).replace(
+            precision=None, engine=None)  # the records carry what made the features
+        runtime = trained.replace(**DeepOptions.from_mapping(extractor_options).changed())
         if self.extras.get("embedded_backbones"):  # a data-only bundle's own backbone graphs: no weight files
-            runtime["embedded_backbones"] = self.extras["embedded_backbones"]
+            runtime = runtime.replace(embedded_backbones=self.extras["embedded_backbones"])
         return FeatureSet.from_specs(self.feature_set, self.metadata["extractors"], runtime, what=self._what())
 
     def _what(self) -> str:

@@ -17,6 +17,7 @@ from blastscan.cli_options import (TRUST_HELP, bundle_weights_option, dataset_ma
                                    per_image_split_option, scheduler_option, store_option, subject_pattern_option,
                                    weights_dir_option, weights_option)
 from blastscan.errors import BlastscanError
+from blastscan.features.featureset import FeatureSetSpec
 
 
 class _Group(click.Group):
@@ -194,18 +195,18 @@ def extract(dataset, features, store, jobs, weights_dir, random_weights, input_s
 
         for path, why in FeatureStore(store).repair():
             click.echo(f"repair: deleted {path} ({why})", err=True)
+    specs = FeatureSetSpec.parse_list(features)  # a misspelt set fails before the images are read
+    opts = deep_options(weights_dir, random_weights, input_size, batch_size, precision, engine)
     manifest = dataset_manifest(dataset, store, jobs, quiet)
-    opts = deep_options(weights_dir, random_weights, input_size=input_size, batch_size=batch_size, precision=precision,
-                        engine=engine)
     with session(scheduler):
-        summary = run_extract(manifest.df, features.split(","), store, jobs=jobs, extractor_options=opts,
+        summary = run_extract(manifest.df, specs, store, jobs=jobs, extractor_options=opts,
                               progress=not quiet, retry_failed=retry_failed)
     click.echo(f"{len(manifest.df)} images in {dataset} ({manifest.layout} layout)")
     click.echo(summary.format())
     if out:
         from blastscan.pipelines.table import write_feature_table
 
-        table = write_feature_table(manifest.df, features.split(","), store, out, extractor_options=opts)
+        table = write_feature_table(manifest.df, specs, store, out, extractor_options=opts)
         click.echo(f"feature table: {out} ({len(table):,} cells x {table.shape[1]} columns)")
 
 
@@ -294,24 +295,22 @@ def compare(dataset, features, classifiers, ensembles, out_dir, store, weights_d
     from blastscan.evaluation import EvalSettings
     from blastscan.options import load_params
     from blastscan.parallel import session
-    from blastscan.pipelines.compare import compare as run_compare, default_classifiers, default_ensembles
+    from blastscan.pipelines.compare import (compare as run_compare, default_classifiers, default_ensembles,
+                                             default_feature_sets)
 
     parsed = load_params(params, params_file)  # bad --param fails before the manifest is built
     settings = EvalSettings(folds=folds, seed=seed, threshold_rule=threshold_rule, target_recall=target_recall,
                             inner_folds=inner_folds, leaky_folds=leaky_folds, n_boot=n_boot,
                             per_image_split=per_image_split)
-    manifest = dataset_manifest(dataset, store, jobs, quiet, subject_pattern)
-    opts = deep_options(weights_dir, random_weights, input_size=input_size, batch_size=batch_size, precision=precision,
-                        engine=engine)
+    opts = deep_options(weights_dir, random_weights, input_size, batch_size, precision, engine)
     left_out = []
     if features is None:
-        from blastscan.pipelines.compare import default_feature_sets
-
-        chosen, left_out = default_feature_sets(opts)
-        features = ",".join(chosen)
-    votes = default_ensembles(features) if not ensembles else [e for e in ensembles if e.lower() != "none"]
+        features, left_out = default_feature_sets(opts)
+    specs = FeatureSetSpec.parse_list(features)
+    manifest = dataset_manifest(dataset, store, jobs, quiet, subject_pattern)
+    votes = default_ensembles(specs) if not ensembles else [e for e in ensembles if e.lower() != "none"]
     with session(scheduler):
-        result = run_compare(manifest.df, features, classifiers or default_classifiers(), store, out_dir,
+        result = run_compare(manifest.df, specs, classifiers or default_classifiers(), store, out_dir,
                              settings=settings, params=parsed, ensembles=votes, tune=tune, extractor_options=opts,
                              jobs=jobs, progress=not quiet, dataset=dataset, feature_set_notes=left_out)
     for summary in result.extracted:
@@ -374,10 +373,10 @@ def train(dataset, features, classifier, params, params_file, out, no_embed, sto
 
     settings = EvalSettings(seed=seed, threshold_rule=threshold_rule, target_recall=target_recall, folds=folds,
                             inner_folds=inner_folds, n_boot=n_boot, per_image_split=per_image_split)
-    opts = deep_options(weights_dir, random_weights, input_size=input_size, batch_size=batch_size, precision=precision,
-                        engine=engine)
+    spec = FeatureSetSpec.parse(features)
+    opts = deep_options(weights_dir, random_weights, input_size, batch_size, precision, engine)
     with session(scheduler):
-        run_train(dataset, features, classifier, store, params=params, params_file=params_file, out=out,
+        run_train(dataset, spec, classifier, store, params=params, params_file=params_file, out=out,
                   extractor_options=opts, settings=settings, jobs=jobs, progress=not quiet, echo=click.echo,
                   subject_pattern=subject_pattern, tune=tune, embed=not no_embed)
 
@@ -406,7 +405,7 @@ def export(run_dir, config_name, out, no_embed, store, weights_dir, target_recal
     """
     from blastscan.pipelines.export import export_run
 
-    opts = {"weights_dir": weights_dir} if weights_dir else None
+    opts = deep_options(weights_dir)
     bundle = export_run(run_dir, config_name, out, store=store, extractor_options=opts, target_recall=target_recall,
                         progress=not quiet, embed=not no_embed)
     click.echo(bundle.summary())
@@ -444,7 +443,7 @@ def score(bundle, inputs, output, store, weights_dir, precision, engine, batch_s
     from blastscan.parallel import session
     from blastscan.pipelines.score import score as run_score
 
-    opts = deep_options(weights_dir, None, precision=precision, engine=engine, batch_size=batch_size)
+    opts = deep_options(weights_dir, batch_size=batch_size, precision=precision, engine=engine)
     with session(scheduler):
         result = run_score(bundle, list(inputs), output, store=store, extractor_options=opts, trust=trust,
                            jobs=jobs, progress=not quiet, within_subject=within_subject)
@@ -480,7 +479,7 @@ def view(bundle, port, host, store, max_upload_mb, weights_dir, precision, engin
     """
     from blastscan.pipelines.view import serve
 
-    opts = deep_options(weights_dir, None, precision=precision, engine=engine, batch_size=batch_size)
+    opts = deep_options(weights_dir, batch_size=batch_size, precision=precision, engine=engine)
     noted = []
 
     def echo(line):

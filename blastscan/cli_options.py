@@ -7,6 +7,8 @@ import os
 
 import click
 
+from blastscan.options import DeepOptions
+
 __all__ = ["store_option", "weights_dir_option", "weights_option", "jobs_option", "subject_pattern_option",
            "per_image_split_option", "scheduler_option", "dataset_manifest", "params_option",
            "precision_option", "engine_option", "batch_size_option", "deep_option_group", "deep_options",
@@ -135,11 +137,11 @@ def deep_option_group(bundle: bool = False):
     return decorate
 
 
-def deep_options(weights_dir, random_weights=False, **extra):
-    """The extractor options of the deep option group (unset ones dropped)."""
-    from blastscan.options import clean_options
-
-    return {"weights_dir": weights_dir, "random_weights": random_weights, **clean_options(extra)}
+def deep_options(weights_dir=None, random_weights=False, input_size=None, batch_size=None, precision=None,
+                 engine=None) -> DeepOptions:
+    """The deep option group's values as the one :class:`~blastscan.options.DeepOptions` a command hands down."""
+    return DeepOptions(weights_dir=weights_dir, random_weights=bool(random_weights), input_size=input_size,
+                       batch_size=batch_size, precision=precision, engine=engine)
 
 
 # ---- bundles: export / score / view ------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from blastscan.errors import BlastscanError
+from blastscan.options import DeepOptions
 
 __all__ = [
     "Extractor",
@@ -70,6 +71,16 @@ class Extractor:
     name: str = ""
     version: str = "1"
     kind: str = ""  # "per_image" or "batch"
+    #: The options a deep extractor was built with (the others use none and keep the defaults).
+    options: DeepOptions = DeepOptions()
+    #: What runs a deep extractor, empty for the others: the precision asked (``auto`` too) and the one it
+    #: resolved to, the engine chosen, and once built the engine (and version) that ran.
+    precision_asked: str = ""
+    precision: str = ""
+    engine_choice: str = ""
+    engine_used: str | None = None
+    #: Images per forward pass of a batch extractor (None for the others).
+    batch_size: int | None = None
 
     @property
     def feature_names(self) -> list[str]:  # pragma: no cover - overridden
@@ -88,6 +99,14 @@ class Extractor:
             return base
         digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:10]
         return f"{base}-{digest}"
+
+    def check_runtime(self) -> None:
+        """Raise :class:`BlastscanError` now when this extractor cannot run on this machine (default: it can)."""
+
+    def run_key(self) -> tuple:
+        """What, besides the identity, decides how it runs: two extractors with the same identity and run
+        key are interchangeable (one built network serves both)."""
+        return ()
 
     def build_options(self) -> dict[str, Any]:
         """Constructor options (JSON-serialisable) that rebuild this extractor with the same output;
@@ -147,8 +166,8 @@ _UNIONS: dict[str, tuple[str, ...]] = {}
 def register_extractor(name: str):
     """Decorator: register a factory (class or function) that builds the extractor ``name``.
 
-    The factory is called with the keyword options given to :func:`get_extractor`; it must accept
-    and ignore options it does not use (``**_``), so one option set serves a whole feature set.
+    The factory is called with one :class:`~blastscan.options.DeepOptions`, the same for a whole feature
+    set (an extractor uses the fields it needs: the handcrafted families none).
     """
 
     def deco(factory):
@@ -220,8 +239,9 @@ def available_extractors() -> list[str]:
     return sorted({*_REGISTRY, *_UNIONS})
 
 
-def get_extractor(name: str, **options: Any) -> Extractor:
-    """Build the extractor registered as ``name`` with ``options`` (e.g. ``weights_dir``); a variant name
+def get_extractor(name: str, options: DeepOptions | None = None, **fields: Any) -> Extractor:
+    """Build the extractor registered as ``name`` with ``options`` (``fields``: shorthand for
+    ``DeepOptions(**fields)``; a misspelt one raises :class:`BlastscanError`); a variant name
     (``inception_v3_grey``) builds its registered extractor with the options the name carries."""
     _, registered, name_options = resolve_name(name)
     try:
@@ -229,7 +249,7 @@ def get_extractor(name: str, **options: Any) -> Extractor:
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
         raise BlastscanError(f"feature set '{name}'", f"unknown; choose from: {known}") from None
-    return factory(**{**options, **name_options})
+    return factory((options or DeepOptions()).replace(**{**fields, **name_options}))
 
 
 def parse_feature_set(spec: str) -> list[str]:

@@ -17,7 +17,8 @@ import numpy as np
 
 from blastscan.errors import BlastscanError
 from blastscan.features import segmentation
-from blastscan.features.base import FeatureInfo, PerImageExtractor, register_extractor, register_union
+from blastscan.features.base import FeatureInfo, PerImageExtractor, get_extractor, register_extractor, register_union
+from blastscan.options import DeepOptions
 
 __all__ = ["FamilyExtractor", "HandcraftedExtractor", "FAMILIES", "UNION", "feature_dictionary", "families",
            "family_extractor"]
@@ -59,8 +60,8 @@ def families() -> list[str]:
 class FamilyExtractor(PerImageExtractor):
     """One handcrafted family of one segmented cell (subclasses set ``family``).
 
-    Options meant for other extractors (``weights_dir``, ``input_size``...) are accepted and ignored, so
-    one option set serves a whole feature set. Its identity holds the family's version and the
+    It takes the feature set's :class:`~blastscan.options.DeepOptions` and needs none of them (a misspelt
+    option is refused before, where the options are built). Its identity holds the family's version and the
     segmentation's and the family's settings.
 
     Examples
@@ -74,7 +75,7 @@ class FamilyExtractor(PerImageExtractor):
     family: str = ""
     context = "cell"
 
-    def __init__(self, **_: Any):
+    def __init__(self, options: DeepOptions | None = None):
         pass
 
     @property
@@ -136,11 +137,9 @@ for _fam in FAMILIES:
 register_union("handcrafted", UNION)
 
 
-def family_extractor(family: str, **options: Any) -> FamilyExtractor:
+def family_extractor(family: str) -> FamilyExtractor:
     """The extractor of one family (same as ``get_extractor(family)``)."""
-    from blastscan.features.base import get_extractor
-
-    return get_extractor(family, **options)  # type: ignore[return-value]
+    return get_extractor(family)  # type: ignore[return-value]
 
 
 class HandcraftedExtractor:
@@ -149,7 +148,7 @@ class HandcraftedExtractor:
     Not an extractor of the store: ``handcrafted`` in a feature set stands for its families' tables.
     """
 
-    def __init__(self, families=UNION, **_: Any):
+    def __init__(self, families=UNION):
         self.extractors = [family_extractor(f) for f in families]
 
     @property

@@ -20,7 +20,9 @@ from blastscan._io import check_writable_dir
 from blastscan.dataset.subjects import mixed_subjects, require_subjects
 from blastscan.errors import BlastscanError
 from blastscan.evaluation import EvalSettings
-from blastscan.options import parse_params, resolve_jobs, split_list
+from blastscan.features.deep import BACKBONES, find_weights  # importing deep registers the backbones
+from blastscan.features.featureset import FeatureSetSpec
+from blastscan.options import DeepOptions, parse_params, resolve_jobs, split_list
 from blastscan.pipelines.assemble import assemble_grid
 from blastscan.pipelines.grid import ConfigSpec, add_votes, plan_splits, prepare_data, run_grid, vote_spec
 from blastscan.pipelines.results import CompareResult
@@ -34,17 +36,15 @@ __all__ = ["DEFAULT_ENSEMBLES", "DEFAULT_FEATURE_SETS", "default_feature_sets", 
 DEFAULT_FEATURE_SETS = ("size", "handcrafted", "inception_v3", "vgg16")
 
 
-def default_feature_sets(extractor_options: Mapping[str, Any] | None = None) -> tuple[list[str], list[str]]:
+def default_feature_sets(extractor_options: DeepOptions | Mapping[str, Any] | None = None
+                         ) -> tuple[list[str], list[str]]:
     """:data:`DEFAULT_FEATURE_SETS` whose deep backbones' weights are found (``--weights-dir``,
     ``$BLASTSCAN_WEIGHTS_DIR`` or the Keras cache), and one line per set left out saying why."""
-    from blastscan.features.backbones import BACKBONES, find_weights
-    import blastscan.features.deep  # noqa: F401  (registers the backbones)
-
-    opts = dict(extractor_options or {})
+    opts = DeepOptions.from_mapping(extractor_options)
     chosen, left_out = [], []
     for fs in DEFAULT_FEATURE_SETS:
-        if fs in BACKBONES and not opts.get("random_weights"):
-            found = find_weights(fs, opts.get("weights_dir"))
+        if fs in BACKBONES and not opts.random_weights:
+            found = find_weights(fs, opts.weights_dir)
             if found.path is None:
                 left_out.append(f"{fs}: left out of the default feature sets, no weights found "
                                 f"(looked in {'; '.join(found.searched)}; give --weights-dir)")
@@ -176,10 +176,9 @@ def _screening(data) -> dict:
 def _check_names(feature_sets, classifiers, params, votes=()) -> tuple[list[str], list[str], dict]:
     import blastscan.classifiers as registry
 
-    feature_sets, classifiers = split_list(feature_sets), split_list(classifiers)
+    feature_sets = [s.text for s in FeatureSetSpec.parse_list(feature_sets)]  # each checked, once
+    classifiers = split_list(classifiers)
     used = classifiers + [c for v in votes for _, c in v]
-    if not feature_sets:
-        raise BlastscanError("--features", "no feature set given")
     if not classifiers:
         raise BlastscanError("--classifiers", "no classifier given")
     params = parse_params(params)
@@ -195,7 +194,7 @@ def _check_names(feature_sets, classifiers, params, votes=()) -> tuple[list[str]
 
 def compare(
     manifest_df: pd.DataFrame,
-    feature_sets: Sequence[str] | str,
+    feature_sets: Sequence[FeatureSetSpec | str] | str,
     classifiers: Sequence[str] | str,
     store: str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
@@ -204,7 +203,7 @@ def compare(
     params: Mapping[str, Mapping[str, Any]] | Sequence[str] | None = None,
     ensembles: Sequence[str] | str | None = None,
     tune: bool = False,
-    extractor_options: Mapping[str, Any] | None = None,
+    extractor_options: DeepOptions | Mapping[str, Any] | None = None,
     jobs: int | None = None,
     progress: bool = True,
     dataset: str | None = None,
@@ -216,7 +215,7 @@ def compare(
     ----------
     manifest_df : DataFrame
         A manifest (``blastscan.dataset.build_manifest(...).df``); unlabelled rows are ignored.
-    feature_sets, classifiers : list of str (or comma-separated str)
+    feature_sets, classifiers : list of FeatureSetSpec or str (or comma-separated str)
         E.g. ``["handcrafted", "handcrafted+inception_v3"]`` and ``["svm", "xgboost"]``.
     store : path
         Feature store; features it lacks are computed first (as ``blastscan extract`` does).
@@ -234,8 +233,8 @@ def compare(
         Search each classifier's small grid (:data:`blastscan.evaluation.tuning.GRIDS`) inside every
         training part on subject-grouped inner folds; the chosen values are recorded per outer fold.
         Votes are not built then (their members' values would differ per fold).
-    extractor_options : dict, optional
-        ``weights_dir``, ``input_size``, ... (as for ``extract``).
+    extractor_options : DeepOptions or dict, optional
+        The deep backbones' options (as for ``extract``).
     jobs : int, optional
         Parallel fits and feature processes (default all cores); each fit uses one thread when > 1.
     progress : bool
@@ -253,6 +252,7 @@ def compare(
 
     t_start, started = time.time(), prov.timestamp()
     settings = settings or EvalSettings()
+    extractor_options = DeepOptions.from_mapping(extractor_options)
     votes = [] if tune else parse_ensembles(ensembles)
     feature_sets, classifiers, params = _check_names(feature_sets, classifiers, params, votes)
     configs, needed = _plan_configs(feature_sets, classifiers, votes, params, tune)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from blastscan.errors import BlastscanError
+from blastscan.options import DeepOptions
 
 __all__ = ["default_sample", "run_demo", "check_against_labels", "format_check"]
 
@@ -54,7 +55,7 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     store = out / "store"
     data = Path(data) if data else default_sample()
-    options = {"weights_dir": weights_dir}
+    options = DeepOptions(weights_dir=weights_dir)
 
     echo(f"== 1/5 dataset: {data}")
     manifest = build_manifest(data, jobs=jobs, progress=progress, cache=inspect_cache(store))
