@@ -219,7 +219,7 @@ class FeatureSet:
         return cls(FeatureSetSpec.union(specs), DeepOptions.from_mapping(options))
 
     @classmethod
-    def from_specs(cls, spec: str, records: Sequence[Mapping[str, Any]],
+    def from_specs(cls, spec: FeatureSetSpec | str, records: Sequence[Mapping[str, Any]],
                    options: DeepOptions | Mapping[str, Any] | None = None, *, what: str = "bundle") -> "FeatureSet":
         """Rebuild a recorded feature set (:meth:`specs`) exactly: each extractor gets its recorded build
         options over ``options`` (where things are now, e.g. ``weights_dir``).
@@ -244,7 +244,9 @@ class FeatureSet:
             if not (_same_but_precision(rec, ext.describe()) if other else ext.identity == rec["identity"]):
                 raise BlastscanError(what, _identity_mismatch(rec, ext.describe()))
             built.append(ext)
-        return cls(FeatureSetSpec(spec, tuple(spec.split("+")), tuple(r["name"] for r in records)), runtime, built)
+        text = str(spec)
+        names = tuple(r["name"] for r in records)  # as recorded: the extractors built above, in their order
+        return cls(FeatureSetSpec(text, tuple(p.strip() for p in text.split("+")), names), runtime, built)
 
     def specs(self) -> list[dict[str, Any]]:
         """Serialisable descriptions that rebuild these extractors exactly (see :meth:`from_specs`); deep
