@@ -499,17 +499,17 @@ def view(bundle, port, host, store, max_upload_mb, weights_dir, precision, engin
               help="Dataset to use instead of the bundled sample (blastscan/sample, shipped in the package).")
 @click.option("--classifiers", default=None, show_default="every registered classifier",
               help="Comma-separated classifiers to compare.")
-@weights_dir_option("$BLASTSCAN_WEIGHTS_DIR, else the Keras cache/download",
-                    "Folder with ImageNet weights; without weights the deep features are skipped.")
+@deep_option_group(demo=True)
 @jobs_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def demo(out_dir, data, classifiers, weights_dir, jobs, seed, quiet):
+def demo(out_dir, data, classifiers, weights_dir, precision, engine, batch_size, jobs, seed, quiet):
     """Run the whole loop on the bundled real sample: data, extract, compare, export, score."""
     from blastscan.options import split_list
     from blastscan.pipelines.demo import run_demo
 
-    run_demo(out_dir, data=data, weights_dir=weights_dir, jobs=jobs, seed=seed, progress=not quiet,
+    opts = deep_options(weights_dir, batch_size=batch_size, precision=precision, engine=engine)
+    run_demo(out_dir, data=data, extractor_options=opts, jobs=jobs, seed=seed, progress=not quiet,
              classifiers=split_list(classifiers) if classifiers else None, echo=click.echo)
 
 

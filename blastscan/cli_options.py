@@ -92,13 +92,13 @@ def params_option(f):
                         help="Classifier parameter, e.g. --param svm.C=10 (repeatable).")(f)
 
 
-def precision_option(f, bundle: bool = False):
+def precision_option(f, bundle: bool = False, default: str = "auto"):
     if bundle:
         default, shown = None, "the bundle's"
         extra = (" Default: the precision the bundle's features were made with; float32 scores a bf16 bundle on a "
                  "CPU without bfloat16 (features within cosine 0.999 of training's).")
     else:
-        default, shown = "auto", True
+        shown = True
         extra = (" auto: bf16 where the CPU has bfloat16 instructions (avx512_bf16, amx_bf16, Arm bf16) and "
                  "OpenVINO is installed, else float32; a float32 table the store holds for all the images is "
                  "reused then. float32 gives the same features on every machine (to float32 rounding).")
@@ -123,16 +123,23 @@ def batch_size_option(f):
                         help="Images per forward pass of the deep backbones (does not change the features).")(f)
 
 
-def deep_option_group(bundle: bool = False):
+def deep_option_group(bundle: bool = False, demo: bool = False):
     """The deep backbones' options, one group on every command that computes features: weights
-    (``--weights-dir``, and ``--random-weights`` unless ``bundle``), ``--precision``, ``--engine``,
-    ``--batch-size``. ``bundle`` (score, view): the weights and the precision follow the bundle."""
+    (``--weights-dir``, and ``--random-weights`` unless ``bundle`` or ``demo``), ``--precision``, ``--engine``,
+    ``--batch-size``. ``bundle`` (score, view): the weights and the precision follow the bundle. ``demo``: the
+    precision is float32 unless asked (the demo's figures are the same on every machine), and without weights
+    the deep features are skipped."""
     def decorate(f):
-        f = batch_size_option(engine_option(precision_option(f, bundle=bundle)))
+        f = batch_size_option(engine_option(precision_option(f, bundle=bundle,
+                                                             default="float32" if demo else "auto")))
         if bundle:
             return weights_dir_option("$BLASTSCAN_WEIGHTS_DIR, else where training found them",
                                       "Folder with the ImageNet weight files; they must be the ones the model "
                                       "was trained with.")(f)
+        if demo:
+            return weights_dir_option("$BLASTSCAN_WEIGHTS_DIR, else the Keras cache/download",
+                                      "Folder with ImageNet weights; without weights the deep features are "
+                                      "skipped.")(f)
         return weights_option(f)
     return decorate
 

@@ -166,6 +166,12 @@ def test_a_real_extract_records_the_pinned_identities(cells_csv, tmp_path):
 
 
 # -- --engine and --precision reach the extractors, from every command that computes features ---------------
+def test_demo_takes_the_deep_option_group_too():
+    res = CliRunner().invoke(main, ["demo", "--help"])
+    assert res.exit_code == 0
+    for option in ("--weights-dir", "--precision", "--engine", "--batch-size"):
+        assert option in res.output, option
+    assert "--random-weights" not in res.output
 DEEP = ["-f", "vgg16", "--random-weights", "--input-size", "32", "--engine", "tensorflow", "--precision", "bf16"]
 
 

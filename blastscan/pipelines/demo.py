@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from blastscan.errors import BlastscanError
 from blastscan.options import DeepOptions
@@ -33,7 +33,7 @@ def run_demo(
     out_dir: str | os.PathLike = "demo-output",
     *,
     data: str | os.PathLike | None = None,
-    weights_dir: str | None = None,
+    extractor_options: DeepOptions | Mapping[str, Any] | None = None,
     classifiers: Sequence[str] | None = None,
     jobs: int | None = None,
     seed: int = 0,
@@ -42,7 +42,8 @@ def run_demo(
 ) -> dict:
     """Run data check, extraction, comparison, export and scoring on the sample; return the paths.
 
-    ``classifiers`` defaults to every registered classifier.
+    ``extractor_options`` are the deep backbones' (:class:`~blastscan.options.DeepOptions`: where the
+    weights are, precision, engine, batch size); ``classifiers`` defaults to every registered classifier.
     """
     from blastscan.dataset import build_manifest, inspect_cache, summarize
     from blastscan.evaluation import EvalSettings
@@ -55,7 +56,7 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     store = out / "store"
     data = Path(data) if data else default_sample()
-    options = DeepOptions(weights_dir=weights_dir)
+    options = DeepOptions.from_mapping(extractor_options)
 
     echo(f"== 1/5 dataset: {data}")
     manifest = build_manifest(data, jobs=jobs, progress=progress, cache=inspect_cache(store))
