@@ -7,6 +7,11 @@ import os
 
 import click
 
+from blastscan.bundle import JOBLIB_NOTE
+from blastscan.bundle_onnx import is_data_only
+from blastscan.dataset import build_manifest, inspect_cache
+from blastscan.dataset.images import PIXEL_BUDGET_ENV
+from blastscan.dataset.summary import problems_note
 from blastscan.options import DeepOptions
 
 __all__ = ["store_option", "weights_dir_option", "weights_option", "jobs_option", "subject_pattern_option",
@@ -75,9 +80,6 @@ def scheduler_option(f):
 
 def dataset_manifest(dataset, store, jobs, quiet, subject_pattern=None):
     """Build DATASET's manifest (file checks cached in the store) and list its problems briefly on stderr."""
-    from blastscan.dataset import build_manifest, inspect_cache
-    from blastscan.dataset.summary import problems_note
-
     manifest = build_manifest(dataset, jobs=jobs, progress=not quiet, cache=inspect_cache(store),
                               subject_pattern=subject_pattern)
     if manifest.problems:  # one line, however many problems and of whatever kinds
@@ -133,9 +135,7 @@ def deep_option_group(bundle: bool = False, demo: bool = False):
         f = batch_size_option(engine_option(precision_option(f, bundle=bundle,
                                                              default="float32" if demo else "auto")))
         if bundle:
-            return weights_dir_option("$BLASTSCAN_WEIGHTS_DIR, else where training found them",
-                                      "Folder with the ImageNet weight files; they must be the ones the model "
-                                      "was trained with.")(f)
+            return bundle_weights_option(f)
         if demo:
             return weights_dir_option("$BLASTSCAN_WEIGHTS_DIR, else the Keras cache/download",
                                       "Folder with ImageNet weights; without weights the deep features are "
@@ -165,9 +165,6 @@ no_embed_option = click.option(
 def joblib_note(bundle) -> None:
     """One line on stderr once a joblib bundle was loaded (a refused one gives only its error line): it runs
     code when loaded; the data-only one does not."""
-    from blastscan.bundle import JOBLIB_NOTE
-    from blastscan.bundle_onnx import is_data_only
-
     if not is_data_only(bundle):
         click.echo(JOBLIB_NOTE.format(path=bundle), err=True)
 
@@ -181,10 +178,6 @@ def max_pixels_option(f):
     """``--max-pixels``: the pixel budget shared by score and view, for this run and its workers."""
     def apply(ctx, param, value):
         if value is not None:
-            import os
-
-            from blastscan.dataset.images import PIXEL_BUDGET_ENV
-
             if value < 1:
                 raise click.BadParameter("expected a positive number of pixels")
             os.environ[PIXEL_BUDGET_ENV] = str(value)  # inherited by worker processes started later

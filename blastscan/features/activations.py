@@ -16,10 +16,12 @@ The feature set is ``inception_v3_mixed8_act``. It is not meant for the frozen c
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 
+from blastscan.errors import BlastscanError
 from blastscan.features.backbones import BACKBONES, Backbone
 from blastscan.features.base import register_extractor
 from blastscan.features.deep import RANDOM_SEED, RESIZE, DeepExtractor
@@ -51,8 +53,6 @@ class ActivationExtractor(DeepExtractor):
         self.block = block
         self.name = activation_feature_set(backbone.name, block)
         if self.input_size != backbone.input_size:
-            from blastscan.errors import BlastscanError
-
             raise BlastscanError("--input-size", f"{self.name} is cached at {backbone.input_size} px only "
                                                  f"(the fine-tuned blocks expect its shape), not {self.input_size}")
         self.shape = BLOCKS[(backbone.name, block)]
@@ -103,8 +103,6 @@ class ActivationExtractor(DeepExtractor):
 
 
 def _register(backbone: str, block: str) -> None:
-    import functools
-
     register_extractor(activation_feature_set(backbone, block))(
         functools.partial(ActivationExtractor, BACKBONES[backbone], block))
 

@@ -13,8 +13,9 @@ change the output (beyond float32 rounding, see :mod:`blastscan.features.onnx_en
 where its rounding happens depends on the engine, so a bf16 table records both (``precision: bf16`` and,
 on OpenVINO, ``engine: openvino``; TensorFlow's bf16 tables keep the identity they had before OpenVINO).
 
-TensorFlow/Keras are imported on the first computation only; importing this module and building
-extractors stays fast (the CLI's ``--help`` never pays for TensorFlow).
+TensorFlow/Keras, ONNX Runtime and OpenVINO (expensive, and optional) are imported on the first
+computation only, in the methods that build the forward pass; importing this module and building
+extractors stays fast.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import threading
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+from PIL import Image
 
+from blastscan.dataset.images import load_pil_image
 from blastscan.errors import BlastscanError
 from blastscan.features.backbones import (BACKBONES, WEIGHTS_ENV, Backbone, WeightsLookup, download_weights,
                                           file_sha256, find_weights, keras_cache_dir)
@@ -34,6 +37,7 @@ from blastscan.features.deep_input import (OD_MAX, OPTIONS_HELP, check_input, ch
                                            to_input, variant_name)
 from blastscan.features.precision import (BF16_EMULATED_ENV, ENGINES, PRECISIONS, bf16_support, check_engine,
                                           check_precision, choose_engine, engine_installed, resolve_precision)
+from blastscan.features.prefetch import Prefetcher
 from blastscan.options import DeepOptions
 
 __all__ = [
@@ -380,8 +384,6 @@ class DeepExtractor(BatchExtractor):
     def resize(self, image) -> np.ndarray:
         """An RGB image (uint8 array or PIL image) resized to ``(size, size, 3)`` uint8 (antialiased
         bilinear; the aspect is not kept)."""
-        from PIL import Image
-
         s = self.input_size
         if isinstance(image, np.ndarray):
             if image.shape[:2] == (s, s):
@@ -404,8 +406,6 @@ class DeepExtractor(BatchExtractor):
 
     def _prepare_one(self, path: str):
         """One network input (resized uint8 image in the input mode), or the reason it cannot be read (a str)."""
-        from blastscan.dataset.images import load_pil_image
-
         try:
             return self.network_input(load_pil_image(path))  # no full-size array copy
         except BlastscanError as exc:
@@ -420,8 +420,6 @@ class DeepExtractor(BatchExtractor):
         through the network (:mod:`blastscan.features.prefetch`); with ``tta`` > 1 each batch goes through
         it once per symmetry (:meth:`embed`). An image that cannot be read becomes a failure with its reason.
         """
-        from blastscan.features.prefetch import Prefetcher
-
         self._build()
         paths = [str(p) for p in paths]
         batches = [range(lo, min(lo + self.batch_size, len(paths))) for lo in range(0, len(paths), self.batch_size)]

@@ -16,10 +16,15 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from blastscan import provenance as prov
 from blastscan._io import check_writable_dir
+from blastscan.classifiers import available_classifiers, classifier_inputs, get_classifier
+from blastscan.classifiers import default_classifiers as registry_defaults
+from blastscan.classifiers.finetune import share_weights_dir
 from blastscan.dataset.subjects import mixed_subjects, require_subjects
 from blastscan.errors import BlastscanError
 from blastscan.evaluation import EvalSettings
+from blastscan.evaluation.screening import feature_screening
 from blastscan.features.deep import BACKBONES, find_weights  # importing deep registers the backbones
 from blastscan.features.featureset import FeatureSetSpec
 from blastscan.options import DeepOptions, parse_params, resolve_jobs, split_list
@@ -59,9 +64,7 @@ DEFAULT_ENSEMBLES = ("inception_v3/svm_pca+size/logreg", "inception_v3/svm_pca+v
 
 def default_classifiers() -> list[str]:
     """The classifiers ``compare`` runs when none are named (from the classifier registry)."""
-    from blastscan.classifiers import default_classifiers as from_registry
-
-    return list(from_registry())
+    return list(registry_defaults())
 
 
 def default_ensembles(feature_sets: Sequence[str] | str) -> list[str]:
@@ -99,8 +102,6 @@ def _plan_configs(feature_sets: list[str], classifiers: list[str], votes: list[l
     feature set they need."""
     pairs = [(fs, c) for fs in feature_sets for c in classifiers]
     pairs += [m for v in votes for m in v if m not in pairs]
-    from blastscan.classifiers import classifier_inputs
-
     # a family that reads another table (finetune: cached activations) names it; None: not for this set
     inputs = {(fs, c): classifier_inputs(c, fs) for fs, c in pairs}
     sets = list(dict.fromkeys([fs for fs, _ in pairs] + [s for s in inputs.values() if s]))
@@ -111,8 +112,6 @@ def _plan_configs(feature_sets: list[str], classifiers: list[str], votes: list[l
 
 def _not_applicable(feature_sets: list[str], classifiers: list[str]) -> list[dict]:
     """Skipped entries for the pairs a family cannot run on (``finetune`` needs ``inception_v3``)."""
-    from blastscan.classifiers import classifier_inputs
-
     return [{"name": f"{fs}/{c}", "feature_set": fs, "classifier": c,
              "reason": f"{c} does not run on the '{fs}' features"}
             for fs in feature_sets for c in classifiers if classifier_inputs(c, fs) is None]
@@ -127,8 +126,6 @@ def collapse_equivalent(configs: list[ConfigSpec], widths: Mapping[str, int],
     see, so it is ``svm`` with the same parameters. The kept configuration lists the dropped one in
     ``aliases``; one note per collapse says so.
     """
-    from blastscan.classifiers import get_classifier
-
     by_name = {c.name: c for c in configs}
     drop, aliases, notes = set(), {}, []
     default_k = None
@@ -159,8 +156,6 @@ SCREEN_MAX_FEATURES = 400
 
 def _screening(data) -> dict:
     """Per feature of each narrow feature set: subject-grouped AUC on cells and on per-subject means."""
-    from blastscan.evaluation.screening import feature_screening
-
     out = {}
     for fs, fm in data.matrices.items():
         if fm.X.shape[1] > SCREEN_MAX_FEATURES:
@@ -174,15 +169,13 @@ def _screening(data) -> dict:
 
 # ------------------------------------------------------------------------------------------------
 def _check_names(feature_sets, classifiers, params, votes=()) -> tuple[list[str], list[str], dict]:
-    import blastscan.classifiers as registry
-
     feature_sets = [s.text for s in FeatureSetSpec.parse_list(feature_sets)]  # each checked, once
     classifiers = split_list(classifiers)
     used = classifiers + [c for v in votes for _, c in v]
     if not classifiers:
         raise BlastscanError("--classifiers", "no classifier given")
     params = parse_params(params)
-    known = list(registry.available_classifiers())
+    known = list(available_classifiers())
     for c in used:
         if c not in known:
             raise BlastscanError(f"classifier '{c}'", f"unknown; choose from: {', '.join(known)}")
@@ -248,8 +241,6 @@ def compare(
     -------
     CompareResult
     """
-    from blastscan import provenance as prov
-
     t_start, started = time.time(), prov.timestamp()
     settings = settings or EvalSettings()
     extractor_options = DeepOptions.from_mapping(extractor_options)
@@ -257,8 +248,6 @@ def compare(
     feature_sets, classifiers, params = _check_names(feature_sets, classifiers, params, votes)
     configs, needed = _plan_configs(feature_sets, classifiers, votes, params, tune)
     not_run = _not_applicable(feature_sets, classifiers)
-    from blastscan.classifiers.finetune import share_weights_dir
-
     share_weights_dir(classifiers + [c for v in votes for _, c in v], extractor_options)
     run_dir = Path(out_dir) if out_dir is not None else default_run_dir()
     jobs = resolve_jobs(jobs)

@@ -17,14 +17,17 @@ from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
-from blastscan.errors import BlastscanError
 from blastscan._io import atomic_path, check_writable_file, remove_stale_temp
-from blastscan.dataset.images import odd_cell_size
 from blastscan.bundle import Bundle, load_bundle
+from blastscan.dataset import natural_key
+from blastscan.dataset.images import odd_cell_size
 from blastscan.dataset.inputs import input_manifest
+from blastscan.errors import BlastscanError
+from blastscan.evaluation.patient import LOW_SPECIFICITY, MIN_CELLS_FOR_FRACTION, blast_fraction, within_subject
 from blastscan.features.compute import TASK_IMAGES
-from blastscan.options import resolve_jobs
+from blastscan.options import DeepOptions, resolve_jobs
 from blastscan.parallel import executor
 
 __all__ = ["COLUMNS", "SUBJECT_COLUMNS", "WITHIN_COLUMNS", "ScoreResult", "TrainingRates", "score",
@@ -124,9 +127,6 @@ class _Tally:
         return self
 
     def frame(self, threshold: float, fraction: float, rates=(None, None)) -> pd.DataFrame:
-        from blastscan.dataset import natural_key
-        from blastscan.evaluation.patient import MIN_CELLS_FOR_FRACTION, blast_fraction
-
         rates = TrainingRates.of(rates)
         rows = []
         for s in sorted(self.sums, key=natural_key):
@@ -225,8 +225,6 @@ def training_rates(bundle: Bundle) -> TrainingRates:
 
 def fraction_warnings(rates: TrainingRates) -> list[str]:
     """What a reader of the blast fractions must know about the bundle they come from."""
-    from blastscan.evaluation.patient import LOW_SPECIFICITY
-
     out = []
     spec = rates.specificity
     if spec is not None and np.isfinite(spec) and spec < LOW_SPECIFICITY:
@@ -242,8 +240,6 @@ def fraction_warnings(rates: TrainingRates) -> list[str]:
 
 def _add_within_subject(path: Path, threshold: float) -> None:
     """Add the within-subject columns to the predictions CSV at ``path`` (rewritten atomically)."""
-    from blastscan.evaluation.patient import within_subject
-
     df = pd.read_csv(path, dtype={"subject": str, "sha256": str, "status": str, "pred": str})
     subj = df["subject"].fillna("").astype(str)
     ok = df["p_all"].notna() & (subj != "")
@@ -281,8 +277,6 @@ class _Counts:
 def _write_predictions(out: Path, bundle: Bundle, built, manifest_df: pd.DataFrame, failed: pd.DataFrame,
                        counts: _Counts, *, store, chunk: int, jobs, extractor_options, progress: bool) -> None:
     """Score ``manifest_df`` chunk by chunk into the predictions CSV (published when complete)."""
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=len(manifest_df), desc="score", unit="img", file=sys.stderr, disable=not progress,
                dynamic_ncols=True)
     try:
@@ -312,7 +306,7 @@ def score(
     output_csv: str | os.PathLike,
     *,
     store: str | os.PathLike | None = None,
-    extractor_options: Mapping[str, Any] | None = None,
+    extractor_options: DeepOptions | Mapping[str, Any] | None = None,
     trust: bool = False,
     jobs: int | None = None,
     progress: bool = True,
@@ -334,9 +328,9 @@ def score(
         ``<stem>_subjects.csv`` beside it.
     store : path, optional
         Feature store to reuse and fill; by default features go to a temporary store that is deleted.
-    extractor_options : dict, optional
-        Where things are now (``weights_dir``, ``batch_size``); the bundle's recorded extractor config
-        decides the features.
+    extractor_options : DeepOptions or dict, optional
+        Where things are now (``weights_dir``, ``batch_size``), and ``precision`` / ``engine`` when asked;
+        the bundle's recorded extractor config decides the features.
     trust : bool
         Load a bundle whose sidecar is missing or does not match.
     jobs : int, optional
