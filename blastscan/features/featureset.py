@@ -57,10 +57,12 @@ class FeatureSetSpec:
     def parse_list(cls, text: "str | FeatureSetSpec | Sequence[str | FeatureSetSpec]") -> "tuple[FeatureSetSpec, ...]":
         """Feature sets separated by commas (``"size,handcrafted+inception_v3"``), or a list of them, each
         once and in order; an empty list raises :class:`BlastscanError`."""
-        items = [text] if isinstance(text, cls) else split_list(text)
+        items = [text] if isinstance(text, cls) else split_list(text) if isinstance(text, str) else list(text)
         specs: list[FeatureSetSpec] = []
         for item in items:
-            spec = cls.parse(item)
+            if not isinstance(item, cls) and not str(item).strip():
+                continue
+            spec = cls.parse(item)  # a FeatureSetSpec is kept as it is
             if spec.text not in [s.text for s in specs]:
                 specs.append(spec)
         if not specs:
