@@ -94,7 +94,8 @@ def _mobilenet(size: int) -> Backbone:
 
 def test_a_network_with_other_layers_falls_back_to_tensorflow_or_says_why():
     batch = np.zeros((1, 32, 32, 3), np.uint8)
-    auto = deep.DeepExtractor(_mobilenet(32), DeepOptions(random_weights=True))  # depthwise convolutions, Add, ZeroPadding2D
+    # depthwise convolutions, Add, ZeroPadding2D
+    auto = deep.DeepExtractor(_mobilenet(32), DeepOptions(random_weights=True))
     assert auto.forward(batch).shape == (1, 1280)
     assert auto.engine_used.startswith("tensorflow")
     forced = deep.DeepExtractor(_mobilenet(32), DeepOptions(random_weights=True, engine="onnxruntime"))

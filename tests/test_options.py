@@ -179,7 +179,8 @@ DEEP = ["-f", "vgg16", "--random-weights", "--input-size", "32", "--engine", "te
 def test_extract_passes_engine_and_precision_to_the_extractor(cells_csv, tmp_path):
     out = _invoke(["extract", cells_csv, *DEEP, "--store", tmp_path / "store", "--jobs", "1", "-q"])
     assert re.search(r"vgg16 +vgg16@1-\S+ \[bf16\]: 12 images: computed 12.*, tensorflow ", out), out
-    assert _table_identities(tmp_path / "store") == ["vgg16@1-39fbb5539d"]  # TensorFlow's bf16 table at 32 px, as before
+    # TensorFlow's bf16 table at 32 px, with the identity the code before typed options gave it
+    assert _table_identities(tmp_path / "store") == ["vgg16@1-39fbb5539d"]
 
 
 @pytest.mark.slow

@@ -67,7 +67,8 @@ def load_features(
     dataset_hint: str = "DATASET",
 ) -> FeatureMatrix:
     """The features of ``feature_set`` for the rows of ``manifest_df`` (see :meth:`FeatureSet.read`)."""
-    return FeatureSet(feature_set, DeepOptions.from_mapping(extractor_options)).read(manifest_df, store, dataset_hint=dataset_hint)
+    fs = FeatureSet(feature_set, DeepOptions.from_mapping(extractor_options))
+    return fs.read(manifest_df, store, dataset_hint=dataset_hint)
 
 
 def features_for(
