@@ -40,6 +40,7 @@ import pandas as pd
 # every import from other blastscan modules is here, so a restructuring can retarget them in one place
 from blastscan.dataset import parse_cnmc_name
 from blastscan.errors import BlastscanError
+from blastscan.options import DeepOptions
 from blastscan._io import remove_stale_temp
 from blastscan.bundle import Bundle, load_bundle
 from blastscan.dataset.inputs import input_manifest
@@ -97,8 +98,8 @@ class ViewServer:
         Where to listen (port 0: any free port).
     store : path, optional
         Feature store to reuse and fill; by default a temporary one, removed on :meth:`close`.
-    extractor_options : dict, optional
-        E.g. ``weights_dir``.
+    extractor_options : DeepOptions or dict, optional
+        The deep option group: where the weights are, precision, engine, batch size.
     max_upload_mb : float
     jobs : int, optional
         Processes for a batch's per-image features.
@@ -115,7 +116,7 @@ class ViewServer:
                  max_upload_mb: float = MAX_UPLOAD_MB, jobs: int | None = None, trust: bool = False,
                  allow: Sequence[str | os.PathLike] = (), token: str | None = None):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, trust=trust)
-        self.extractor_options = dict(extractor_options or {})
+        self.extractor_options = DeepOptions.from_mapping(extractor_options)
         self.built = self.bundle.features(self.extractor_options)  # wrong weights stop here
         self.max_upload = int(max_upload_mb * 1024 * 1024)
         self.jobs = jobs
