@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -79,8 +80,11 @@ class Extractor:
     precision: str = ""
     engine_choice: str = ""
     engine_used: str | None = None
-    #: Images per forward pass of a batch extractor (None for the others).
+    #: Images per forward pass, threads of the forward (None: every core) and the weight file read, for a
+    #: deep extractor (None for the others).
     batch_size: int | None = None
+    threads: int | None = None
+    weights_path: str | os.PathLike | None = None
 
     @property
     def feature_names(self) -> list[str]:  # pragma: no cover - overridden
