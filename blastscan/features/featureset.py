@@ -75,7 +75,7 @@ class FeatureSetSpec:
         names: list[str] = []
         for spec in cls.parse_list(specs):
             names += [n for n in spec.names if n not in names]
-        return cls.parse("+".join(names))
+        return cls("+".join(names), tuple(names), tuple(names))  # checked names: no second parse
 
     def __str__(self) -> str:
         return self.text
