@@ -1,24 +1,47 @@
-"""The ``blastscan`` command line: thin wrappers that parse options and call ``blastscan.pipelines``.
+"""The ``blastscan`` command line: thin wrappers that parse options into typed objects (a
+:class:`~blastscan.features.featureset.FeatureSetSpec`, :class:`~blastscan.options.DeepOptions`,
+:class:`~blastscan.evaluation.EvalSettings`), call one function of ``blastscan.pipelines`` and print.
 
 Every command has a Python equivalent in ``blastscan.pipelines``. Expected failures raise
 :class:`~blastscan.errors.BlastscanError` and are printed as one line, ``error: <what>: <why>``.
-TensorFlow is imported only by the deep-feature code, so ``--help`` and the other commands start fast.
+TensorFlow, OpenVINO and Dask are imported only where a command uses them (the deep-feature code, the
+FCN classifiers, ``--scheduler``), so ``--help`` and the other commands never pay for them.
 """
 
 from __future__ import annotations
 
+import csv
 import sys
 
 import click
 
 from blastscan import __version__
+from blastscan._io import atomic_write_bytes, is_write_failure
+from blastscan.bundle.data_only import is_data_only
 from blastscan.cli_options import (TRUST_HELP, bundle_weights_option, dataset_manifest, deep_option_group, deep_options,
                                    jobs_option, joblib_note, max_pixels_option, no_embed_option, params_option,
                                    per_image_split_option, scheduler_option, store_option, subject_pattern_option,
-                                   weights_dir_option, weights_option)
+                                   weights_option)
 from blastscan._io import check_writable_file, sigterm_as_interrupt
+from blastscan.dataset import build_manifest, inspect_cache, summarize, write_manifest
 from blastscan.errors import BlastscanError
-from blastscan.options import params_for
+from blastscan.evaluation import EvalSettings
+from blastscan.features.featureset import FeatureSetSpec
+from blastscan.features.handcrafted import feature_dictionary
+from blastscan.features.store import FeatureStore
+from blastscan.options import load_params, params_for, split_list
+from blastscan.parallel import session
+from blastscan.pipelines.compare import compare as run_compare
+from blastscan.pipelines.compare import default_classifiers, default_ensembles, default_feature_sets
+from blastscan.pipelines.demo import run_demo
+from blastscan.pipelines.export import export_run
+from blastscan.pipelines.extract import extract as run_extract
+from blastscan.pipelines.score import score as run_score
+from blastscan.pipelines.train import train as run_train
+from blastscan.pipelines.weights import weights_status
+from blastscan.report.masks import masks_sheet, with_scores
+from blastscan.report.table import write_feature_table
+from blastscan.view.server import serve
 
 
 class _Group(click.Group):
@@ -35,8 +58,6 @@ class _Group(click.Group):
             click.echo(f"error: {exc.filename or 'file'}: cannot write or read there ({exc.strerror})", err=True)
             ctx.exit(2)
         except OSError as exc:  # a full disk or an I/O error outside an atomic write: one line, naming the path
-            from blastscan._io import is_write_failure
-
             if not is_write_failure(exc):
                 raise
             where = exc.filename or "a file"
@@ -77,9 +98,6 @@ def data(dataset, out, problems_file, jobs, subject_pattern, quiet):
     and hashed; unreadable files and missing labels are listed, not fatal. Exits with 2 only when no
     usable image is found.
     """
-    from blastscan.dataset import build_manifest, summarize, write_manifest
-    from blastscan._io import atomic_write_bytes
-
     manifest = build_manifest(dataset, jobs=jobs, progress=not quiet, subject_pattern=subject_pattern)
     click.echo(summarize(manifest))
     if problems_file:
@@ -104,9 +122,7 @@ def data(dataset, out, problems_file, jobs, subject_pattern, quiet):
 @click.option("--format", "fmt", type=click.Choice(["table", "csv"]), default="table", show_default=True)
 def features_cmd(family, fmt):
     """List the handcrafted features: name, family, region, unit and definition (formula), in column order."""
-    import csv
 
-    from blastscan.features.handcrafted import feature_dictionary
 
     infos = feature_dictionary(family)
     if fmt == "csv":
@@ -136,8 +152,6 @@ def weights(weights_dir, random_weights, download):
     Keras cache. For a missing file it says what was looked for and how to provide it. Exits with 1 when
     a backbone has no weights.
     """
-    from blastscan.pipelines.weights import weights_status
-
     if random_weights:
         raise BlastscanError("--random-weights", "does not apply to `blastscan weights`")
     status = weights_status(weights_dir, download=download)
@@ -175,26 +189,19 @@ def extract(dataset, features, store, jobs, weights_dir, random_weights, input_s
     everything. An interrupted run keeps every finished chunk. Images that cannot be featurised are
     listed with the reason and do not stop the run.
     """
-    from blastscan.parallel import session
-    from blastscan.pipelines.extract import extract as run_extract
-
     if repair:
-        from blastscan.features.store import FeatureStore
-
         for path, why in FeatureStore(store).repair():
             click.echo(f"repair: deleted {path} ({why})", err=True)
+    specs = FeatureSetSpec.parse_list(features)  # a misspelt set fails before the images are read
+    opts = deep_options(weights_dir, random_weights, input_size, batch_size, precision, engine)
     manifest = dataset_manifest(dataset, store, jobs, quiet)
-    opts = deep_options(weights_dir, random_weights, input_size=input_size, batch_size=batch_size, precision=precision,
-                        engine=engine)
     with session(scheduler):
-        summary = run_extract(manifest.df, features.split(","), store, jobs=jobs, extractor_options=opts,
+        summary = run_extract(manifest.df, specs, store, jobs=jobs, extractor_options=opts,
                               progress=not quiet, retry_failed=retry_failed)
     click.echo(f"{len(manifest.df)} images in {dataset} ({manifest.layout} layout)")
     click.echo(summary.format())
     if out:
-        from blastscan.report.table import write_feature_table
-
-        table = write_feature_table(manifest.df, features.split(","), store, out, extractor_options=opts)
+        table = write_feature_table(manifest.df, specs, store, out, extractor_options=opts)
         click.echo(f"feature table: {out} ({len(table):,} cells x {table.shape[1]} columns)")
 
 
@@ -218,9 +225,6 @@ def masks(inputs, out, n, subjects, seed, columns, tile, store, quiet):
     view`; a cell whose mask quality is flagged is shown in red. Look at the masks before trusting the
     features.
     """
-    from blastscan.dataset import build_manifest, inspect_cache
-    from blastscan.report.masks import masks_sheet, with_scores
-
     source = inputs[0] if len(inputs) == 1 else list(inputs)
     manifest = build_manifest(source, progress=not quiet, cache=inspect_cache(store))
     chosen = [s.strip() for s in subjects.split(",") if s.strip()] if subjects else None
@@ -280,27 +284,19 @@ def compare(dataset, features, classifiers, ensembles, out_dir, store, weights_d
     per-subject accuracy, the manifest used and run.json. Every headline number comes from splits that
     keep each subject on one side; a per-image split is shown only as a labelled (leaky) warning.
     """
-    from blastscan.evaluation import EvalSettings
-    from blastscan.options import load_params
-    from blastscan.parallel import session
-    from blastscan.pipelines.compare import compare as run_compare, default_classifiers, default_ensembles
-
     parsed = load_params(params, params_file)  # bad --param fails before the manifest is built
     settings = EvalSettings(folds=folds, seed=seed, threshold_rule=threshold_rule, target_recall=target_recall,
                             inner_folds=inner_folds, leaky_folds=leaky_folds, n_boot=n_boot,
                             per_image_split=per_image_split)
-    manifest = dataset_manifest(dataset, store, jobs, quiet, subject_pattern)
-    opts = deep_options(weights_dir, random_weights, input_size=input_size, batch_size=batch_size, precision=precision,
-                        engine=engine)
+    opts = deep_options(weights_dir, random_weights, input_size, batch_size, precision, engine)
     left_out = []
     if features is None:
-        from blastscan.pipelines.compare import default_feature_sets
-
-        chosen, left_out = default_feature_sets(opts)
-        features = ",".join(chosen)
-    votes = default_ensembles(features) if not ensembles else [e for e in ensembles if e.lower() != "none"]
+        features, left_out = default_feature_sets(opts)
+    specs = FeatureSetSpec.parse_list(features)
+    manifest = dataset_manifest(dataset, store, jobs, quiet, subject_pattern)
+    votes = default_ensembles(specs) if not ensembles else [e for e in ensembles if e.lower() != "none"]
     with session(scheduler):
-        result = run_compare(manifest.df, features, classifiers or default_classifiers(), store, out_dir,
+        result = run_compare(manifest.df, specs, classifiers or default_classifiers(), store, out_dir,
                              settings=settings, params=parsed, ensembles=votes, tune=tune, extractor_options=opts,
                              jobs=jobs, progress=not quiet, dataset=dataset, feature_set_notes=left_out)
     for summary in result.extracted:
@@ -357,20 +353,16 @@ def train(dataset, features, classifier, params, params_file, out, no_embed, sto
     run over all subjects; the printed recall and specificity are that procedure's result on held-out subjects
     of an outer subject-disjoint CV (--folds), with subject-bootstrap intervals.
     """
-    from blastscan.evaluation import EvalSettings
-    from blastscan.parallel import session
-    from blastscan.pipelines.train import train as run_train
-
     settings = EvalSettings(seed=seed, threshold_rule=threshold_rule, target_recall=target_recall, folds=folds,
                             inner_folds=inner_folds, n_boot=n_boot, per_image_split=per_image_split)
-    opts = deep_options(weights_dir, random_weights, input_size=input_size, batch_size=batch_size, precision=precision,
-                        engine=engine)
+    spec = FeatureSetSpec.parse(features)
+    opts = deep_options(weights_dir, random_weights, input_size, batch_size, precision, engine)
     params_for(classifier, params, params_file)  # a bad --param or --out fails before the manifest is built
     if out is not None:
         check_writable_file(out, "--out")
     manifest = dataset_manifest(dataset, store, jobs, quiet, subject_pattern)
     with session(scheduler):
-        run_train(manifest.df, features, classifier, store, params=params, params_file=params_file, out=out,
+        run_train(manifest.df, spec, classifier, store, params=params, params_file=params_file, out=out,
                   extractor_options=opts, settings=settings, jobs=jobs, progress=not quiet, echo=click.echo,
                   tune=tune, embed=not no_embed, dataset=dataset)
 
@@ -397,14 +389,10 @@ def export(run_dir, config_name, out, no_embed, store, weights_dir, target_recal
     and threshold come from the procedure the run measured per outer fold, and the bundle reports the run's
     outer-fold recall and specificity of it.
     """
-    from blastscan.pipelines.export import export_run
-
-    opts = {"weights_dir": weights_dir} if weights_dir else None
+    opts = deep_options(weights_dir)
     bundle = export_run(run_dir, config_name, out, store=store, extractor_options=opts, target_recall=target_recall,
                         progress=not quiet, embed=not no_embed)
     click.echo(bundle.summary())
-    from blastscan.bundle.data_only import is_data_only
-
     click.echo(f"bundle: {out} (" + ("data-only: JSON + ONNX" if is_data_only(out)
                                       else f"joblib, + {bundle.path.with_suffix('.json').name}") + ")")
 
@@ -434,10 +422,7 @@ def score(bundle, inputs, output, store, weights_dir, precision, engine, batch_s
     no code from the file. A joblib bundle is a pickle and loading it can run code: only load those you
     trust; its hash is checked against the .json sidecar unless --trust is given.
     """
-    from blastscan.parallel import session
-    from blastscan.pipelines.score import score as run_score
-
-    opts = deep_options(weights_dir, None, precision=precision, engine=engine, batch_size=batch_size)
+    opts = deep_options(weights_dir, batch_size=batch_size, precision=precision, engine=engine)
     with session(scheduler):
         result = run_score(bundle, list(inputs), output, store=store, extractor_options=opts, trust=trust,
                            jobs=jobs, progress=not quiet, within_subject=within_subject)
@@ -471,9 +456,7 @@ def view(bundle, port, host, store, max_upload_mb, weights_dir, precision, engin
     without the token are refused. Stop it with Ctrl+C; uploads and the default feature store live in a
     temporary folder that is removed then (or at the next start, after a kill).
     """
-    from blastscan.view.server import serve
-
-    opts = deep_options(weights_dir, None, precision=precision, engine=engine, batch_size=batch_size)
+    opts = deep_options(weights_dir, batch_size=batch_size, precision=precision, engine=engine)
     noted = []
 
     def echo(line):
@@ -493,17 +476,15 @@ def view(bundle, port, host, store, max_upload_mb, weights_dir, precision, engin
               help="Dataset to use instead of the bundled sample (blastscan/sample, shipped in the package).")
 @click.option("--classifiers", default=None, show_default="every registered classifier",
               help="Comma-separated classifiers to compare.")
-@weights_dir_option("$BLASTSCAN_WEIGHTS_DIR, else the Keras cache/download",
-                    "Folder with ImageNet weights; without weights the deep features are skipped.")
+@deep_option_group(demo=True)
 @jobs_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def demo(out_dir, data, classifiers, weights_dir, jobs, seed, quiet):
+def demo(out_dir, data, classifiers, weights_dir, precision, engine, batch_size, jobs, seed, quiet):
     """Run the whole loop on the bundled real sample: data, extract, compare, export, score."""
-    from blastscan.options import split_list
-    from blastscan.pipelines.demo import run_demo
 
-    run_demo(out_dir, data=data, weights_dir=weights_dir, jobs=jobs, seed=seed, progress=not quiet,
+    opts = deep_options(weights_dir, batch_size=batch_size, precision=precision, engine=engine)
+    run_demo(out_dir, data=data, extractor_options=opts, jobs=jobs, seed=seed, progress=not quiet,
              classifiers=split_list(classifiers) if classifiers else None, echo=click.echo)
 
 

@@ -7,6 +7,13 @@ import os
 
 import click
 
+from blastscan.bundle import JOBLIB_NOTE
+from blastscan.bundle.data_only import is_data_only
+from blastscan.dataset import build_manifest, inspect_cache
+from blastscan.dataset.images import PIXEL_BUDGET_ENV
+from blastscan.dataset.summary import problems_note
+from blastscan.options import DeepOptions
+
 __all__ = ["store_option", "weights_dir_option", "weights_option", "jobs_option", "subject_pattern_option",
            "per_image_split_option", "scheduler_option", "dataset_manifest", "params_option",
            "precision_option", "engine_option", "batch_size_option", "deep_option_group", "deep_options",
@@ -73,9 +80,6 @@ def scheduler_option(f):
 
 def dataset_manifest(dataset, store, jobs, quiet, subject_pattern=None):
     """Build DATASET's manifest (file checks cached in the store) and list its problems briefly on stderr."""
-    from blastscan.dataset import build_manifest, inspect_cache
-    from blastscan.dataset.summary import problems_note
-
     manifest = build_manifest(dataset, jobs=jobs, progress=not quiet, cache=inspect_cache(store),
                               subject_pattern=subject_pattern)
     if manifest.problems:  # one line, however many problems and of whatever kinds
@@ -90,13 +94,13 @@ def params_option(f):
                         help="Classifier parameter, e.g. --param svm.C=10 (repeatable).")(f)
 
 
-def precision_option(f, bundle: bool = False):
+def precision_option(f, bundle: bool = False, default: str = "auto"):
     if bundle:
         default, shown = None, "the bundle's"
         extra = (" Default: the precision the bundle's features were made with; float32 scores a bf16 bundle on a "
                  "CPU without bfloat16 (features within cosine 0.999 of training's).")
     else:
-        default, shown = "auto", True
+        shown = True
         extra = (" auto: bf16 where the CPU has bfloat16 instructions (avx512_bf16, amx_bf16, Arm bf16) and "
                  "OpenVINO is installed, else float32; a float32 table the store holds for all the images is "
                  "reused then. float32 gives the same features on every machine (to float32 rounding).")
@@ -121,25 +125,30 @@ def batch_size_option(f):
                         help="Images per forward pass of the deep backbones (does not change the features).")(f)
 
 
-def deep_option_group(bundle: bool = False):
+def deep_option_group(bundle: bool = False, demo: bool = False):
     """The deep backbones' options, one group on every command that computes features: weights
-    (``--weights-dir``, and ``--random-weights`` unless ``bundle``), ``--precision``, ``--engine``,
-    ``--batch-size``. ``bundle`` (score, view): the weights and the precision follow the bundle."""
+    (``--weights-dir``, and ``--random-weights`` unless ``bundle`` or ``demo``), ``--precision``, ``--engine``,
+    ``--batch-size``. ``bundle`` (score, view): the weights and the precision follow the bundle. ``demo``: the
+    precision is float32 unless asked (the demo's figures are the same on every machine), and without weights
+    the deep features are skipped."""
     def decorate(f):
-        f = batch_size_option(engine_option(precision_option(f, bundle=bundle)))
+        f = batch_size_option(engine_option(precision_option(f, bundle=bundle,
+                                                             default="float32" if demo else "auto")))
         if bundle:
-            return weights_dir_option("$BLASTSCAN_WEIGHTS_DIR, else where training found them",
-                                      "Folder with the ImageNet weight files; they must be the ones the model "
-                                      "was trained with.")(f)
+            return bundle_weights_option(f)
+        if demo:
+            return weights_dir_option("$BLASTSCAN_WEIGHTS_DIR, else the Keras cache/download",
+                                      "Folder with ImageNet weights; without weights the deep features are "
+                                      "skipped.")(f)
         return weights_option(f)
     return decorate
 
 
-def deep_options(weights_dir, random_weights=False, **extra):
-    """The extractor options of the deep option group (unset ones dropped)."""
-    from blastscan.options import clean_options
-
-    return {"weights_dir": weights_dir, "random_weights": random_weights, **clean_options(extra)}
+def deep_options(weights_dir=None, random_weights=False, input_size=None, batch_size=None, precision=None,
+                 engine=None) -> DeepOptions:
+    """The deep option group's values as the one :class:`~blastscan.options.DeepOptions` a command hands down."""
+    return DeepOptions(weights_dir=weights_dir, random_weights=bool(random_weights), input_size=input_size,
+                       batch_size=batch_size, precision=precision, engine=engine)
 
 
 # ---- bundles: export / score / view ------------------------------------------------------------
@@ -156,9 +165,6 @@ no_embed_option = click.option(
 def joblib_note(bundle) -> None:
     """One line on stderr once a joblib bundle was loaded (a refused one gives only its error line): it runs
     code when loaded; the data-only one does not."""
-    from blastscan.bundle import JOBLIB_NOTE
-    from blastscan.bundle.data_only import is_data_only
-
     if not is_data_only(bundle):
         click.echo(JOBLIB_NOTE.format(path=bundle), err=True)
 
@@ -172,10 +178,6 @@ def max_pixels_option(f):
     """``--max-pixels``: the pixel budget shared by score and view, for this run and its workers."""
     def apply(ctx, param, value):
         if value is not None:
-            import os
-
-            from blastscan.dataset.images import PIXEL_BUDGET_ENV
-
             if value < 1:
                 raise click.BadParameter("expected a positive number of pixels")
             os.environ[PIXEL_BUDGET_ENV] = str(value)  # inherited by worker processes started later

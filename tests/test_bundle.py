@@ -158,8 +158,8 @@ class FakeDeep(BatchExtractor):
     name = "fake_deep"
     version = "1"
 
-    def __init__(self, weights_dir=None, **_):
-        path = Path(weights_dir or ".") / "fake.weights.h5"
+    def __init__(self, options=None):
+        path = Path((options.weights_dir if options is not None else None) or ".") / "fake.weights.h5"
         if not path.is_file():
             raise BlastscanError(str(path), "no weight file")
         data = path.read_bytes()

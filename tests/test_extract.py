@@ -25,7 +25,7 @@ def _make_fake_extractors(log_dir: Path, fail_on_mean: float | None = None, inte
         name = "fake_px"
         version = "1"
 
-        def __init__(self, **_):
+        def __init__(self, options=None):
             self.log_dir = str(log_dir)
 
         @property
@@ -48,8 +48,8 @@ def _make_fake_extractors(log_dir: Path, fail_on_mean: float | None = None, inte
         name = "fake_batch"
         version = "2"
 
-        def __init__(self, size=4, **_):
-            self.size = size
+        def __init__(self, options=None):
+            self.size = (options.input_size if options is not None else None) or 4
 
         def config(self):
             return {"size": self.size}
@@ -176,9 +176,9 @@ def test_batch_extractor_and_union_feature_set_join_in_manifest_order(tmp_path):
 def test_identity_follows_config_so_other_settings_are_not_reused(tmp_path):
     _make_fake_extractors(tmp_path)
     man = _manifest(tmp_path, [10, 20])
-    ex.extract(man, ["fake_batch"], tmp_path / "store", jobs=1, progress=False, extractor_options={"size": 4})
+    ex.extract(man, ["fake_batch"], tmp_path / "store", jobs=1, progress=False, extractor_options={"input_size": 4})
     with pytest.raises(BlastscanError, match="blastscan extract"):
-        ex.load_features(man, "fake_batch", tmp_path / "store", extractor_options={"size": 8})
+        ex.load_features(man, "fake_batch", tmp_path / "store", extractor_options={"input_size": 8})
 
 
 def test_missing_rows_name_the_command_that_computes_them(tmp_path):
@@ -214,7 +214,7 @@ def _shared_context_extractors(log_dir: Path, fail_second_on_mean: float | None 
         version = "1"
         context = "fake_ctx"
 
-        def __init__(self, **_):
+        def __init__(self, options=None):
             self.log_dir = str(log_dir)
 
         def make_context(self, image):

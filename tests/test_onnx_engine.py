@@ -16,6 +16,7 @@ from blastscan.features import deep
 from blastscan.features.engines import graph_cache, onnxruntime
 from blastscan.features.backbones import Backbone
 from blastscan.features.base import get_extractor
+from blastscan.options import DeepOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not onnxruntime.available()[0], reason="onnxruntime not installed")
@@ -94,10 +95,11 @@ def _mobilenet(size: int) -> Backbone:
 
 def test_a_network_with_other_layers_falls_back_to_tensorflow_or_says_why():
     batch = np.zeros((1, 32, 32, 3), np.uint8)
-    auto = deep.DeepExtractor(_mobilenet(32), random_weights=True)  # depthwise convolutions, Add, ZeroPadding2D
+    # depthwise convolutions, Add, ZeroPadding2D
+    auto = deep.DeepExtractor(_mobilenet(32), DeepOptions(random_weights=True))
     assert auto.forward(batch).shape == (1, 1280)
     assert auto.engine_used.startswith("tensorflow")
-    forced = deep.DeepExtractor(_mobilenet(32), random_weights=True, engine="onnxruntime")
+    forced = deep.DeepExtractor(_mobilenet(32), DeepOptions(random_weights=True, engine="onnxruntime"))
     with pytest.raises(BlastscanError, match="cannot be written as an ONNX graph .*use --engine tensorflow"):
         forced.forward(batch)
 

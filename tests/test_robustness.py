@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent('''
         name = "slow_px"
         version = "1"
 
-        def __init__(self, **_):
+        def __init__(self, options=None):
             pass
 
         @property

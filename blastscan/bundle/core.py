@@ -35,7 +35,7 @@ from blastscan.classifiers import classifier_libraries, predict_p_all
 from blastscan.errors import BlastscanError
 from blastscan.evaluation.calibration import apply_calibration
 from blastscan.features.featureset import FeatureSet
-from blastscan.options import clean_options
+from blastscan.options import DeepOptions
 from blastscan.provenance import library_versions, to_jsonable
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "TRUST_WARNING", "JOBLIB_NOTE", "Bundle", "BundleWarning", "save_bundle", "load_bundle",
@@ -108,18 +108,18 @@ class Bundle:
         return list(self.metadata["feature_names"])
 
     # -- features -------------------------------------------------------------------------------
-    def features(self, extractor_options: Mapping[str, Any] | None = None):
+    def features(self, extractor_options: DeepOptions | Mapping[str, Any] | None = None):
         """The bundle's :class:`~blastscan.features.featureset.FeatureSet`, rebuilt from its recorded
         extractor specs; ``extractor_options`` say where things are now (e.g. ``weights_dir``).
 
         Raises ``BlastscanError`` when an extractor built now has another identity than at training
         (other weights, version or settings): its features would not be those the model learned from.
         """
-        trained = {k: v for k, v in clean_options(self.metadata.get("extractor_options")).items()
-                   if k not in ("precision", "engine")}  # the records carry what made the features
-        runtime = {**trained, **clean_options(extractor_options)}
+        trained = DeepOptions.from_mapping(self.metadata.get("extractor_options"), self.origin()).replace(
+            precision=None, engine=None)  # the records carry what made the features
+        runtime = trained.replace(**DeepOptions.from_mapping(extractor_options).changed())
         if self.extras.get("embedded_backbones"):  # a data-only bundle's own backbone graphs: no weight files
-            runtime["embedded_backbones"] = self.extras["embedded_backbones"]
+            runtime = runtime.replace(embedded_backbones=self.extras["embedded_backbones"])
         return FeatureSet.from_specs(self.feature_set, self.metadata["extractors"], runtime, what=self.origin())
 
     def origin(self) -> str:

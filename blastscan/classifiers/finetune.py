@@ -33,6 +33,7 @@ import numpy as np
 from blastscan.classifiers.base import (BinaryClassifier, Integral, Interval, Real, balanced_weights, choices,
                                         inner_folds, register_classifier)
 from blastscan.errors import BlastscanError
+from blastscan.options import DeepOptions
 
 __all__ = ["FinetuneClassifier", "OK_ENV", "INPUTS", "build_tail", "share_weights_dir"]
 
@@ -215,7 +216,7 @@ def share_weights_dir(classifiers, extractor_options) -> None:
     ``$BLASTSCAN_WEIGHTS_DIR``, which this sets for the process and the workers it starts."""
     from blastscan.features.backbones import WEIGHTS_ENV
 
-    weights_dir = (extractor_options or {}).get("weights_dir")
+    weights_dir = DeepOptions.from_mapping(extractor_options).weights_dir
     names = [classifiers] if isinstance(classifiers, str) else list(classifiers or [])
     if weights_dir and "finetune" in names:
         os.environ[WEIGHTS_ENV] = str(weights_dir)

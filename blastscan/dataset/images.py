@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import numpy as np
-from joblib import Parallel, delayed
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 

@@ -16,19 +16,22 @@ The feature set is ``inception_v3_mixed8_act``. It is not meant for the frozen c
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 
+from blastscan.errors import BlastscanError
 from blastscan.features.backbones import BACKBONES, Backbone
 from blastscan.features.base import register_extractor
 from blastscan.features.deep import RANDOM_SEED, RESIZE, DeepExtractor
+from blastscan.features.store import ARRAY_LAYOUT as STORAGE  # one binary cell of float16 values per row
+from blastscan.options import DeepOptions
 
 __all__ = ["ActivationExtractor", "BLOCKS", "STORAGE", "activation_feature_set"]
 
 #: Blocks whose activations can be cached: (backbone, block) -> (height, width, channels) at the default size.
 BLOCKS: dict[tuple[str, str], tuple[int, int, int]] = {("inception_v3", "mixed8"): (8, 8, 1280)}
-from blastscan.features.store import ARRAY_LAYOUT as STORAGE  # one binary cell of float16 values per row
 
 
 def activation_feature_set(backbone: str, block: str) -> str:
@@ -45,14 +48,11 @@ class ActivationExtractor(DeepExtractor):
 
     version = "1"
 
-    def __init__(self, backbone: Backbone, block: str, **options: Any):
-        options["engine"] = "tensorflow"
-        super().__init__(backbone, **options)
+    def __init__(self, backbone: Backbone, block: str, options: DeepOptions | None = None):
+        super().__init__(backbone, (options or DeepOptions()).replace(engine="tensorflow"))
         self.block = block
         self.name = activation_feature_set(backbone.name, block)
         if self.input_size != backbone.input_size:
-            from blastscan.errors import BlastscanError
-
             raise BlastscanError("--input-size", f"{self.name} is cached at {backbone.input_size} px only "
                                                  f"(the fine-tuned blocks expect its shape), not {self.input_size}")
         self.shape = BLOCKS[(backbone.name, block)]
@@ -103,8 +103,6 @@ class ActivationExtractor(DeepExtractor):
 
 
 def _register(backbone: str, block: str) -> None:
-    import functools
-
     register_extractor(activation_feature_set(backbone, block))(
         functools.partial(ActivationExtractor, BACKBONES[backbone], block))
 

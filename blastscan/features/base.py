@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -23,6 +24,7 @@ import numpy as np
 
 from blastscan.errors import BlastscanError
 from blastscan.registry import Registry
+from blastscan.options import DeepOptions
 
 __all__ = [
     "Extractor",
@@ -73,6 +75,19 @@ class Extractor:
     name: str = ""
     version: str = "1"
     kind: str = ""  # "per_image" or "batch"
+    #: The options a deep extractor was built with (the others use none and keep the defaults).
+    options: DeepOptions = DeepOptions()
+    #: What runs a deep extractor, empty for the others: the precision asked (``auto`` too) and the one it
+    #: resolved to, the engine chosen, and once built the engine (and version) that ran.
+    precision_asked: str = ""
+    precision: str = ""
+    engine_choice: str = ""
+    engine_used: str | None = None
+    #: Images per forward pass, threads of the forward (None: every core) and the weight file read, for a
+    #: deep extractor (None for the others).
+    batch_size: int | None = None
+    threads: int | None = None
+    weights_path: str | os.PathLike | None = None
 
     @property
     def feature_names(self) -> list[str]:  # pragma: no cover - overridden
@@ -91,6 +106,14 @@ class Extractor:
             return base
         digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:10]
         return f"{base}-{digest}"
+
+    def check_runtime(self) -> None:
+        """Raise :class:`BlastscanError` now when this extractor cannot run on this machine (default: it can)."""
+
+    def run_key(self) -> tuple:
+        """What, besides the identity, decides how it runs: two extractors with the same identity and run
+        key are interchangeable (one built network serves both)."""
+        return ()
 
     def build_options(self) -> dict[str, Any]:
         """Constructor options (JSON-serialisable) that rebuild this extractor with the same output;
@@ -158,8 +181,8 @@ def register_extractor(name: str):
     """Decorator: register a factory (class or function) that builds the extractor ``name`` (a name
     registered twice raises ``ValueError``).
 
-    The factory is called with the keyword options given to :func:`get_extractor`; it must accept
-    and ignore options it does not use (``**_``), so one option set serves a whole feature set.
+    The factory is called with one :class:`~blastscan.options.DeepOptions`, the same for a whole feature
+    set (an extractor uses the fields it needs: the handcrafted families none).
     """
     return EXTRACTORS.register(name)
 
@@ -211,11 +234,12 @@ def available_extractors() -> list[str]:
     return sorted({*EXTRACTORS.names(), *UNIONS.names()})
 
 
-def get_extractor(name: str, **options: Any) -> Extractor:
-    """Build the extractor registered as ``name`` with ``options`` (e.g. ``weights_dir``); a variant name
+def get_extractor(name: str, options: DeepOptions | None = None, **fields: Any) -> Extractor:
+    """Build the extractor registered as ``name`` with ``options`` (``fields``: shorthand for
+    ``DeepOptions(**fields)``; a misspelt one raises :class:`BlastscanError`); a variant name
     (``inception_v3_grey``) builds its registered extractor with the options the name carries."""
     _, registered, name_options = resolve_name(name)
-    return EXTRACTORS.get(registered)(**{**options, **name_options})
+    return EXTRACTORS.get(registered)((options or DeepOptions()).replace(**{**fields, **name_options}))
 
 
 def parse_feature_set(spec: str) -> list[str]:

@@ -13,8 +13,9 @@ change the output (beyond float32 rounding, see :mod:`blastscan.features.engines
 where its rounding happens depends on the engine, so a bf16 table records both (``precision: bf16`` and,
 on OpenVINO, ``engine: openvino``; TensorFlow's bf16 tables keep the identity they had before OpenVINO).
 
-TensorFlow/Keras are imported on the first computation only; importing this module and building
-extractors stays fast (the CLI's ``--help`` never pays for TensorFlow).
+TensorFlow/Keras, ONNX Runtime and OpenVINO (expensive, and optional) are imported on the first
+computation only, in the methods that build the forward pass; importing this module and building
+extractors stays fast.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import threading
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+from PIL import Image
 
+from blastscan.dataset.images import load_pil_image
 from blastscan.errors import BlastscanError
 from blastscan.features.backbones import (BACKBONES, WEIGHTS_ENV, Backbone, WeightsLookup, download_weights,
                                           file_sha256, find_weights, keras_cache_dir)
@@ -36,8 +39,10 @@ from blastscan.features.engines import REGISTRY as ENGINE_REGISTRY
 from blastscan.features.engines.graph_cache import cache_path, graph_bytes, load_or_export
 from blastscan.features.engines.onnx_export import UnsupportedLayer
 from blastscan.features.engines.tensorflow import build_keras, scale_fn
-from blastscan.features.precision import (BF16_EMULATED_ENV, ENGINES, PRECISIONS, Cpu, bf16_support, check_engine,
+from blastscan.features.precision import (BF16_EMULATED_ENV, ENGINES, PRECISIONS, bf16_support, check_engine,
                                           check_precision, choose_engine, engine_installed, resolve_precision)
+from blastscan.features.prefetch import Prefetcher
+from blastscan.options import DeepOptions
 
 __all__ = [
     "Backbone",
@@ -90,45 +95,17 @@ class DeepExtractor(BatchExtractor):
     ----------
     backbone : Backbone
         Registry entry (bound by the registry).
-    weights_dir : path, optional
-        Folder holding the weight file, or the file itself (default ``$BLASTSCAN_WEIGHTS_DIR``, else
-        the Keras cache).
-    random_weights : bool
-        Use seeded random weights instead (tests only: the embeddings are meaningless).
-    input_size : int, optional
-        Square input size in pixels (default: the backbone's own). Part of the identity.
-    batch_size : int, optional
-        Images per forward pass (default 32). Not part of the identity.
-    precision : {"float32", "bf16", "auto"}, optional
-        ``"bf16"`` runs the network in bfloat16 (OpenVINO's bf16 kernels, or Keras' ``mixed_bfloat16``
-        policy on TensorFlow: float32 weights, bfloat16 arithmetic; embeddings within cosine 0.999 of
-        float32). It changes the output, so it is part of the identity; float32 (the default here) is not
-        written into the config, so float32 tables keep theirs. ``"auto"`` (the command line's default) is
-        bf16 where the CPU has bfloat16 instructions and OpenVINO runs it, else float32 (see
-        :mod:`blastscan.features.precision`); :attr:`precision` holds the result, :attr:`precision_asked`
-        what was asked. bf16 needs a CPU with bfloat16 instructions (see :func:`bf16_support`).
-    engine : {"auto", "onnxruntime", "openvino", "tensorflow"}, optional
-        What runs the network (default ``$BLASTSCAN_ENGINE``, else ``"auto"``, the rule in
-        :mod:`blastscan.features.precision`; :attr:`engine_choice` holds the result). In float32 not part
-        of the identity: the engines give the same embeddings up to float32 rounding.
-    cpu : Cpu, optional
-        The CPU the ``auto`` choices are made for (default: this machine's ``/proc/cpuinfo``).
-    embedded_backbones : dict of str to EmbeddedGraph, optional
-        Graphs a data-only bundle carries, by backbone name (:mod:`blastscan.bundle.data_only`). When this
-        backbone's is there (float32, or bf16 on OpenVINO, which compiles the same float32 graph in
-        bfloat16), it runs on that engine and no weight file is looked up; its weights' sha256 comes from
-        the graph's record (checked against the bundle's feature identity).
-    input_mode : {"rgb", "grey", "od"}, optional
-        What image goes into the network (default ``"rgb"``, the cell as it is; see
-        :mod:`blastscan.features.deep_input`). Part of the identity and of the name
-        (``inception_v3_grey``); ``rgb`` leaves both as they were before this option existed.
-    tta : {1, 4, 8}, optional
-        Views whose pooled embeddings are averaged: 1 (default), the 4 rotations, or the 8 rotations and
-        mirrors. Part of the identity and of the name (``inception_v3_tta8``); 1 leaves both unchanged.
-    layer : str, optional
-        One of the backbone's ``taps`` (InceptionV3's ``mixed0``-``mixed9``): the network cut after that
-        block, its output average-pooled, instead of the last block's. Part of the identity and the name
-        (``inception_v3_mixed7``); None (the last block) leaves both unchanged.
+    options : DeepOptions, optional
+        How it is built and run (:class:`~blastscan.options.DeepOptions`: weights, input size, precision,
+        engine, batch size, and the variant name's input mode, views and layer). ``precision`` bf16 changes
+        the output, so it is part of the identity; float32 (the default here) is not written into the
+        config, so float32 tables keep theirs; ``auto`` is resolved here (:attr:`precision` holds the
+        result, :attr:`precision_asked` what was asked; see :mod:`blastscan.features.precision`). In float32
+        the engine is not part of the identity (:attr:`engine_choice` holds the one chosen). A data-only
+        bundle's own graph of this backbone (``embedded_backbones``; float32, or bf16 on OpenVINO, which
+        compiles the same float32 graph in bfloat16) runs on that engine and no weight file is looked up;
+        its weights' sha256 comes from the graph's record. Input mode ``rgb``, ``tta`` 1 and the last
+        block leave the identity and the name as they were before those options existed.
 
     Raises
     ------
@@ -138,19 +115,20 @@ class DeepExtractor(BatchExtractor):
 
     version = "1"
 
-    def __init__(self, backbone: Backbone, weights_dir=None, random_weights: bool = False,
-                 input_size: int | None = None, batch_size: int | None = None, precision: str | None = None,
-                 engine: str | None = None, cpu: Cpu | None = None, embedded_backbones=None,
-                 input_mode: str | None = None, tta: int | None = None, layer: str | None = None, **_: Any):
+    def __init__(self, backbone: Backbone, options: DeepOptions | None = None):
+        options = options or DeepOptions()
+        # a bundle's graphs of other backbones need not travel with each pickled copy: its own is self.embedded
+        self.options = options.replace(embedded_backbones=None)
         self.backbone = backbone
-        self.cpu = cpu  # None: this machine's, read when needed
-        self.precision_asked = check_precision(precision)
-        self.precision = resolve_precision(self.precision_asked, engine, cpu)
-        self.engine = check_engine(engine, self.precision)
+        self.cpu = cpu = options.cpu  # None: this machine's, read when needed
+        self.precision_asked = check_precision(options.precision)
+        self.precision = resolve_precision(self.precision_asked, options.engine, cpu)
+        self.engine = check_engine(options.engine, self.precision)
         # a backbone without a graph preprocessing mode is not exported: TensorFlow runs it
-        self.engine_choice = (choose_engine(engine, self.precision, cpu) if backbone.preprocess_mode
+        self.engine_choice = (choose_engine(options.engine, self.precision, cpu) if backbone.preprocess_mode
                               else "tensorflow")
-        self.input_mode, self.tta = check_input(input_mode), check_tta(tta)
+        self.input_mode, self.tta = check_input(options.input_mode), check_tta(options.tta)
+        layer = options.layer
         taps = dict(backbone.taps)
         if layer is not None and layer not in taps:
             raise BlastscanError("layer", f"{backbone.name} has no layer '{layer}' to pool; choose from: "
@@ -158,29 +136,29 @@ class DeepExtractor(BatchExtractor):
         self.layer = layer
         self._dim = taps[layer] if layer else backbone.dim
         self.name = variant_name(backbone.name, self.input_mode, self.tta, self.layer)
-        self.input_size = backbone.input_size if input_size is None else int(input_size)
-        self.batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
+        self.input_size = backbone.input_size if options.input_size is None else int(options.input_size)
+        self.batch_size = DEFAULT_BATCH_SIZE if options.batch_size is None else int(options.batch_size)
         if self.input_size < backbone.min_size:
             raise BlastscanError("--input-size", f"{self.input_size} is too small for {backbone.name} "
                                                  f"(at least {backbone.min_size})")
         if self.batch_size < 1:
             raise BlastscanError("--batch-size", f"must be at least 1, not {self.batch_size}")
-        self.random_weights = bool(random_weights)
+        self.random_weights = bool(options.random_weights)
         # threads of the network's forward (None: every core this process may use); not part of the identity.
         # A Dask worker sets it to its own thread count (compute._worker_extractor).
         self.threads: int | None = None
         # a data-only bundle's own graph of this backbone: no weight file, no TensorFlow (the graph is float32;
         # OpenVINO runs it in bf16 too)
-        self.embedded = ((embedded_backbones or {}).get(self.name)
+        self.embedded = ((options.embedded_backbones or {}).get(self.name)
                          if self.precision == "float32" or self.engine_choice == "openvino" else None)
-        if self.embedded is not None and not random_weights:
+        if self.embedded is not None and not self.random_weights:
             if not str(self.embedded.weights).startswith("sha256:"):
                 raise BlastscanError(repr(self.embedded), f"records weights {self.embedded.weights!r}, not a sha256")
             self.weights_path, self.weights_sha256 = None, str(self.embedded.weights)[len("sha256:"):]
         elif self.random_weights:
             self.weights_path, self.weights_sha256 = None, None
         else:
-            found = find_weights(backbone, weights_dir)
+            found = find_weights(backbone, options.weights_dir)
             if found.path is None:
                 raise found.missing_error()
             self.weights_path, self.weights_sha256 = found.path, file_sha256(found.path)
@@ -243,6 +221,9 @@ class DeepExtractor(BatchExtractor):
         if self.layer:
             cfg["layer"] = self.layer
         return cfg
+
+    def run_key(self) -> tuple:
+        return (self.batch_size, self.engine, self.precision_asked, self.cpu)
 
     def check_runtime(self) -> None:
         """Raise :class:`BlastscanError` now if this extractor cannot run here (bf16 on a CPU without it,
@@ -354,8 +335,6 @@ class DeepExtractor(BatchExtractor):
     def resize(self, image) -> np.ndarray:
         """An RGB image (uint8 array or PIL image) resized to ``(size, size, 3)`` uint8 (antialiased
         bilinear; the aspect is not kept)."""
-        from PIL import Image
-
         s = self.input_size
         if isinstance(image, np.ndarray):
             if image.shape[:2] == (s, s):
@@ -378,8 +357,6 @@ class DeepExtractor(BatchExtractor):
 
     def _prepare_one(self, path: str):
         """One network input (resized uint8 image in the input mode), or the reason it cannot be read (a str)."""
-        from blastscan.dataset.images import load_pil_image
-
         try:
             return self.network_input(load_pil_image(path))  # no full-size array copy
         except BlastscanError as exc:
@@ -394,8 +371,6 @@ class DeepExtractor(BatchExtractor):
         through the network (:mod:`blastscan.features.prefetch`); with ``tta`` > 1 each batch goes through
         it once per symmetry (:meth:`embed`). An image that cannot be read becomes a failure with its reason.
         """
-        from blastscan.features.prefetch import Prefetcher
-
         self._build()
         paths = [str(p) for p in paths]
         batches = [range(lo, min(lo + self.batch_size, len(paths))) for lo in range(0, len(paths), self.batch_size)]

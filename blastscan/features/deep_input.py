@@ -34,6 +34,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from skimage.color import rgb2hed
 
 from blastscan.errors import BlastscanError
 
@@ -82,8 +83,6 @@ def to_input(image: np.ndarray, mode: str) -> np.ndarray:
     if mode == "grey":
         grey = np.rint(rgb.astype(np.float32) @ _GREY_WEIGHTS)
     elif mode == "od":
-        from skimage.color import rgb2hed
-
         h = rgb2hed(rgb)[..., 0]
         grey = np.rint(np.clip(h / OD_MAX, 0.0, 1.0) * 255.0)
         grey[rgb.max(axis=-1) <= BACKGROUND_MAX] = 0  # black surround: no stain, not "infinitely dense"

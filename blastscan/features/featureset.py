@@ -1,6 +1,7 @@
-"""Feature sets: a named union of extractors (``"handcrafted+inception_v3"``) that ensures its features are
-in the store (computing only what is missing) and reads them back as one matrix with a recorded column
-order. Every command that needs features goes through :meth:`FeatureSet.ensure` and :meth:`FeatureSet.read`.
+"""Feature sets: a named union of extractors (``"handcrafted+inception_v3"``), parsed once into a
+:class:`FeatureSetSpec`, that ensures its features are in the store (computing only what is missing) and
+reads them back as one matrix with a recorded column order. Every command that needs features goes through
+:meth:`FeatureSet.ensure` and :meth:`FeatureSet.read`.
 """
 
 from __future__ import annotations
@@ -17,31 +18,85 @@ from blastscan.errors import BlastscanError
 from blastscan.features.base import Extractor, get_extractor, parse_feature_set
 from blastscan.features.compute import ExtractorRun, compute_missing
 from blastscan.features.store import FeatureStore
-from blastscan.options import clean_options, resolve_jobs
+from blastscan.options import DeepOptions, resolve_jobs, split_list
 
-__all__ = ["FeatureSet", "FeatureMatrix", "ExtractSummary", "build_extractor",
+__all__ = ["FeatureSetSpec", "FeatureSet", "FeatureMatrix", "ExtractSummary", "build_extractor",
            "clear_extractor_cache"]
+
+
+@dataclass(frozen=True)
+class FeatureSetSpec:
+    """A feature set as written (``"handcrafted+inception_v3_grey"``), parsed once: ``parts`` as written
+    between the ``+``, ``names`` the extractors they stand for (a named union such as ``handcrafted``
+    expanded to its families, a variant name spelled canonically), each checked to exist.
+
+    Build it with :meth:`parse` (one set), :meth:`parse_list` (``-f "a,b+c"``: several) or :meth:`union`.
+
+    Examples
+    --------
+    >>> FeatureSetSpec.parse("size+handcrafted").names
+    ('size', 'shape', 'color', 'texture', 'chromatin')
+    >>> [s.text for s in FeatureSetSpec.parse_list("size, handcrafted+vgg16")]
+    ['size', 'handcrafted+vgg16']
+    """
+
+    text: str
+    parts: tuple[str, ...]
+    names: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: "str | FeatureSetSpec") -> "FeatureSetSpec":
+        """One feature set; an unknown or repeated part raises :class:`BlastscanError` naming it."""
+        if isinstance(text, cls):
+            return text
+        text = str(text).strip()
+        names = tuple(parse_feature_set(text))
+        return cls(text, tuple(p.strip() for p in text.split("+") if p.strip()), names)
+
+    @classmethod
+    def parse_list(cls, text: "str | FeatureSetSpec | Sequence[str | FeatureSetSpec]") -> "tuple[FeatureSetSpec, ...]":
+        """Feature sets separated by commas (``"size,handcrafted+inception_v3"``), or a list of them, each
+        once and in order; an empty list raises :class:`BlastscanError`."""
+        items = [text] if isinstance(text, cls) else split_list(text) if isinstance(text, str) else list(text)
+        specs: list[FeatureSetSpec] = []
+        for item in items:
+            if not isinstance(item, cls) and not str(item).strip():
+                continue
+            spec = cls.parse(item)  # a FeatureSetSpec is kept as it is
+            if spec.text not in [s.text for s in specs]:
+                specs.append(spec)
+        if not specs:
+            raise BlastscanError("--features", "no feature set given")
+        return tuple(specs)
+
+    @classmethod
+    def union(cls, specs: "str | FeatureSetSpec | Sequence[str | FeatureSetSpec]") -> "FeatureSetSpec":
+        """One feature set with every extractor of ``specs`` (see :meth:`parse_list`) once, in order."""
+        names: list[str] = []
+        for spec in cls.parse_list(specs):
+            names += [n for n in spec.names if n not in names]
+        return cls("+".join(names), tuple(names), tuple(names))  # checked names: no second parse
+
+    def __str__(self) -> str:
+        return self.text
+
 
 # -- extractor instances are reused across calls: a deep model is built once per process -------------
 _EXTRACTOR_CACHE: dict[tuple, Extractor] = {}
 
 
-def _options_key(name: str, options: Mapping[str, Any]) -> tuple:
-    return (name, tuple(sorted((k, repr(v)) for k, v in options.items())))
-
-
-def build_extractor(name: str, options: Mapping[str, Any] | None = None) -> Extractor:
-    """The extractor ``name`` built with ``options`` (unset options dropped), reused when built before."""
-    options = clean_options(options)
-    key = _options_key(name, options)
+def build_extractor(name: str, options: DeepOptions | Mapping[str, Any] | None = None) -> Extractor:
+    """The extractor ``name`` built with ``options`` (a dict is read as :class:`DeepOptions`), reused when
+    built before."""
+    options = DeepOptions.from_mapping(options)
+    graphs = tuple(sorted((k, g.sha256) for k, g in (options.embedded_backbones or {}).items()))
+    key = (name, options.replace(embedded_backbones=None), graphs)
     if key not in _EXTRACTOR_CACHE:
-        ext = get_extractor(name, **options)  # cheap: networks are built on first use
+        ext = get_extractor(name, options)  # cheap: networks are built on first use
         # Options spelled differently (e.g. a default input size given explicitly when scoring a bundle)
         # can describe the same extractor: reuse the instance whose network may already be built.
-        same = (e for e in _EXTRACTOR_CACHE.values() if e.name == ext.name and e.identity == ext.identity
-                and getattr(e, "batch_size", None) == getattr(ext, "batch_size", None)
-                and getattr(e, "engine", None) == getattr(ext, "engine", None)
-                and all(getattr(e, k, None) == getattr(ext, k, None) for k in ("precision_asked", "cpu")))
+        same = (e for e in _EXTRACTOR_CACHE.values()
+                if e.name == ext.name and e.identity == ext.identity and e.run_key() == ext.run_key())
         _EXTRACTOR_CACHE[key] = next(same, ext)
     return _EXTRACTOR_CACHE[key]
 
@@ -121,11 +176,13 @@ class FeatureSet:
 
     Parameters
     ----------
-    spec : str
-        E.g. ``"handcrafted"`` or ``"handcrafted+inception_v3"``.
-    options : dict, optional
-        Extractor options: ``weights_dir``, ``random_weights``, ``input_size``, ``batch_size``; each
-        extractor takes those it knows. Unset (``None``) options are dropped.
+    spec : FeatureSetSpec or str
+        E.g. ``"handcrafted"`` or ``"handcrafted+inception_v3"`` (a string is parsed).
+    options : DeepOptions or dict, optional
+        The extractors' options (:class:`~blastscan.options.DeepOptions`; a dict is read with
+        :meth:`~blastscan.options.DeepOptions.from_mapping`, so a misspelt key is an error).
+    extractors : list of Extractor, optional
+        Extractors already built for ``spec`` (:meth:`from_specs`); by default built from ``options``.
 
     Examples
     --------
@@ -134,34 +191,38 @@ class FeatureSet:
     >>> fm = fs.read(manifest_df, "blastscan-store")  # doctest: +SKIP
     """
 
-    spec: str
-    options: Mapping[str, Any] = field(default_factory=dict)
-    names: list[str] = field(init=False)
-    extractors: list[Extractor] = field(init=False)
+    spec: FeatureSetSpec | str
+    options: DeepOptions | Mapping[str, Any] = field(default_factory=DeepOptions)
+    extractors: list[Extractor] = field(default_factory=list)
 
     def __post_init__(self):
-        self.options = clean_options(self.options)
-        self.names = parse_feature_set(self.spec)
-        # built now: a missing weight file (or bf16 on a CPU without it) stops a command before any image is read
-        self.extractors = [build_extractor(n, self.options) for n in self.names]
-        _check_runtime(self.extractors)
+        self.spec = FeatureSetSpec.parse(self.spec)
+        self.options = DeepOptions.from_mapping(self.options)
+        if not self.extractors:
+            # built now: a missing weight file (or bf16 on a CPU without it) stops a command before any image is read
+            self.extractors = [build_extractor(n, self.options) for n in self.names]
+        for ext in self.extractors:  # e.g. --precision bf16 on a CPU without bfloat16: one line now, not after an hour
+            ext.check_runtime()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The extractors' names (the spec's, unions expanded)."""
+        return self.spec.names
+
+    @property
+    def text(self) -> str:
+        """The feature set as written (its name in results, records and bundles)."""
+        return self.spec.text
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
-    def union(cls, specs: Sequence[str] | str, options: Mapping[str, Any] | None = None) -> "FeatureSet":
+    def union(cls, specs, options: DeepOptions | Mapping[str, Any] | None = None) -> "FeatureSet":
         """One feature set with every extractor named by ``specs`` (``["a", "a+b"]`` or ``"a,a+b"``) once."""
-        if isinstance(specs, str):
-            specs = [s for s in specs.split(",") if s.strip()]
-        names: list[str] = []
-        for spec in specs:
-            names += [n for n in parse_feature_set(spec) if n not in names]
-        if not names:
-            raise BlastscanError("--features", "no feature set given")
-        return cls("+".join(names), options or {})
+        return cls(FeatureSetSpec.union(specs), DeepOptions.from_mapping(options))
 
     @classmethod
-    def from_specs(cls, spec: str, records: Sequence[Mapping[str, Any]], options: Mapping[str, Any] | None = None,
-                   *, what: str = "bundle") -> "FeatureSet":
+    def from_specs(cls, spec: FeatureSetSpec | str, records: Sequence[Mapping[str, Any]],
+                   options: DeepOptions | Mapping[str, Any] | None = None, *, what: str = "bundle") -> "FeatureSet":
         """Rebuild a recorded feature set (:meth:`specs`) exactly: each extractor gets its recorded build
         options over ``options`` (where things are now, e.g. ``weights_dir``).
 
@@ -172,24 +233,22 @@ class FeatureSet:
         Raises ``BlastscanError`` when an extractor built now has another identity than recorded (other
         weights, version or settings): its features would not be those a model learned from.
         """
-        runtime = clean_options(options)
-        asked = runtime.pop("precision", None)
-        asked = None if asked in (None, "auto") else asked
+        runtime = DeepOptions.from_mapping(options)
+        asked = None if runtime.precision in (None, "auto") else runtime.precision
+        runtime = runtime.replace(precision=None)
         built = []
         for rec in records:
-            opts = {**runtime, **dict(rec.get("options") or {})}
-            other = asked is not None and "precision" in opts and opts["precision"] != asked
+            opts = runtime.replace(**{k: v for k, v in dict(rec.get("options") or {}).items() if v is not None})
+            other = asked is not None and opts.precision is not None and opts.precision != asked
             if other:  # the engine recorded with bf16 belongs to that precision
-                opts.pop("engine", None)
-                opts = {**opts, "precision": asked, **({"engine": runtime["engine"]} if "engine" in runtime else {})}
+                opts = opts.replace(precision=asked, engine=runtime.engine)
             ext = build_extractor(rec["name"], opts)
             if not (_same_but_precision(rec, ext.describe()) if other else ext.identity == rec["identity"]):
                 raise BlastscanError(what, _identity_mismatch(rec, ext.describe()))
             built.append(ext)
-        _check_runtime(built)
-        fs = cls.__new__(cls)
-        fs.spec, fs.options, fs.names, fs.extractors = spec, runtime, [r["name"] for r in records], built
-        return fs
+        text = str(spec)
+        names = tuple(r["name"] for r in records)  # as recorded: the extractors built above, in their order
+        return cls(FeatureSetSpec(text, tuple(p.strip() for p in text.split("+")), names), runtime, built)
 
     def specs(self) -> list[dict[str, Any]]:
         """Serialisable descriptions that rebuild these extractors exactly (see :meth:`from_specs`); deep
@@ -197,7 +256,7 @@ class FeatureSet:
         out = []
         for ext in self.extractors:
             spec = {**ext.describe(), "kind": ext.kind, "options": ext.build_options()}
-            if hasattr(ext, "engine_choice"):
+            if ext.precision:
                 spec["precision"], spec["engine"] = ext.precision, ext.engine_choice
             out.append(spec)
         return out
@@ -214,9 +273,9 @@ class FeatureSet:
         shas = set(manifest_df["sha256"])
         notes = []
         for i, ext in enumerate(self.extractors):
-            if getattr(ext, "precision_asked", None) != "auto" or ext.precision == "float32":
+            if ext.precision_asked != "auto" or ext.precision == "float32":
                 continue
-            twin = build_extractor(self.names[i], {**self.options, "precision": "float32"})
+            twin = build_extractor(self.names[i], self.options.replace(precision="float32"))
             if fstore.meta(twin.identity) is None or not shas <= fstore.known_shas(twin.identity):
                 continue
             self.extractors[i] = twin
@@ -267,7 +326,7 @@ class FeatureSet:
         mats = [b.loc[rows["sha256"]].to_numpy(dtype=np.float32) for b in blocks]
         X = np.hstack(mats) if mats else np.zeros((len(rows), 0), np.float32)
         return FeatureMatrix(X=X, feature_names=all_names, rows=rows, dropped=dropped.reset_index(drop=True),
-                             extractors=self.specs(), feature_set=self.spec)
+                             extractors=self.specs(), feature_set=self.text)
 
     @staticmethod
     def _read_one(fstore: FeatureStore, name: str, ext: Extractor, shas: list[str], store, hint: str):
@@ -290,11 +349,6 @@ class FeatureSet:
         """:meth:`ensure`, then :meth:`read`."""
         summary = self.ensure(manifest_df, store, jobs=jobs, progress=progress)
         return summary, self.read(manifest_df, store, dataset_hint=dataset_hint)
-
-
-def _check_runtime(extractors: Sequence[Extractor]) -> None:
-    for ext in extractors:  # e.g. --precision bf16 on a CPU without bfloat16: one line now, not after an hour
-        getattr(ext, "check_runtime", lambda: None)()
 
 
 _PRECISION_KEYS = ("precision", "engine")

@@ -20,6 +20,7 @@ from blastscan.errors import BlastscanError
 from blastscan.features import segmentation
 from blastscan.features.base import (FeatureInfo, PerImageExtractor, get_extractor, register_extractor,
                                      register_union)
+from blastscan.options import DeepOptions
 from blastscan.registry import Registry
 
 __all__ = ["FamilyExtractor", "HandcraftedExtractor", "FAMILIES", "UNION_NAME", "feature_dictionary", "families",
@@ -67,8 +68,8 @@ class FamilyExtractor(PerImageExtractor):
     :mod:`blastscan.features.families`, registered with :func:`register_family`) sets ``name``, ``version``,
     ``features``, ``order`` and ``in_union``, and implements :meth:`measure` and :meth:`family_config`.
 
-    Options meant for other extractors (``weights_dir``, ``input_size``...) are accepted and ignored, so
-    one option set serves a whole feature set. Its identity holds the family's version and the
+    It takes the feature set's :class:`~blastscan.options.DeepOptions` and needs none of them (a misspelt
+    option is refused before, where the options are built). Its identity holds the family's version and the
     segmentation's and the family's settings.
 
     Examples
@@ -88,7 +89,7 @@ class FamilyExtractor(PerImageExtractor):
     in_union: bool = False
     context = "cell"
 
-    def __init__(self, **_: Any):
+    def __init__(self, options: DeepOptions | None = None):
         pass
 
     @property
@@ -148,9 +149,9 @@ def register_family(cls: type[FamilyExtractor]) -> type[FamilyExtractor]:
 register_union(UNION_NAME, union)
 
 
-def family_extractor(family: str, **options: Any) -> FamilyExtractor:
+def family_extractor(family: str) -> FamilyExtractor:
     """The extractor of one family (same as ``get_extractor(family)``)."""
-    return get_extractor(family, **options)  # type: ignore[return-value]
+    return get_extractor(family)  # type: ignore[return-value]
 
 
 class HandcraftedExtractor:
@@ -160,7 +161,7 @@ class HandcraftedExtractor:
     Not an extractor of the store: ``handcrafted`` in a feature set stands for its families' tables.
     """
 
-    def __init__(self, families=None, **_: Any):
+    def __init__(self, families=None):
         self.extractors = [family_extractor(f) for f in (union() if families is None else families)]
 
     @property

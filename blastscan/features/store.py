@@ -24,6 +24,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -249,8 +250,6 @@ class FeatureStore:
         """Delete every part (of every table) that fails its check, and tables whose ``meta.json`` is not
         a table description; their rows are computed again by the next extract. Returns ``(path, why)``
         for each deletion."""
-        import shutil
-
         removed: list[tuple[str, str]] = []
         if not self.root.is_dir():
             return removed

@@ -16,11 +16,17 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
+import blastscan.classifiers as registry  # an attribute at call time: tests fake the registry's functions
+from blastscan import provenance as prov
 from blastscan._io import check_writable_dir
+from blastscan.classifiers.finetune import share_weights_dir
 from blastscan.dataset.subjects import mixed_subjects, require_subjects
 from blastscan.errors import BlastscanError
 from blastscan.evaluation import EvalSettings
-from blastscan.options import parse_params, resolve_jobs, split_list
+from blastscan.evaluation.screening import feature_screening
+from blastscan.features.deep import BACKBONES, find_weights  # importing deep registers the backbones
+from blastscan.features.featureset import FeatureSetSpec
+from blastscan.options import DeepOptions, parse_params, resolve_jobs, split_list
 from blastscan.pipelines.assemble import assemble_grid
 from blastscan.pipelines.extract import features_for
 from blastscan.pipelines.grid import ConfigSpec, add_votes, plan_splits, prepare_data, run_grid, vote_spec
@@ -35,17 +41,15 @@ __all__ = ["DEFAULT_ENSEMBLES", "DEFAULT_FEATURE_SETS", "default_feature_sets", 
 DEFAULT_FEATURE_SETS = ("size", "handcrafted", "inception_v3", "vgg16")
 
 
-def default_feature_sets(extractor_options: Mapping[str, Any] | None = None) -> tuple[list[str], list[str]]:
+def default_feature_sets(extractor_options: DeepOptions | Mapping[str, Any] | None = None
+                         ) -> tuple[list[str], list[str]]:
     """:data:`DEFAULT_FEATURE_SETS` whose deep backbones' weights are found (``--weights-dir``,
     ``$BLASTSCAN_WEIGHTS_DIR`` or the Keras cache), and one line per set left out saying why."""
-    from blastscan.features.backbones import BACKBONES, find_weights
-    import blastscan.features.deep  # noqa: F401  (registers the backbones)
-
-    opts = dict(extractor_options or {})
+    opts = DeepOptions.from_mapping(extractor_options)
     chosen, left_out = [], []
     for fs in DEFAULT_FEATURE_SETS:
-        if fs in BACKBONES and not opts.get("random_weights"):
-            found = find_weights(fs, opts.get("weights_dir"))
+        if fs in BACKBONES and not opts.random_weights:
+            found = find_weights(fs, opts.weights_dir)
             if found.path is None:
                 left_out.append(f"{fs}: left out of the default feature sets, no weights found "
                                 f"(looked in {'; '.join(found.searched)}; give --weights-dir)")
@@ -60,9 +64,7 @@ DEFAULT_ENSEMBLES = ("inception_v3/svm_pca+size/logreg", "inception_v3/svm_pca+v
 
 def default_classifiers() -> list[str]:
     """The classifiers ``compare`` runs when none are named (from the classifier registry)."""
-    from blastscan.classifiers import default_classifiers as from_registry
-
-    return list(from_registry())
+    return list(registry.default_classifiers())
 
 
 def default_ensembles(feature_sets: Sequence[str] | str) -> list[str]:
@@ -100,10 +102,8 @@ def _plan_configs(feature_sets: list[str], classifiers: list[str], votes: list[l
     feature set they need."""
     pairs = [(fs, c) for fs in feature_sets for c in classifiers]
     pairs += [m for v in votes for m in v if m not in pairs]
-    from blastscan.classifiers import classifier_inputs
-
     # a family that reads another table (finetune: cached activations) names it; None: not for this set
-    inputs = {(fs, c): classifier_inputs(c, fs) for fs, c in pairs}
+    inputs = {(fs, c): registry.classifier_inputs(c, fs) for fs, c in pairs}
     sets = list(dict.fromkeys([fs for fs, _ in pairs] + [s for s in inputs.values() if s]))
     return [ConfigSpec(f"{fs}/{c}", fs, c, dict(params.get(c, {})), tune=tune,
                        inputs="" if inputs[fs, c] in (fs, None) else inputs[fs, c]) for fs, c in pairs
@@ -112,11 +112,9 @@ def _plan_configs(feature_sets: list[str], classifiers: list[str], votes: list[l
 
 def _not_applicable(feature_sets: list[str], classifiers: list[str]) -> list[dict]:
     """Skipped entries for the pairs a family cannot run on (``finetune`` needs ``inception_v3``)."""
-    from blastscan.classifiers import classifier_inputs
-
     return [{"name": f"{fs}/{c}", "feature_set": fs, "classifier": c,
              "reason": f"{c} does not run on the '{fs}' features"}
-            for fs in feature_sets for c in classifiers if classifier_inputs(c, fs) is None]
+            for fs in feature_sets for c in classifiers if registry.classifier_inputs(c, fs) is None]
 
 
 def collapse_equivalent(configs: list[ConfigSpec], widths: Mapping[str, int],
@@ -128,8 +126,6 @@ def collapse_equivalent(configs: list[ConfigSpec], widths: Mapping[str, int],
     see, so it is ``svm`` with the same parameters. The kept configuration lists the dropped one in
     ``aliases``; one note per collapse says so.
     """
-    from blastscan.classifiers import get_classifier
-
     by_name = {c.name: c for c in configs}
     drop, aliases, notes = set(), {}, []
     default_k = None
@@ -138,7 +134,7 @@ def collapse_equivalent(configs: list[ConfigSpec], widths: Mapping[str, int],
             continue
         params = dict(c.params)
         if default_k is None:
-            est = get_classifier("svm_pca")
+            est = registry.get_classifier("svm_pca")
             default_k = int((est.steps[-1][1] if hasattr(est, "steps") else est).n_components)
         k = int(params.pop("n_components", default_k))
         width = int(widths[c.feature_set])
@@ -160,8 +156,6 @@ SCREEN_MAX_FEATURES = 400
 
 def _screening(data) -> dict:
     """Per feature of each narrow feature set: subject-grouped AUC on cells and on per-subject means."""
-    from blastscan.evaluation.screening import feature_screening
-
     out = {}
     for fs, fm in data.matrices.items():
         if fm.X.shape[1] > SCREEN_MAX_FEATURES:
@@ -175,12 +169,12 @@ def _screening(data) -> dict:
 
 # ------------------------------------------------------------------------------------------------
 def _check_names(feature_sets, classifiers, params, votes=()) -> tuple[list[str], list[str], dict]:
-    import blastscan.classifiers as registry
-
+    # FeatureSetSpecs parsed by the CLI, or names: results are keyed by each set's name as written, and each
+    # is built (checked) when its features are read
     feature_sets, classifiers = split_list(feature_sets), split_list(classifiers)
-    used = classifiers + [c for v in votes for _, c in v]
     if not feature_sets:
         raise BlastscanError("--features", "no feature set given")
+    used = classifiers + [c for v in votes for _, c in v]
     if not classifiers:
         raise BlastscanError("--classifiers", "no classifier given")
     params = parse_params(params)
@@ -196,7 +190,7 @@ def _check_names(feature_sets, classifiers, params, votes=()) -> tuple[list[str]
 
 def compare(
     manifest_df: pd.DataFrame,
-    feature_sets: Sequence[str] | str,
+    feature_sets: Sequence[FeatureSetSpec | str] | str,
     classifiers: Sequence[str] | str,
     store: str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
@@ -205,7 +199,7 @@ def compare(
     params: Mapping[str, Mapping[str, Any]] | Sequence[str] | None = None,
     ensembles: Sequence[str] | str | None = None,
     tune: bool = False,
-    extractor_options: Mapping[str, Any] | None = None,
+    extractor_options: DeepOptions | Mapping[str, Any] | None = None,
     jobs: int | None = None,
     progress: bool = True,
     dataset: str | None = None,
@@ -218,7 +212,7 @@ def compare(
     ----------
     manifest_df : DataFrame
         A manifest (``blastscan.dataset.build_manifest(...).df``); unlabelled rows are ignored.
-    feature_sets, classifiers : list of str (or comma-separated str)
+    feature_sets, classifiers : list of FeatureSetSpec or str (or comma-separated str)
         E.g. ``["handcrafted", "handcrafted+inception_v3"]`` and ``["svm", "xgboost"]``.
     store : path
         Feature store; features it lacks are computed first (as ``blastscan extract`` does).
@@ -236,8 +230,8 @@ def compare(
         Search each classifier's small grid (:data:`blastscan.evaluation.tuning.GRIDS`) inside every
         training part on subject-grouped inner folds; the chosen values are recorded per outer fold.
         Votes are not built then (their members' values would differ per fold).
-    extractor_options : dict, optional
-        ``weights_dir``, ``input_size``, ... (as for ``extract``).
+    extractor_options : DeepOptions or dict, optional
+        The deep backbones' options (as for ``extract``).
     jobs : int, optional
         Parallel fits and feature processes (default all cores); each fit uses one thread when > 1.
     progress : bool
@@ -254,16 +248,13 @@ def compare(
     -------
     CompareResult
     """
-    from blastscan import provenance as prov
-
     t_start, started = time.time(), prov.timestamp()
     settings = settings or EvalSettings()
+    extractor_options = DeepOptions.from_mapping(extractor_options)
     votes = [] if tune else parse_ensembles(ensembles)
     feature_sets, classifiers, params = _check_names(feature_sets, classifiers, params, votes)
     configs, needed = _plan_configs(feature_sets, classifiers, votes, params, tune)
     not_run = _not_applicable(feature_sets, classifiers)
-    from blastscan.classifiers.finetune import share_weights_dir
-
     share_weights_dir(classifiers + [c for v in votes for _, c in v], extractor_options)
     run_dir = Path(out_dir) if out_dir is not None else default_run_dir()
     jobs = resolve_jobs(jobs)

@@ -7,12 +7,23 @@ says why they were skipped and carries on with the handcrafted set.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+import pandas as pd
+
+from blastscan.dataset import build_manifest, inspect_cache, natural_key, summarize
 from blastscan.errors import BlastscanError
+from blastscan.evaluation import EvalSettings
+from blastscan.features.featureset import FeatureSet
+from blastscan.features.engines.graph_cache import cache_path
+from blastscan.options import DeepOptions
+from blastscan.pipelines.compare import compare, default_classifiers, default_ensembles
+from blastscan.pipelines.export import export_run
+from blastscan.pipelines.score import score
 
 __all__ = ["default_sample", "run_demo", "check_against_labels", "format_check"]
 
@@ -32,7 +43,7 @@ def run_demo(
     out_dir: str | os.PathLike = "demo-output",
     *,
     data: str | os.PathLike | None = None,
-    weights_dir: str | None = None,
+    extractor_options: DeepOptions | Mapping[str, Any] | None = None,
     classifiers: Sequence[str] | None = None,
     jobs: int | None = None,
     seed: int = 0,
@@ -41,20 +52,15 @@ def run_demo(
 ) -> dict:
     """Run data check, extraction, comparison, export and scoring on the sample; return the paths.
 
-    ``classifiers`` defaults to every registered classifier.
+    ``extractor_options`` are the deep backbones' (:class:`~blastscan.options.DeepOptions`: where the
+    weights are, precision, engine, batch size); ``classifiers`` defaults to every registered classifier.
     """
-    from blastscan.dataset import build_manifest, inspect_cache, summarize
-    from blastscan.evaluation import EvalSettings
-    from blastscan.features.featureset import FeatureSet
-    from blastscan.pipelines.compare import compare, default_classifiers, default_ensembles
-    from blastscan.pipelines.export import export_run
-    from blastscan.pipelines.score import score
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     store = out / "store"
     data = Path(data) if data else default_sample()
-    options = {"weights_dir": weights_dir}
+    options = DeepOptions.from_mapping(extractor_options)
 
     echo(f"== 1/5 dataset: {data}")
     manifest = build_manifest(data, jobs=jobs, progress=progress, cache=inspect_cache(store))
@@ -116,12 +122,10 @@ def run_demo(
     return {"run_dir": run_dir, "bundle": bundle_path, "predictions": predictions, "store": store, "check": check}
 
 
-def check_against_labels(predictions_csv: str | os.PathLike, labelled: "pd.DataFrame") -> dict:
+def check_against_labels(predictions_csv: str | os.PathLike, labelled: pd.DataFrame) -> dict:
     """The calls of ``predictions_csv`` against the labels of the manifest rows ``labelled`` (matched by
     path): ``{"n", "right", "n_all", "right_all", "n_hem", "right_hem", "not_scored", "per_subject"}``,
     ``per_subject`` a DataFrame (``subject, label, n, right``)."""
-    import pandas as pd
-
     pred = pd.read_csv(predictions_csv, dtype={"subject": str, "pred": str, "status": str})
     truth = labelled[["path", "label", "subject"]].rename(columns={"subject": "subject_label"})
     df = truth.merge(pred[["path", "pred"]], on="path", how="left")
@@ -130,8 +134,6 @@ def check_against_labels(predictions_csv: str | os.PathLike, labelled: "pd.DataF
     scored = df[df["pred"].isin(["all", "hem"])].assign(right=lambda d: d["pred"] == d["label"])
     per = (scored.groupby(["subject_label", "label"], sort=False)["right"].agg(n="size", right="sum")
            .reset_index().rename(columns={"subject_label": "subject"}))
-    from blastscan.dataset import natural_key
-
     per = per.sort_values("subject", key=lambda s: s.map(natural_key)).reset_index(drop=True)
     out = {"n": len(scored), "right": int(scored["right"].sum()), "not_scored": int(len(df) - len(scored)),
            "per_subject": per}
@@ -169,10 +171,6 @@ def _labels_source(data: Path) -> str:
 
 def _tensorflow_missing(ext) -> str | None:
     """Why the deep extractor ``ext`` cannot run here: TensorFlow absent and its ONNX graph not cached yet."""
-    import importlib.util
-
-    from blastscan.features.engines.graph_cache import cache_path
-
     if importlib.util.find_spec("tensorflow") is not None or ext.weights_sha256 is None:
         return None
     if cache_path(ext.name, ext.input_size, ext.weights_sha256).is_file():

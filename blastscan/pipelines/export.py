@@ -23,7 +23,7 @@ from blastscan._io import check_writable_file
 from blastscan.errors import BlastscanError
 from blastscan.evaluation import EvalSettings
 from blastscan.evaluation.decision import threshold_spread
-from blastscan.options import clean_options
+from blastscan.options import DeepOptions
 from blastscan.pipelines.runrecord import INCOMPLETE_MARK
 from blastscan.pipelines.train import train_bundle
 from blastscan.report.results import OPERATING, SUBJECT_POOLED
@@ -128,7 +128,7 @@ def export_run(
     out: str | os.PathLike,
     *,
     store: str | os.PathLike | None = None,
-    extractor_options: Mapping[str, Any] | None = None,
+    extractor_options: DeepOptions | Mapping[str, Any] | None = None,
     target_recall: float | None = None,
     progress: bool = True,
     embed: bool = True,
@@ -148,7 +148,8 @@ def export_run(
     store = Path(store) if store is not None else Path(run["store"])
     if not store.is_dir():
         raise BlastscanError(str(store), "the run's feature store is not there; give its new place (--store)")
-    options = {**(run.get("extractor_options") or {}), **clean_options(extractor_options)}
+    options = DeepOptions.from_mapping(run.get("extractor_options"), f"{run_dir}: extractor_options").replace(
+        **DeepOptions.from_mapping(extractor_options).changed())
     overrides = {"inner_folds": int(run.get("inner_splits", 3)) or 3, "n_boot": int(run.get("n_boot", 1000))}
     if target_recall is not None:
         overrides["target_recall"] = float(target_recall)

@@ -26,7 +26,7 @@ from blastscan._io import WriteError, atomic_path, atomic_write_bytes, fsync_pat
 from blastscan.errors import BlastscanError
 from blastscan.evaluation import EvalSettings
 from blastscan.evaluation.decision import operating_targets
-from blastscan.options import clean_options
+from blastscan.options import DeepOptions
 from blastscan.pipelines.assemble import Tables
 from blastscan.pipelines.grid import CompareData, SplitPlan
 from blastscan.report.document import write_report
@@ -126,7 +126,7 @@ def run_record(manifest_df: pd.DataFrame, data: CompareData, splits: SplitPlan, 
         "dataset": str(dataset) if dataset is not None else None,
         "manifest": MANIFEST_NAME,
         "store": str(store),
-        "extractor_options": prov.to_jsonable(clean_options(extractor_options)),
+        "extractor_options": prov.to_jsonable(DeepOptions.from_mapping(extractor_options).record()),
         "seed": int(settings.seed),
         "n_splits": int(plan.n_splits),
         "n_splits_requested": int(settings.folds),

@@ -17,15 +17,17 @@ from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
-from blastscan.errors import BlastscanError
 from blastscan._io import atomic_path, check_writable_file, remove_stale_temp
 from blastscan.bundle import Bundle, load_bundle
 from blastscan.bundle.scoring import (COLUMNS, SCORE_TMP_PREFIX, SubjectTally, flag_odd_sizes, fraction_warnings,
                                       score_manifest, subject_rule_text, training_rates)
 from blastscan.dataset.inputs import input_manifest
+from blastscan.errors import BlastscanError
+from blastscan.evaluation.patient import within_subject
 from blastscan.features.compute import TASK_IMAGES
-from blastscan.options import resolve_jobs
+from blastscan.options import DeepOptions, resolve_jobs
 from blastscan.parallel import executor
 
 __all__ = ["WITHIN_COLUMNS", "ScoreResult", "score", "subjects_path"]
@@ -112,8 +114,6 @@ class ScoreResult:
 
 def _add_within_subject(path: Path, threshold: float) -> None:
     """Add the within-subject columns to the predictions CSV at ``path`` (rewritten atomically)."""
-    from blastscan.evaluation.patient import within_subject
-
     df = pd.read_csv(path, dtype={"subject": str, "sha256": str, "status": str, "pred": str})
     subj = df["subject"].fillna("").astype(str)
     ok = df["p_all"].notna() & (subj != "")
@@ -151,8 +151,6 @@ class _Counts:
 def _write_predictions(out: Path, bundle: Bundle, built, manifest_df: pd.DataFrame, failed: pd.DataFrame,
                        counts: _Counts, *, store, chunk: int, jobs, extractor_options, progress: bool) -> None:
     """Score ``manifest_df`` chunk by chunk into the predictions CSV (published when complete)."""
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=len(manifest_df), desc="score", unit="img", file=sys.stderr, disable=not progress,
                dynamic_ncols=True)
     try:
@@ -182,7 +180,7 @@ def score(
     output_csv: str | os.PathLike,
     *,
     store: str | os.PathLike | None = None,
-    extractor_options: Mapping[str, Any] | None = None,
+    extractor_options: DeepOptions | Mapping[str, Any] | None = None,
     trust: bool = False,
     jobs: int | None = None,
     progress: bool = True,
@@ -204,9 +202,9 @@ def score(
         ``<stem>_subjects.csv`` beside it.
     store : path, optional
         Feature store to reuse and fill; by default features go to a temporary store that is deleted.
-    extractor_options : dict, optional
-        Where things are now (``weights_dir``, ``batch_size``); the bundle's recorded extractor config
-        decides the features.
+    extractor_options : DeepOptions or dict, optional
+        Where things are now (``weights_dir``, ``batch_size``), and ``precision`` / ``engine`` when asked;
+        the bundle's recorded extractor config decides the features.
     trust : bool
         Load a bundle whose sidecar is missing or does not match.
     jobs : int, optional

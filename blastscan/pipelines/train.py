@@ -37,8 +37,8 @@ from blastscan.evaluation.decision import (decide, operating_targets, shipped_in
                                           threshold_spread)
 from blastscan.evaluation.patient import operating_point_bootstrap
 from blastscan.evaluation.tuning import Tuned
-from blastscan.features.featureset import FeatureMatrix, FeatureSet
-from blastscan.options import clean_options, params_for
+from blastscan.features.featureset import FeatureMatrix, FeatureSet, FeatureSetSpec
+from blastscan.options import DeepOptions, params_for
 
 __all__ = ["TRAIN_SETTINGS", "train", "train_bundle", "TrainingData", "outer_estimate"]
 
@@ -178,7 +178,7 @@ def train_bundle(
     store: str | os.PathLike,
     *,
     params: Mapping[str, Any] | None = None,
-    extractor_options: Mapping[str, Any] | None = None,
+    extractor_options: DeepOptions | Mapping[str, Any] | None = None,
     settings: EvalSettings = TRAIN_SETTINGS,
     dataset: str | None = None,
     progress: bool = True,
@@ -200,8 +200,8 @@ def train_bundle(
         Feature store holding the features.
     params : dict, optional
         Classifier parameters.
-    extractor_options : dict, optional
-        ``weights_dir``, ``input_size``, ... as given to ``extract``.
+    extractor_options : DeepOptions or dict, optional
+        The deep backbones' options, as given to ``extract``.
     settings : EvalSettings
         Seed, threshold rule, target recall, ``folds`` (the outer CV of the operating-point estimate) and
         ``inner_folds`` (as compare's), ``n_boot``.
@@ -220,7 +220,7 @@ def train_bundle(
     rows, _ = labelled_rows(manifest_df)
     if len(rows) == 0:
         raise BlastscanError(dataset or "manifest", "no labelled images (labels all/hem) to train on")
-    fs = FeatureSet(_inputs(classifier, feature_set), extractor_options or {})
+    fs = FeatureSet(_inputs(classifier, feature_set), DeepOptions.from_mapping(extractor_options))
     share_weights_dir(classifier if isinstance(classifier, str) else [], extractor_options)
     fm = fs.read(rows, store, dataset_hint=dataset or "DATASET")
     if len(fm.rows) == 0:
@@ -259,11 +259,11 @@ def _metadata(fs: FeatureSet, fm: FeatureMatrix, data: TrainingData, fitted: _Fi
         "blastscan_version": versions.get("blastscan"),
         "created": prov.timestamp(),
         "git_revision": prov.git_revision(),
-        "feature_set": fs.spec,
+        "feature_set": fs.text,
         "feature_names": list(fm.feature_names),
         "n_features": int(data.X.shape[1]),
         "extractors": fs.specs(),
-        "extractor_options": clean_options(extractor_options),
+        "extractor_options": DeepOptions.from_mapping(extractor_options).record(),
         "classifier": name,
         "params": params,
         "seed": int(settings.seed),
@@ -304,14 +304,14 @@ def _operating_point(fitted: _Fitted, settings: EvalSettings) -> dict | None:
 
 def train(
     manifest_df: pd.DataFrame,
-    feature_set: str,
+    feature_set: FeatureSetSpec | str,
     classifier: str,
     store: str | os.PathLike,
     *,
     params: Sequence[str] | Mapping[str, Any] | None = None,
     params_file: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
-    extractor_options: Mapping[str, Any] | None = None,
+    extractor_options: DeepOptions | Mapping[str, Any] | None = None,
     settings: EvalSettings = TRAIN_SETTINGS,
     jobs: int | None = None,
     progress: bool = True,
@@ -351,6 +351,7 @@ def train(
     dataset : str, optional
         How the data was named (recorded in the bundle; used in messages).
     """
+    feature_set = FeatureSetSpec.parse(feature_set).text  # a FeatureSetSpec from the CLI, or a str parsed here
     clf_params = params_for(classifier, params, params_file)
     if out is not None:
         check_writable_file(out, "--out")
@@ -358,16 +359,16 @@ def train(
     data = labelled(manifest_df)
     if len(data) == 0:
         raise BlastscanError(str(dataset or "manifest"), "no labelled images (labels all/hem) to train on")
-    summary = FeatureSet(_inputs(classifier, feature_set), extractor_options or {}).ensure(data, store, jobs=jobs,
-                                                                                          progress=progress)
+    options = DeepOptions.from_mapping(extractor_options)
+    summary = FeatureSet(_inputs(classifier, feature_set), options).ensure(data, store, jobs=jobs, progress=progress)
     echo(summary.format(max_failures=5))
     bundle = train_bundle(data, feature_set, classifier, store, params=clf_params,
-                          extractor_options=extractor_options, settings=settings,
+                          extractor_options=options, settings=settings,
                           dataset=str(dataset) if dataset is not None else None,
                           progress=progress, tune=tune)
     echo(bundle.summary())
     if out is not None:
-        save_bundle(bundle, out, embed=embed, extractor_options=extractor_options)
+        save_bundle(bundle, out, embed=embed, extractor_options=options)
         echo(f"bundle: {out} ({_format_note(Path(out), embed)})")
     return bundle
 

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from blastscan.features.deep import BACKBONES, download_weights, file_sha256, find_weights
+
 __all__ = ["WeightsStatus", "weights_status"]
 
 
@@ -29,8 +31,6 @@ class WeightsStatus:
 def weights_status(weights_dir: str | os.PathLike | None = None, *, download: bool = False) -> list[WeightsStatus]:
     """Per backbone, the weight file ``extract`` would use (looked up in ``weights_dir``, else the Keras
     cache); with ``download``, Keras' files are fetched first for the missing ones (needs internet)."""
-    from blastscan.features.deep import BACKBONES, download_weights, file_sha256, find_weights
-
     out = []
     for name, backbone in BACKBONES.items():
         found = find_weights(backbone, weights_dir)

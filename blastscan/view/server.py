@@ -44,6 +44,7 @@ from blastscan._io import remove_stale_temp, sigterm_as_interrupt
 from blastscan.bundle import Bundle, load_bundle
 from blastscan.bundle.scoring import COLUMNS, flag_odd_sizes, score_manifest, subject_summary, training_rates
 from blastscan.dataset import parse_cnmc_name
+from blastscan.options import DeepOptions
 from blastscan.dataset.inputs import input_manifest
 from blastscan.errors import BlastscanError
 from blastscan.provenance import to_jsonable
@@ -85,8 +86,8 @@ class ViewServer:
         Where to listen (port 0: any free port).
     store : path, optional
         Feature store to reuse and fill; by default a temporary one, removed on :meth:`close`.
-    extractor_options : dict, optional
-        E.g. ``weights_dir``.
+    extractor_options : DeepOptions or dict, optional
+        The deep option group: where the weights are, precision, engine, batch size.
     max_upload_mb : float
     jobs : int, optional
         Processes for a batch's per-image features.
@@ -103,7 +104,7 @@ class ViewServer:
                  max_upload_mb: float = MAX_UPLOAD_MB, jobs: int | None = None, trust: bool = False,
                  allow: Sequence[str | os.PathLike] = (), token: str | None = None):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, trust=trust)
-        self.extractor_options = dict(extractor_options or {})
+        self.extractor_options = DeepOptions.from_mapping(extractor_options)
         self.built = self.bundle.features(self.extractor_options)  # wrong weights stop here
         self.max_upload = int(max_upload_mb * 1024 * 1024)
         self.jobs = jobs
