@@ -16,9 +16,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-import blastscan.classifiers as registry  # an attribute at call time: tests fake the registry's functions
 from blastscan import provenance as prov
 from blastscan._io import check_writable_dir
+from blastscan.classifiers import available_classifiers, classifier_inputs, get_classifier
+from blastscan.classifiers import default_classifiers as registered_defaults
 from blastscan.classifiers.finetune import share_weights_dir
 from blastscan.dataset.subjects import mixed_subjects, require_subjects
 from blastscan.errors import BlastscanError
@@ -64,7 +65,7 @@ DEFAULT_ENSEMBLES = ("inception_v3/svm_pca+size/logreg", "inception_v3/svm_pca+v
 
 def default_classifiers() -> list[str]:
     """The classifiers ``compare`` runs when none are named (from the classifier registry)."""
-    return list(registry.default_classifiers())
+    return list(registered_defaults())
 
 
 def default_ensembles(feature_sets: Sequence[str] | str) -> list[str]:
@@ -103,7 +104,7 @@ def _plan_configs(feature_sets: list[str], classifiers: list[str], votes: list[l
     pairs = [(fs, c) for fs in feature_sets for c in classifiers]
     pairs += [m for v in votes for m in v if m not in pairs]
     # a family that reads another table (finetune: cached activations) names it; None: not for this set
-    inputs = {(fs, c): registry.classifier_inputs(c, fs) for fs, c in pairs}
+    inputs = {(fs, c): classifier_inputs(c, fs) for fs, c in pairs}
     sets = list(dict.fromkeys([fs for fs, _ in pairs] + [s for s in inputs.values() if s]))
     return [ConfigSpec(f"{fs}/{c}", fs, c, dict(params.get(c, {})), tune=tune,
                        inputs="" if inputs[fs, c] in (fs, None) else inputs[fs, c]) for fs, c in pairs
@@ -114,7 +115,7 @@ def _not_applicable(feature_sets: list[str], classifiers: list[str]) -> list[dic
     """Skipped entries for the pairs a family cannot run on (``finetune`` needs ``inception_v3``)."""
     return [{"name": f"{fs}/{c}", "feature_set": fs, "classifier": c,
              "reason": f"{c} does not run on the '{fs}' features"}
-            for fs in feature_sets for c in classifiers if registry.classifier_inputs(c, fs) is None]
+            for fs in feature_sets for c in classifiers if classifier_inputs(c, fs) is None]
 
 
 def collapse_equivalent(configs: list[ConfigSpec], widths: Mapping[str, int],
@@ -134,7 +135,7 @@ def collapse_equivalent(configs: list[ConfigSpec], widths: Mapping[str, int],
             continue
         params = dict(c.params)
         if default_k is None:
-            est = registry.get_classifier("svm_pca")
+            est = get_classifier("svm_pca")
             default_k = int((est.steps[-1][1] if hasattr(est, "steps") else est).n_components)
         k = int(params.pop("n_components", default_k))
         width = int(widths[c.feature_set])
@@ -178,7 +179,7 @@ def _check_names(feature_sets, classifiers, params, votes=()) -> tuple[list[str]
     if not classifiers:
         raise BlastscanError("--classifiers", "no classifier given")
     params = parse_params(params)
-    known = list(registry.available_classifiers())
+    known = list(available_classifiers())
     for c in used:
         if c not in known:
             raise BlastscanError(f"classifier '{c}'", f"unknown; choose from: {', '.join(known)}")
