@@ -17,8 +17,9 @@ exceeds ``max_minutes`` the fit stops with a one-line error stating the estimate
 ``BLASTSCAN_FINETUNE_OK=1`` is set (or ``--param finetune.max_minutes=...`` is raised).
 
 The fitted estimator keeps the trained weights as numpy arrays: it pickles with joblib like any other
-model (bundles are joblib-only for now: the data-only format has no convolution blocks), and predicting
-rebuilds the blocks with TensorFlow.
+model, and predicting rebuilds the blocks with TensorFlow. For a data-only bundle, :meth:`onnx_parts` writes
+the trained blocks as an ONNX graph (float32; :func:`blastscan.features.onnx_engine.export_keras`) and hands
+over the head's numbers (:mod:`blastscan.onnx_model` assembles the classifier's graph from them).
 """
 
 from __future__ import annotations
@@ -197,15 +198,37 @@ class FinetuneClassifier(BinaryClassifier):
         finally:
             keras.config.set_dtype_policy(previous)
 
+    def _fitted_network(self, precision: str):
+        net = self._network(load_imagenet=False, precision=precision)
+        net.set_weights(self.weights_)
+        return net
+
     def _proba1(self, X):
         net = getattr(self, "_net", None)
         if net is None:
-            net = self._network(load_imagenet=False, precision=self.precision_)
-            net.set_weights(self.weights_)
-            self._net = net
+            net = self._net = self._fitted_network(self.precision_)
         X = np.asarray(X, dtype=np.float32).reshape(-1, *self.shape_)
         p = net.predict(X, batch_size=max(1, int(self.batch_size)) * 2, verbose=0)
         return np.asarray(p, dtype=np.float64)[:, 0]
+
+    def onnx_parts(self) -> tuple[bytes, np.ndarray, np.ndarray]:
+        """The fitted network in float32 for a data-only bundle: ``(graph, kernel, bias)``.
+
+        ``graph`` (serialised ONNX) is the trained blocks followed by their global average pooling: input
+        ``x`` float32 activations ``(n, h, w, c)``, output ``embedding`` float32 ``(n, features)``; the head
+        is ``sigmoid(embedding @ kernel + bias)`` (``kernel`` ``(features, 1)``; dropout is off at inference).
+        Needs TensorFlow (the blocks are read off the Keras network rebuilt from :attr:`weights_`).
+        """
+        from blastscan._tf import import_keras
+        from blastscan.features.onnx_engine import export_keras
+
+        keras = import_keras()
+        net = self._fitted_network("float32")  # a bf16 fit keeps float32 weights: the graph is float32
+        blocks = next(layer for layer in net.layers if isinstance(layer, keras.Model))
+        pooled = keras.Model(blocks.input, keras.layers.GlobalAveragePooling2D()(blocks.output))
+        head = net.layers[-1]
+        return (export_keras(pooled, None, None), np.asarray(head.kernel.numpy(), np.float32),
+                np.asarray(head.bias.numpy(), np.float32))
 
 
 def share_weights_dir(classifiers, extractor_options) -> None:
@@ -235,7 +258,8 @@ def _resolve_precision(precision: str) -> str:
 
 
 def _imagenet_weights():
-    from blastscan.features.backbones import BACKBONES, file_sha256, find_weights  # noqa: F401
+    from blastscan.features.backbones import find_weights
+    from blastscan.features.deep import BACKBONES  # importing deep registers the backbones
 
     found = find_weights(BACKBONES["inception_v3"], None)  # $BLASTSCAN_WEIGHTS_DIR, else the Keras cache
     if found.path is None:

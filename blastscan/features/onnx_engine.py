@@ -41,7 +41,7 @@ __all__ = ["EXPORTER_VERSION", "SUPPORTED", "UnsupportedLayer", "EmbeddedGraph",
 EXPORTER_VERSION = 1  # bump when the written graph changes
 OPSET = 17
 SUPPORTED = ("InputLayer", "Conv2D", "BatchNormalization", "Activation", "ReLU", "MaxPooling2D",
-             "AveragePooling2D", "Concatenate", "GlobalAveragePooling2D")
+             "AveragePooling2D", "Concatenate", "GlobalAveragePooling2D", "Flatten")
 # preprocess_input modes of keras.applications, as (scale, offset) per RGB channel and channel order
 _PREPROCESS = {
     "tf": {"scale": (1 / 127.5,) * 3, "offset": (-1.0,) * 3, "bgr": False},
@@ -122,11 +122,32 @@ def _pool_attrs(cfg: dict) -> dict[str, Any]:
     return {"kernel_shape": pool, "strides": strides, **pad}
 
 
-def export_keras(model, input_size: int, preprocess: str) -> bytes:
+def _input_nodes(model, input_size, preprocess, node, const):
+    """The graph's input ``x`` and the nodes turning it into the network's NCHW float32 input: ``(name of
+    that tensor, input's ValueInfo)``."""
+    from onnx import TensorProto, helper
+
+    if preprocess is None:  # float32 activations NHWC -> NCHW
+        x_in = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", *[int(d) for d in model.input_shape[1:]]])
+        return node("Transpose", ["x"], "pre/nchw", perm=[0, 3, 1, 2]), x_in
+    # uint8 NHWC -> float32 -> preprocess_input (per-channel affine, RGB->BGR for caffe) -> NCHW
+    pre = _PREPROCESS[preprocess]
+    x = node("Cast", ["x"], "pre/cast", to=TensorProto.FLOAT)
+    x = node("Mul", [x, const("pre/scale", np.asarray(pre["scale"], np.float32))], "pre/scaled")
+    x = node("Add", [x, const("pre/offset", np.asarray(pre["offset"], np.float32))], "pre/shifted")
+    x = node("Transpose", [x], "pre/nchw", perm=[0, 3, 1, 2])
+    if pre["bgr"]:
+        x = node("Gather", [x, const("pre/bgr", np.asarray([2, 1, 0], np.int64))], "pre/bgr_out", axis=1)
+    return x, helper.make_tensor_value_info("x", TensorProto.UINT8, ["n", input_size, input_size, 3])
+
+
+def export_keras(model, input_size: int | None, preprocess: str | None) -> bytes:
     """The ONNX graph (serialised ``ModelProto``) of a built Keras functional ``model``.
 
     Input ``x``: uint8 ``(n, input_size, input_size, 3)`` RGB; output ``embedding``: float32 ``(n, dim)``.
-    ``preprocess`` names the ``keras.applications`` preprocessing mode (``"tf"``, ``"caffe"``).
+    ``preprocess`` names the ``keras.applications`` preprocessing mode (``"tf"``, ``"caffe"``). ``preprocess``
+    None: the model reads activations of an earlier block instead, and ``x`` is float32 ``(n, h, w, c)``, the
+    model's own input shape (``input_size`` unused).
 
     Raises
     ------
@@ -136,7 +157,7 @@ def export_keras(model, input_size: int, preprocess: str) -> bytes:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    if preprocess not in _PREPROCESS:
+    if preprocess is not None and preprocess not in _PREPROCESS:
         raise UnsupportedLayer(f"preprocessing mode {preprocess!r}")
     cfg = model.get_config()
     layers = {layer.name: layer for layer in model.layers}
@@ -150,14 +171,7 @@ def export_keras(model, input_size: int, preprocess: str) -> bytes:
         nodes.append(helper.make_node(op, ins, [out], name=out, **attrs))
         return out
 
-    # uint8 NHWC -> float32 -> preprocess_input (per-channel affine, RGB->BGR for caffe) -> NCHW
-    pre = _PREPROCESS[preprocess]
-    x = node("Cast", ["x"], "pre/cast", to=TensorProto.FLOAT)
-    x = node("Mul", [x, const("pre/scale", np.asarray(pre["scale"], np.float32))], "pre/scaled")
-    x = node("Add", [x, const("pre/offset", np.asarray(pre["offset"], np.float32))], "pre/shifted")
-    x = node("Transpose", [x], "pre/nchw", perm=[0, 3, 1, 2])
-    if pre["bgr"]:
-        x = node("Gather", [x, const("pre/bgr", np.asarray([2, 1, 0], np.int64))], "pre/bgr_out", axis=1)
+    x, x_in = _input_nodes(model, input_size, preprocess, node, const)
     out_of: dict[str, str] = {}
 
     for lc in cfg["layers"]:
@@ -214,6 +228,11 @@ def export_keras(model, input_size: int, preprocess: str) -> bytes:
                 raise UnsupportedLayer(f"layer {name} (keepdims or channels_first)")
             y = node("GlobalAveragePool", ins, f"{name}/gap")
             out_of[name] = node("Flatten", [y], f"{name}/flat", axis=1)
+        elif kind == "Flatten":  # Keras flattens channels-last: back to NHWC first
+            if c.get("data_format", "channels_last") != "channels_last":
+                raise UnsupportedLayer(f"layer {name} (channels_first)")
+            y = node("Transpose", ins, f"{name}/nhwc", perm=[0, 2, 3, 1])
+            out_of[name] = node("Flatten", [y], f"{name}/flat", axis=1)
 
     outputs = cfg["output_layers"]
     if outputs and isinstance(outputs[0], str):  # one output: Keras writes the triple itself
@@ -224,8 +243,7 @@ def export_keras(model, input_size: int, preprocess: str) -> bytes:
     nodes.append(helper.make_node("Identity", [last], ["embedding"], name="embedding"))
     dim = int(model.output_shape[-1])
     graph = helper.make_graph(
-        nodes, f"blastscan-{model.name}",
-        [helper.make_tensor_value_info("x", TensorProto.UINT8, ["n", input_size, input_size, 3])],
+        nodes, f"blastscan-{model.name}", [x_in],
         [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["n", dim])], initializer=inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="blastscan",
                               producer_version=str(EXPORTER_VERSION))
