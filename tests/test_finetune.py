@@ -302,3 +302,78 @@ def test_a_data_only_bundle_scores_new_cells_without_tensorflow(few_cells, weigh
     assert run.returncode == 0, run.stderr[-2000:]
     got = pd.read_csv(out).set_index("path")["p_all"]
     np.testing.assert_allclose(got.loc[want.index].to_numpy(), want.to_numpy(), rtol=0, atol=1e-5)
+
+
+# -- the command line ---------------------------------------------------------------------------------
+def _cli(args, env=None, timeout=900):
+    import os
+    import subprocess
+    import sys
+
+    from blastscan.classifiers.finetune import OK_ENV
+
+    env = {k: v for k, v in (env or os.environ).items() if k != OK_ENV}
+    return subprocess.run([sys.executable, "-m", "blastscan.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env={**env, "PYTHONWARNINGS": "ignore", "TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
+def _dataset(few_cells):
+    path = few_cells["tmp"] / "cells.csv"
+    assert path.is_file()
+    return path
+
+
+TINY_CLI = ["-c", "finetune", "--param", "finetune.tail=tiny", "--param", "finetune.channels=1280",
+            "--param", "finetune.epochs=1", "--param", "finetune.batch_size=4"]
+
+
+@pytest.mark.slow
+def test_yes_runs_a_fit_the_rate_check_refuses(few_cells):
+    args = ["train", _dataset(few_cells), "-f", "inception_v3", *TINY_CLI, "--param", "finetune.max_minutes=1e-9",
+            "--random-weights", "--store", few_cells["store"], "--folds", "2", "--inner-folds", "2",
+            "--bootstrap", "0", "-q"]
+    refused = _cli(args)
+    assert refused.returncode != 0
+    lines = [ln for ln in refused.stderr.splitlines() if "would take about" in ln]
+    assert len(lines) == 1 and "--yes" in lines[0] and "Traceback" not in refused.stderr
+    ran = _cli([*args, "--yes"])
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    for command in ("compare", "export"):
+        assert "--yes" in _cli([command, "--help"]).stdout
+
+
+@pytest.mark.slow
+def test_compare_on_a_local_cluster_then_export_a_data_only_bundle_that_scores_without_tensorflow(few_cells,
+                                                                                                 weights_dir):
+    """`compare --scheduler local:2` fits finetune like any other configuration (real mixed8 activations, the
+    tiny stand-in blocks); `export` writes the .bsb and the joblib bundle of it; `score` with the .bsb, where
+    TensorFlow cannot be imported, gives the joblib bundle's P(ALL)."""
+    import pandas as pd
+
+    run, tmp = few_cells["tmp"] / "run-local2", few_cells["tmp"]
+    common = ["--weights-dir", weights_dir, "--store", few_cells["store"]]
+    res = _cli(["compare", _dataset(few_cells), "-f", "inception_v3", *TINY_CLI, "--param", "finetune.lr=1e-3",
+                "--precision", "float32", "--folds", "2", "--inner-folds", "2", "--leaky-folds", "0", "--bootstrap",
+                "0", "--scheduler", "local:2", "--out", run, *common, "-q"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = pd.read_csv(run / "metrics.csv")
+    rows = metrics[(metrics["config"] == "inception_v3/finetune") & (metrics["split"] == "subject_cv_pooled")]
+    assert len(rows) and rows["roc_auc"].notna().all(), metrics[["config", "split"]].drop_duplicates()
+    for out in ("m.bsb", "m.joblib"):
+        res = _cli(["export", run, "--config", "inception_v3/finetune", "--out", tmp / out, "-q",
+                    "--weights-dir", weights_dir])
+        assert res.returncode == 0, res.stderr[-3000:]
+    paths = few_cells["paths"][:6]
+    joblib_out, bsb_out = tmp / "p-joblib.csv", tmp / "p-bsb.csv"
+    res = _cli(["score", tmp / "m.joblib", *paths, "-o", joblib_out, "-q", "-j", "1", "--weights-dir", weights_dir])
+    assert res.returncode == 0, res.stderr[-3000:]
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", _NO_TF_CLI, "score", str(tmp / "m.bsb"), *paths, "-o", str(bsb_out),
+                          "-q", "-j", "1"], env=_blocked_env(tmp), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    want = pd.read_csv(joblib_out).set_index("path")["p_all"]
+    got = pd.read_csv(bsb_out).set_index("path")["p_all"]
+    assert want.std() > 1e-3
+    np.testing.assert_allclose(got.loc[want.index].to_numpy(), want.to_numpy(), rtol=0, atol=1e-5)

@@ -14,7 +14,8 @@ GPU when it sees one, nothing depends on it). One line per epoch goes to stderr.
 
 Before training too long, the rate is measured on the first batches: when the expected time of the fit
 exceeds ``max_minutes`` the fit stops with a one-line error stating the estimate, unless
-``BLASTSCAN_FINETUNE_OK=1`` is set (or ``--param finetune.max_minutes=...`` is raised).
+``BLASTSCAN_FINETUNE_OK=1`` is set (the command line's ``--yes`` sets it) or ``--param finetune.max_minutes=...``
+is raised.
 
 The fitted estimator keeps the trained weights as numpy arrays: it pickles with joblib like any other
 model, and predicting rebuilds the blocks with TensorFlow. For a data-only bundle, :meth:`onnx_parts` writes
@@ -93,8 +94,8 @@ class FinetuneClassifier(BinaryClassifier):
     precision : {"auto", "float32", "bf16"}
         ``auto``: bf16 mixed precision on a CPU with native bfloat16 and no GPU, else float32.
     max_minutes : float
-        Refuse a fit whose measured rate predicts more than this many minutes (``BLASTSCAN_FINETUNE_OK=1``
-        overrides).
+        Refuse a fit whose measured rate predicts more than this many minutes (``BLASTSCAN_FINETUNE_OK=1``,
+        or ``--yes`` on the command line, overrides).
     random_state : int
 
     Attributes
@@ -317,8 +318,9 @@ def _progress(keras, n_train, n_val, epochs, batch_size, max_minutes):
             minutes = epochs * (n_train + n_val / 3) / self.rate / 60
             if minutes > max_minutes and os.environ.get(OK_ENV) != "1":
                 self.refusal = (f"this fit would take about {minutes:.1f} min here ({self.rate:.1f} cells/s x "
-                                f"{epochs} epochs of {n_train} cells), over max_minutes={max_minutes:g}; set "
-                                f"{OK_ENV}=1 (or --param finetune.max_minutes=...) to run it anyway, or use a GPU")
+                                f"{epochs} epochs of {n_train} cells), over max_minutes={max_minutes:g}; pass "
+                                f"--yes (or set {OK_ENV}=1, or --param finetune.max_minutes=...) to run it anyway, "
+                                "or use a GPU")
                 self.model.stop_training = True
 
         def on_epoch_end(self, epoch, logs=None):
