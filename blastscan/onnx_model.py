@@ -22,6 +22,8 @@ import os
 
 import numpy as np
 
+from blastscan.features.onnx_engine import UnsupportedLayer
+
 __all__ = ["OPSET", "NotWritable", "to_onnx", "OnnxModel", "writable"]
 
 OPSET = 15  # onnxmltools' XGBoost converter writes at most opset 15
@@ -275,7 +277,10 @@ def _finetune(g, est, x, dt):
     # float32 throughout, as the fitted network (built in float32 here, whatever precision it trained in)
     import onnx
 
-    blocks, kernel, bias = est.onnx_parts()
+    try:
+        blocks, kernel, bias = est.onnx_parts()
+    except UnsupportedLayer as exc:
+        raise NotWritable(f"FinetuneClassifier's blocks ({exc})") from None
     x = g.op("Reshape", [g.cast(x, np.float32), g.const(np.asarray([-1, *est.shape_], np.int64), "shape")])
     pooled = g.embed(onnx.load_from_string(blocks), {"x": x})["embedding"]
     z = g.op("Add", [g.op("MatMul", [pooled, g.const(kernel, "w")]), g.const(bias, "b")])
