@@ -21,7 +21,7 @@ from blastscan.bundle.data_only import is_data_only
 from blastscan.cli_options import (TRUST_HELP, bundle_weights_option, dataset_manifest, deep_option_group, deep_options,
                                    jobs_option, joblib_note, max_pixels_option, no_embed_option, params_option,
                                    per_image_split_option, scheduler_option, store_option, subject_pattern_option,
-                                   weights_option)
+                                   weights_option, yes_option)
 from blastscan._io import check_writable_file, sigterm_as_interrupt
 from blastscan.dataset import build_manifest, inspect_cache, summarize, write_manifest
 from blastscan.errors import BlastscanError
@@ -378,6 +378,7 @@ def train(dataset, features, classifier, params, params_file, out, no_embed, sto
 @click.option("--store", type=click.Path(file_okay=False), default=None, show_default="the run's store",
               help="Feature store, if it moved since the run.")
 @bundle_weights_option
+@yes_option
 @click.option("--target-recall", type=float, default=None, show_default="the run's",
               help="The operating point to ship, among those the run measured (0.90, 0.95, 0.97 and its own "
                    "--target-recall); for runs with --threshold recall.")

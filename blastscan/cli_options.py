@@ -17,7 +17,8 @@ from blastscan.options import DeepOptions
 __all__ = ["store_option", "weights_dir_option", "weights_option", "jobs_option", "subject_pattern_option",
            "per_image_split_option", "scheduler_option", "dataset_manifest", "params_option",
            "precision_option", "engine_option", "batch_size_option", "deep_option_group", "deep_options",
-           "TRUST_HELP", "no_embed_option", "joblib_note", "bundle_weights_option", "max_pixels_option"]
+           "TRUST_HELP", "no_embed_option", "joblib_note", "bundle_weights_option", "max_pixels_option",
+           "yes_option"]
 
 
 def store_option(f):
@@ -87,7 +88,23 @@ def dataset_manifest(dataset, store, jobs, quiet, subject_pattern=None):
     return manifest
 
 
+def yes_option(f):
+    """``--yes``: fine-tuning fits run however long their measured rate says they will take (the env switch
+    of :mod:`blastscan.classifiers.finetune`, set for this run and the workers it starts)."""
+    def apply(ctx, param, value):
+        if value:
+            from blastscan.classifiers.finetune import OK_ENV
+
+            os.environ[OK_ENV] = "1"
+        return value
+
+    return click.option("--yes", is_flag=True, expose_value=False, callback=apply,
+                        help="Run -c finetune fits even where the measured rate predicts more than their "
+                             "max_minutes (on a CPU: hours); without it such a fit stops with the estimate.")(f)
+
+
 def params_option(f):
+    f = yes_option(f)  # the commands taking classifier parameters can run finetune
     f = click.option("--params-file", type=click.Path(exists=True, dir_okay=False), default=None,
                      help='JSON file of classifier parameters, e.g. {"svm": {"C": 10}}; --param overrides it.')(f)
     return click.option("--param", "params", multiple=True, metavar="CLF.NAME=VALUE",

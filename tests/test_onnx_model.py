@@ -72,21 +72,11 @@ def test_tuned_model_matches(real):
     _check(est, X)
 
 
-#: Families that are joblib-only for now, each refused for a .bsb in one line (README: finetune's trained
-#: Inception blocks have no ONNX writer yet).
-JOBLIB_ONLY = {"finetune"}
-
-
 def test_every_registered_family_has_a_writer():
     from blastscan.bundle.onnx_model import _CLASSIFIERS
 
     for name in available_classifiers():
         final = get_classifier(name).steps[-1][1]
-        if name in JOBLIB_ONLY:
-            assert type(final).__name__ not in _CLASSIFIERS, f"{name} has a writer now: drop it from JOBLIB_ONLY"
-            with pytest.raises(NotWritable, match=type(final).__name__):
-                to_onnx(get_classifier(name), 3)
-            continue
         assert type(final).__name__ in _CLASSIFIERS, name
 
 

@@ -3,10 +3,13 @@
 What the data-only bundle (:mod:`blastscan.bundle.data_only`) stores instead of a pickle. Every family of the
 registry is written from its fitted numbers with ``onnx.helper`` (scaler, PCA, logistic regression, the
 RBF SVM with its Platt or isotonic calibration, the FCN head, FCN -> SVM, votes as their members' graphs
-on their own columns plus the mean); XGBoost's trees are converted by ``onnxmltools`` and embedded. The
+on their own columns plus the mean); XGBoost's trees are converted by ``onnxmltools`` and embedded, and so
+are the fine-tuned blocks (written by the backbones' Keras exporter, float32; writing them needs TensorFlow). The
 graph computes in float64 where the estimator does (so probabilities agree to about 1e-12), and in
 float32 exactly where the estimator itself rounds to float32 (the FCN's layers, XGBoost's inputs, the
-kernel of the SVM behind the FCN), so its probabilities equal the estimator's to float32 rounding.
+kernel of the SVM behind the FCN), so its probabilities equal the estimator's to float32 rounding. The
+fine-tuned blocks are float32 too: a fit that predicts in bfloat16 (``precision_`` bf16) differs from its
+graph by bfloat16 rounding.
 
 :class:`OnnxModel` runs such a graph in ONNX Runtime and looks like an estimator to the bundle
 (``classes_`` and ``predict_proba``), so a data-only bundle scores through the same code as a joblib one.
@@ -20,6 +23,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
+
+from blastscan.features.engines.onnx_export import UnsupportedLayer
 
 __all__ = ["OPSET", "NotWritable", "to_onnx", "OnnxModel", "writable"]
 
@@ -270,15 +275,29 @@ def _vote(g, est, x, dt):
     return g.op("ReduceMean", [stacked], axes=[1], keepdims=0)
 
 
+def _finetune(g, est, x, dt):
+    # float32 throughout, as the fitted network (built in float32 here, whatever precision it trained in)
+    import onnx
+
+    try:
+        blocks, kernel, bias = est.onnx_parts()
+    except UnsupportedLayer as exc:
+        raise NotWritable(f"FinetuneClassifier's blocks ({exc})") from None
+    x = g.op("Reshape", [g.cast(x, np.float32), g.const(np.asarray([-1, *est.shape_], np.int64), "shape")])
+    pooled = g.embed(onnx.load_from_string(blocks), {"x": x})["embedding"]
+    z = g.op("Add", [g.op("MatMul", [pooled, g.const(kernel, "w")]), g.const(bias, "b")])
+    return g.cast(g.op("Sigmoid", [_column(g, z, 0)]), np.float64)
+
+
 def _tuned(g, est, x, dt):
     return _p1(g, est.model_, g.cast(x, np.float64), np.float64)
 
 
 _CLASSIFIERS = {"LogisticRegression": _logreg, "GroupCalibratedSVC": _group_svm, "PCASVC": _pca_svm,
                 "FCNClassifier": _fcn, "FCNSVMClassifier": _fcn_svm, "BalancedXGBClassifier": _xgboost,
-                "SoftVote": _vote, "Tuned": _tuned}
+                "SoftVote": _vote, "Tuned": _tuned, "FinetuneClassifier": _finetune}
 _CLIPPED = {"GroupCalibratedSVC", "PCASVC", "FCNClassifier", "FCNSVMClassifier", "BalancedXGBClassifier",
-            "SoftVote", "Tuned"}
+            "SoftVote", "Tuned", "FinetuneClassifier"}
 
 
 def writable(est) -> bool:

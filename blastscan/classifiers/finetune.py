@@ -14,11 +14,13 @@ GPU when it sees one, nothing depends on it). One line per epoch goes to stderr.
 
 Before training too long, the rate is measured on the first batches: when the expected time of the fit
 exceeds ``max_minutes`` the fit stops with a one-line error stating the estimate, unless
-``BLASTSCAN_FINETUNE_OK=1`` is set (or ``--param finetune.max_minutes=...`` is raised).
+``BLASTSCAN_FINETUNE_OK=1`` is set (the command line's ``--yes`` sets it) or ``--param finetune.max_minutes=...``
+is raised.
 
 The fitted estimator keeps the trained weights as numpy arrays: it pickles with joblib like any other
-model (bundles are joblib-only for now: the data-only format has no convolution blocks), and predicting
-rebuilds the blocks with TensorFlow.
+model, and predicting rebuilds the blocks with TensorFlow. For a data-only bundle, :meth:`onnx_parts` writes
+the trained blocks as an ONNX graph (float32; :func:`blastscan.features.engines.onnx_export.export_keras`) and hands
+over the head's numbers (:mod:`blastscan.bundle.onnx_model` assembles the classifier's graph from them).
 """
 
 from __future__ import annotations
@@ -94,8 +96,8 @@ class FinetuneClassifier(BinaryClassifier):
     precision : {"auto", "float32", "bf16"}
         ``auto``: bf16 mixed precision on a CPU with native bfloat16 and no GPU, else float32.
     max_minutes : float
-        Refuse a fit whose measured rate predicts more than this many minutes (``BLASTSCAN_FINETUNE_OK=1``
-        overrides).
+        Refuse a fit whose measured rate predicts more than this many minutes (``BLASTSCAN_FINETUNE_OK=1``,
+        or ``--yes`` on the command line, overrides).
     random_state : int
 
     Attributes
@@ -199,15 +201,37 @@ class FinetuneClassifier(BinaryClassifier):
         finally:
             keras.config.set_dtype_policy(previous)
 
+    def _fitted_network(self, precision: str):
+        net = self._network(load_imagenet=False, precision=precision)
+        net.set_weights(self.weights_)
+        return net
+
     def _proba1(self, X):
         net = getattr(self, "_net", None)
         if net is None:
-            net = self._network(load_imagenet=False, precision=self.precision_)
-            net.set_weights(self.weights_)
-            self._net = net
+            net = self._net = self._fitted_network(self.precision_)
         X = np.asarray(X, dtype=np.float32).reshape(-1, *self.shape_)
         p = net.predict(X, batch_size=max(1, int(self.batch_size)) * 2, verbose=0)
         return np.asarray(p, dtype=np.float64)[:, 0]
+
+    def onnx_parts(self) -> tuple[bytes, np.ndarray, np.ndarray]:
+        """The fitted network in float32 for a data-only bundle: ``(graph, kernel, bias)``.
+
+        ``graph`` (serialised ONNX) is the trained blocks followed by their global average pooling: input
+        ``x`` float32 activations ``(n, h, w, c)``, output ``embedding`` float32 ``(n, features)``; the head
+        is ``sigmoid(embedding @ kernel + bias)`` (``kernel`` ``(features, 1)``; dropout is off at inference).
+        Needs TensorFlow (the blocks are read off the Keras network rebuilt from :attr:`weights_`).
+        """
+        from blastscan._tf import import_keras
+        from blastscan.features.engines.onnx_export import export_keras
+
+        keras = import_keras()
+        net = self._fitted_network("float32")  # a bf16 fit keeps float32 weights: the graph is float32
+        blocks = next(layer for layer in net.layers if isinstance(layer, keras.Model))
+        pooled = keras.Model(blocks.input, keras.layers.GlobalAveragePooling2D()(blocks.output))
+        head = net.layers[-1]
+        return (export_keras(pooled, None, None), np.asarray(head.kernel.numpy(), np.float32),
+                np.asarray(head.bias.numpy(), np.float32))
 
 
 def share_weights_dir(classifiers, extractor_options) -> None:
@@ -237,7 +261,8 @@ def _resolve_precision(precision: str) -> str:
 
 
 def _imagenet_weights():
-    from blastscan.features.backbones import BACKBONES, file_sha256, find_weights  # noqa: F401
+    from blastscan.features.backbones import find_weights
+    from blastscan.features.deep import BACKBONES  # importing deep registers the backbones
 
     found = find_weights(BACKBONES["inception_v3"], None)  # $BLASTSCAN_WEIGHTS_DIR, else the Keras cache
     if found.path is None:
@@ -295,8 +320,9 @@ def _progress(keras, n_train, n_val, epochs, batch_size, max_minutes):
             minutes = epochs * (n_train + n_val / 3) / self.rate / 60
             if minutes > max_minutes and os.environ.get(OK_ENV) != "1":
                 self.refusal = (f"this fit would take about {minutes:.1f} min here ({self.rate:.1f} cells/s x "
-                                f"{epochs} epochs of {n_train} cells), over max_minutes={max_minutes:g}; set "
-                                f"{OK_ENV}=1 (or --param finetune.max_minutes=...) to run it anyway, or use a GPU")
+                                f"{epochs} epochs of {n_train} cells), over max_minutes={max_minutes:g}; pass "
+                                f"--yes (or set {OK_ENV}=1, or --param finetune.max_minutes=...) to run it anyway, "
+                                "or use a GPU")
                 self.model.stop_training = True
 
         def on_epoch_end(self, epoch, logs=None):

@@ -152,11 +152,18 @@ def _global_average_pool(g: _Graph, name: str, c: dict, layer, ins: list[str]) -
     return g.node("Flatten", [y], f"{name}/flat", axis=1)
 
 
+def _flatten(g: _Graph, name: str, c: dict, layer, ins: list[str]) -> str:
+    if c.get("data_format", "channels_last") != "channels_last":
+        raise UnsupportedLayer(f"layer {name} (channels_first)")
+    y = g.node("Transpose", ins, f"{name}/nhwc", perm=[0, 2, 3, 1])  # Keras flattens channels-last
+    return g.node("Flatten", [y], f"{name}/flat", axis=1)
+
+
 #: The writer of each Keras layer type the exporter supports.
 WRITERS: dict[str, Callable[[_Graph, str, dict, Any, list[str]], str]] = {
     "InputLayer": _input, "Conv2D": _conv2d, "BatchNormalization": _batch_norm, "Activation": _relu("Activation"),
     "ReLU": _relu("ReLU"), "MaxPooling2D": _max_pool, "AveragePooling2D": _average_pool,
-    "Concatenate": _concatenate, "GlobalAveragePooling2D": _global_average_pool,
+    "Concatenate": _concatenate, "GlobalAveragePooling2D": _global_average_pool, "Flatten": _flatten,
 }
 SUPPORTED = tuple(WRITERS)
 
@@ -175,11 +182,13 @@ def _write_preprocessing(g: _Graph, preprocess: str) -> str:
     return x
 
 
-def export_keras(model, input_size: int, preprocess: str) -> bytes:
+def export_keras(model, input_size: int | None, preprocess: str | None) -> bytes:
     """The ONNX graph (serialised ``ModelProto``) of a built Keras functional ``model``.
 
     Input ``x``: uint8 ``(n, input_size, input_size, 3)`` RGB; output ``embedding``: float32 ``(n, dim)``.
-    ``preprocess`` names the ``keras.applications`` preprocessing mode (``"tf"``, ``"caffe"``).
+    ``preprocess`` names the ``keras.applications`` preprocessing mode (``"tf"``, ``"caffe"``). ``preprocess``
+    None: the model reads activations of an earlier block instead (the fine-tuned blocks), and ``x`` is
+    float32 ``(n, h, w, c)``, the model's own input shape (``input_size`` unused).
 
     Raises
     ------
@@ -189,12 +198,17 @@ def export_keras(model, input_size: int, preprocess: str) -> bytes:
     import onnx
     from onnx import TensorProto, helper
 
-    if preprocess not in PREPROCESS_MODES:
+    if preprocess is not None and preprocess not in PREPROCESS_MODES:
         raise UnsupportedLayer(f"preprocessing mode {preprocess!r}")
     cfg = model.get_config()
     layers = {layer.name: layer for layer in model.layers}
     g = _Graph()
-    g.input = _write_preprocessing(g, preprocess)
+    if preprocess is None:  # float32 activations NHWC -> NCHW
+        g.input = g.node("Transpose", ["x"], "pre/nchw", perm=[0, 3, 1, 2])
+        x_in = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", *[int(d) for d in model.input_shape[1:]]])
+    else:
+        g.input = _write_preprocessing(g, preprocess)
+        x_in = helper.make_tensor_value_info("x", TensorProto.UINT8, ["n", input_size, input_size, 3])
     out_of: dict[str, str] = {}
     for lc in cfg["layers"]:
         kind, name = lc["class_name"], lc["name"]
@@ -210,8 +224,7 @@ def export_keras(model, input_size: int, preprocess: str) -> bytes:
     g.nodes.append(helper.make_node("Identity", [out_of[outputs[0][0]]], ["embedding"], name="embedding"))
     dim = int(model.output_shape[-1])
     graph = helper.make_graph(
-        g.nodes, f"blastscan-{model.name}",
-        [helper.make_tensor_value_info("x", TensorProto.UINT8, ["n", input_size, input_size, 3])],
+        g.nodes, f"blastscan-{model.name}", [x_in],
         [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["n", dim])], initializer=g.inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="blastscan",
                               producer_version=str(EXPORTER_VERSION))
