@@ -278,6 +278,7 @@ def test_a_data_only_bundle_scores_new_cells_without_tensorflow(few_cells, weigh
     import pandas as pd
 
     from blastscan.bundle import load_bundle, save_bundle
+    from blastscan.bundle.scoring import score_frame
     from blastscan.evaluation import EvalSettings
     from blastscan.pipelines.train import train_bundle
 
@@ -294,7 +295,7 @@ def test_a_data_only_bundle_scores_new_cells_without_tensorflow(few_cells, weigh
     loaded = load_bundle(path)
     assert set(loaded.extras["embedded_backbones"]) == {"inception_v3_mixed8_act"}
     paths = few_cells["paths"][:6]
-    want = bundle.score_frame(paths).set_index("path")["p_all"]  # joblib path: Keras, features computed now
+    want = score_frame(bundle, paths).set_index("path")["p_all"]  # joblib path: Keras, features computed now
     assert want.std() > 1e-3
     out = few_cells["tmp"] / "p.csv"
     run = subprocess.run([sys.executable, "-c", _NO_TF_CLI, "score", str(path), *paths, "-o", str(out), "-q",
