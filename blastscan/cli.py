@@ -26,6 +26,8 @@ from blastscan._io import check_writable_file, sigterm_as_interrupt
 from blastscan.dataset import build_manifest, inspect_cache, summarize, write_manifest
 from blastscan.errors import BlastscanError
 from blastscan.evaluation import EvalSettings
+from blastscan.evaluation.decision import OPERATING_TARGETS
+from blastscan.evaluation.settings import RULES
 from blastscan.features.featureset import FeatureSetSpec
 from blastscan.features.handcrafted import feature_dictionary
 from blastscan.features.store import FeatureStore
@@ -253,19 +255,20 @@ def masks(inputs, out, n, subjects, seed, columns, tile, store, quiet):
 @store_option
 @deep_option_group()
 @click.option("--input-size", type=int, default=None, help="Deep backbones' input size, as given to extract.")
-@click.option("--folds", type=int, default=5, show_default=True,
+@click.option("--folds", type=int, default=EvalSettings.folds, show_default=True,
               help="Subject-disjoint folds (fewer when a class has fewer subject groups; the report says so).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of folds, models and bootstrap.")
-@click.option("--threshold", "threshold_rule", type=click.Choice(["recall", "f1"]), default="recall",
+@click.option("--seed", type=int, default=EvalSettings.seed, show_default=True, help="Seed of folds, models and bootstrap.")
+@click.option("--threshold", "threshold_rule", type=click.Choice(list(RULES)), default=EvalSettings.threshold_rule,
               show_default=True, help="Threshold rule, applied on training folds only: reach --target-recall "
                                       "for ALL, or best weighted F1.")
-@click.option("--target-recall", type=float, default=0.90, show_default=True, help="ALL recall for --threshold recall.")
+@click.option("--target-recall", type=float, default=EvalSettings.target_recall, show_default=True,
+              help="ALL recall for --threshold recall.")
 @params_option
-@click.option("--inner-folds", type=int, default=3, show_default=True,
+@click.option("--inner-folds", type=int, default=EvalSettings.inner_folds, show_default=True,
               help="Folds of the inner subject-disjoint CV that picks each training part's threshold.")
-@click.option("--leaky-folds", type=int, default=3, show_default=True,
+@click.option("--leaky-folds", type=int, default=EvalSettings.leaky_folds, show_default=True,
               help="Folds of the per-image (leaky) split shown for comparison; 0 skips it.")
-@click.option("--bootstrap", "n_boot", type=int, default=1000, show_default=True,
+@click.option("--bootstrap", "n_boot", type=int, default=EvalSettings.n_boot, show_default=True,
               help="Resamples of subjects for the 95% intervals.")
 @click.option("--jobs", "-j", type=int, default=None, show_default="all cores", help="Models fitted in parallel.")
 @subject_pattern_option
@@ -323,19 +326,20 @@ def compare(dataset, features, classifiers, ensembles, out_dir, store, weights_d
 @jobs_option
 @deep_option_group()
 @click.option("--input-size", type=int, default=None, help="Deep backbones' input size (default: each backbone's own).")
-@click.option("--threshold", "threshold_rule", type=click.Choice(["recall", "f1"]), default="recall",
+@click.option("--threshold", "threshold_rule", type=click.Choice(list(RULES)), default=EvalSettings.threshold_rule,
               show_default=True, help="Threshold rule, applied to subject-disjoint out-of-fold P(ALL) of the "
                                       "training data: reach --target-recall for ALL, or best weighted F1.")
-@click.option("--target-recall", type=float, default=0.90, show_default=True, help="ALL recall for --threshold recall.")
-@click.option("--folds", type=int, default=5, show_default=True,
+@click.option("--target-recall", type=float, default=EvalSettings.target_recall, show_default=True,
+              help="ALL recall for --threshold recall.")
+@click.option("--folds", type=int, default=EvalSettings.folds, show_default=True,
               help="Outer subject-disjoint folds that measure the shipped threshold procedure on held-out subjects "
                    "(the operating point the bundle reports, as compare measures it).")
-@click.option("--inner-folds", type=int, default=3, show_default=True,
+@click.option("--inner-folds", type=int, default=EvalSettings.inner_folds, show_default=True,
               help="Folds of the inner CV where compare's scheme over the other outer folds is not possible (as "
                    "compare's --inner-folds).")
-@click.option("--bootstrap", "n_boot", type=int, default=1000, show_default=True,
+@click.option("--bootstrap", "n_boot", type=int, default=EvalSettings.n_boot, show_default=True,
               help="Resamples of subjects for the operating point's 95% intervals.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of folds and model.")
+@click.option("--seed", type=int, default=EvalSettings.seed, show_default=True, help="Seed of folds and model.")
 @subject_pattern_option
 @per_image_split_option
 @click.option("--tune", is_flag=True,
@@ -380,8 +384,9 @@ def train(dataset, features, classifier, params, params_file, out, no_embed, sto
 @bundle_weights_option
 @yes_option
 @click.option("--target-recall", type=float, default=None, show_default="the run's",
-              help="The operating point to ship, among those the run measured (0.90, 0.95, 0.97 and its own "
-                   "--target-recall); for runs with --threshold recall.")
+              help="The operating point to ship, among those the run measured ("
+                   + ", ".join(f"{t:.2f}" for t in OPERATING_TARGETS)
+                   + " and its own --target-recall); for runs with --threshold recall.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def export(run_dir, config_name, out, no_embed, store, weights_dir, target_recall, quiet):
     """Refit configuration NAME of a `blastscan compare` run on all its labelled images and save a bundle.

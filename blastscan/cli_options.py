@@ -8,6 +8,7 @@ import os
 import click
 
 from blastscan.bundle import JOBLIB_NOTE
+from blastscan.classifiers.finetune import OK_ENV
 from blastscan.bundle.data_only import is_data_only
 from blastscan.dataset import build_manifest, inspect_cache
 from blastscan.dataset.images import PIXEL_BUDGET_ENV
@@ -93,8 +94,6 @@ def yes_option(f):
     of :mod:`blastscan.classifiers.finetune`, set for this run and the workers it starts)."""
     def apply(ctx, param, value):
         if value:
-            from blastscan.classifiers.finetune import OK_ENV
-
             os.environ[OK_ENV] = "1"
         return value
 

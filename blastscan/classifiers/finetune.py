@@ -35,6 +35,9 @@ import numpy as np
 from blastscan.classifiers.base import (BinaryClassifier, Integral, Interval, Real, balanced_weights, choices,
                                         inner_folds, register_classifier)
 from blastscan.errors import BlastscanError
+from blastscan.features.backbones import WEIGHTS_ENV, find_weights
+from blastscan.features.deep import BACKBONES  # importing deep registers the backbones
+from blastscan.features.precision import bf16_support
 from blastscan.options import DeepOptions
 
 __all__ = ["FinetuneClassifier", "OK_ENV", "INPUTS", "build_tail", "share_weights_dir"]
@@ -238,8 +241,6 @@ def share_weights_dir(classifiers, extractor_options) -> None:
     """When ``finetune`` is among ``classifiers``, let its fits (which may run in worker processes) find the
     ImageNet weights given as ``--weights-dir``: they look where the extractors look by default,
     ``$BLASTSCAN_WEIGHTS_DIR``, which this sets for the process and the workers it starts."""
-    from blastscan.features.backbones import WEIGHTS_ENV
-
     weights_dir = DeepOptions.from_mapping(extractor_options).weights_dir
     names = [classifiers] if isinstance(classifiers, str) else list(classifiers or [])
     if weights_dir and "finetune" in names:
@@ -250,7 +251,6 @@ def _resolve_precision(precision: str) -> str:
     if precision != "auto":
         return precision
     from blastscan._tf import import_keras
-    from blastscan.features.precision import bf16_support
 
     import_keras()
     import tensorflow as tf
@@ -261,9 +261,6 @@ def _resolve_precision(precision: str) -> str:
 
 
 def _imagenet_weights():
-    from blastscan.features.backbones import find_weights
-    from blastscan.features.deep import BACKBONES  # importing deep registers the backbones
-
     found = find_weights(BACKBONES["inception_v3"], None)  # $BLASTSCAN_WEIGHTS_DIR, else the Keras cache
     if found.path is None:
         raise found.missing_error()

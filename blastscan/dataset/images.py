@@ -47,7 +47,7 @@ __all__ = ["IMAGE_EXTENSIONS", "INSPECT_CACHE", "MAX_FILE_BYTES", "MAX_PIXELS", 
 
 MAX_FILE_BYTES = 256 << 20
 MAX_PIXELS = 50_000_000  # the hard ceiling; the budget below is what is applied (and is lower by default)
-# Issue 24: one small file (a 200 KB one-colour PNG of 7000 x 7000) would cost gigabytes and minutes to
+# One small file (a 200 KB one-colour PNG of 7000 x 7000) would cost gigabytes and minutes to
 # decode and segment. Every image is checked against this budget from its header, before it is decoded:
 # 2000 x 2000, the top of CELL_SIDE_RANGE (a C-NMC cell is 0.2 MP). `score`/`view` --max-pixels or
 # $BLASTSCAN_MAX_PIXELS (for every command, and inherited by worker processes) raise it.

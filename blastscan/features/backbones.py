@@ -29,6 +29,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from blastscan._io import atomic_write_bytes
 from blastscan.errors import BlastscanError
 
 __all__ = ["Backbone", "BACKBONES", "PREPROCESS_MODES", "Preprocessing", "WEIGHTS_ENV", "WeightsLookup",
@@ -209,8 +210,6 @@ def file_sha256(path: str | os.PathLike) -> str:
             cache = cache if isinstance(cache, dict) else {}
             cache[real] = {**stamp, "sha256": digest}
             try:
-                from blastscan._io import atomic_write_bytes
-
                 cache_file.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_bytes(cache_file, json.dumps(cache, indent=1, sort_keys=True).encode())
             except OSError:

@@ -21,6 +21,8 @@ from functools import cached_property
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.color import hed_from_rgb
+from skimage.morphology import convex_hull_image
 
 from blastscan.errors import BlastscanError
 
@@ -273,8 +275,6 @@ class CellContext:
     def hed(self) -> np.ndarray:
         """Haematoxylin, eosin, DAB densities of the crop, (h, w, 3) float32: ``skimage.color.rgb2hed``'s
         colour deconvolution, computed through a lookup table (equal to it to float32 precision)."""
-        from skimage.color import hed_from_rgb
-
         stains = _HED_LUT[self.rgb] @ hed_from_rgb.astype(np.float32)
         return np.maximum(stains, 0, out=stains)
 
@@ -297,8 +297,6 @@ def mask_quality(ctx: CellContext) -> tuple[dict[str, float], list[str]]:
     Values: ``nc_ratio`` (nucleus / cell area), ``nucleus_solidity`` (nucleus area / its convex hull's
     area, pixel-counted), ``nucleus_kept_share``; limits: :data:`QUALITY_LIMITS`.
     """
-    from skimage.morphology import convex_hull_image
-
     ys, xs = np.nonzero(ctx.nucleus)
     box = ctx.nucleus[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
     values = {
