@@ -20,7 +20,7 @@ from blastscan import provenance as prov
 from blastscan.classifiers.base import CLASSIFIERS, Interval, register_classifier
 from blastscan.errors import BlastscanError
 from blastscan.evaluation import EvalSettings
-from blastscan.features.featureset import FeatureMatrix
+from blastscan.features.featureset import FeatureMatrix, FeatureSetSpec
 from blastscan.pipelines import compare as cmp
 from blastscan.report.results import LEAKY_NOTE
 from blastscan.report.document import fmt
@@ -343,3 +343,20 @@ def test_export_ships_only_an_operating_point_the_run_measured(run):
     assert len(est["fold_thresholds"]) == rec["n_splits"]
     with pytest.raises(BlastscanError, match="did not measure that target.*0.90, 0.95, 0.97"):
         run_estimate(result.run_dir, rec, result.best, "recall", 0.80)
+
+
+def test_a_feature_set_parsed_at_the_edge_reaches_the_feature_loader_as_it_is(tmp_path):
+    """The command line parses -f once; compare hands that object, not its text, to the features' loader."""
+    df = synthetic_manifest()
+    spec = FeatureSetSpec("full", ("full",), ("full",))
+    seen = []
+    fake = fake_features_for(df)
+
+    def spy(rows, feature_set, store, **kw):
+        seen.append(feature_set)
+        return fake(rows, str(feature_set), store, **kw)
+
+    result = cmp.compare(df, [spec, "half"], "logreg", tmp_path / "store", tmp_path / "run", features_for=spy,
+                         settings=EvalSettings(n_boot=0), jobs=1, progress=False, dataset="synthetic")
+    assert seen[0] is spec and seen[1] == "half"
+    assert set(result.metrics["config"]) == {"full/logreg", "half/logreg"}

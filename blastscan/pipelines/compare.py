@@ -170,8 +170,8 @@ def _screening(data) -> dict:
 
 # ------------------------------------------------------------------------------------------------
 def _check_names(feature_sets, classifiers, params, votes=()) -> tuple[list[str], list[str], dict]:
-    # FeatureSetSpecs parsed by the CLI, or names: results are keyed by each set's name as written, and each
-    # is built (checked) when its features are read
+    # FeatureSetSpecs parsed by the CLI (kept by the caller), or names: results are keyed by each set's name
+    # as written, and a name given as text is parsed (checked) when its features are read
     feature_sets, classifiers = split_list(feature_sets), split_list(classifiers)
     if not feature_sets:
         raise BlastscanError("--features", "no feature set given")
@@ -253,6 +253,9 @@ def compare(
     settings = settings or EvalSettings()
     extractor_options = DeepOptions.from_mapping(extractor_options)
     votes = [] if tune else parse_ensembles(ensembles)
+    # the sets the CLI parsed travel on as they are to the store; results are keyed by their text
+    specs = {str(s): s for s in ([feature_sets] if isinstance(feature_sets, FeatureSetSpec) else
+                                 [] if isinstance(feature_sets, str) else feature_sets) if isinstance(s, FeatureSetSpec)}
     feature_sets, classifiers, params = _check_names(feature_sets, classifiers, params, votes)
     configs, needed = _plan_configs(feature_sets, classifiers, votes, params, tune)
     not_run = _not_applicable(feature_sets, classifiers)
@@ -268,15 +271,16 @@ def compare(
         return _compare_locked(manifest_df, run_dir, settings, votes, feature_sets, classifiers, configs, needed,
                                store=store, dataset=dataset, extractor_options=extractor_options, jobs=jobs,
                                progress=progress, leaky=leaky, t_start=t_start, started=started,
-                               feature_set_notes=feature_set_notes, not_run=not_run, features_for=features_for)
+                               feature_set_notes=feature_set_notes, not_run=not_run, features_for=features_for,
+                               specs=specs)
 
 
 def _compare_locked(manifest_df, run_dir, settings, votes, feature_sets, classifiers, configs, needed, *, store,
                     dataset, extractor_options, jobs, progress, leaky, t_start, started,
                     feature_set_notes: Sequence[str] = (), not_run: Sequence[dict] = (),
-                    features_for=features_for) -> CompareResult:
+                    features_for=features_for, specs=None) -> CompareResult:
     data = prepare_data(manifest_df, needed, classifiers, store, extractor_options, jobs, progress, dataset,
-                        features_for=features_for)
+                        features_for=features_for, specs=specs)
     splits = plan_splits(data, settings)
     screening = _screening(data)
     configs = [c for c in configs if c.feature_set in data.Xs and (c.inputs or c.feature_set) in data.Xs]

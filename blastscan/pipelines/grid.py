@@ -66,10 +66,12 @@ class CompareData:
 
 
 def prepare_data(manifest_df, feature_sets, classifiers, store, extractor_options, jobs, progress,
-                 dataset, *, features_for=features_for) -> CompareData:
+                 dataset, *, features_for=features_for, specs=None) -> CompareData:
     """Labelled rows, the features of each set (computing what the store lacks), restricted to the
     cells every set has. ``features_for`` gives one set's matrix (:func:`blastscan.pipelines.extract.features_for`
-    by default; a test passes its own)."""
+    by default; a test passes its own); it is given a set's
+    :class:`~blastscan.features.featureset.FeatureSetSpec` where ``specs`` (by name)
+    holds the one the command line parsed, else the name."""
     rows, n_unlabelled = labelled_rows(manifest_df)
     notes: list[str] = []
     if n_unlabelled:
@@ -78,7 +80,8 @@ def prepare_data(manifest_df, feature_sets, classifiers, store, extractor_option
         raise BlastscanError(dataset or "manifest", "no labelled images (labels all/hem) to evaluate")
     matrices, skipped, extracted = {}, [], []
     for fs in feature_sets:
-        summary, fm = features_for(rows, fs, store, extractor_options=extractor_options, jobs=jobs,
+        given = (specs or {}).get(fs, fs)
+        summary, fm = features_for(rows, given, store, extractor_options=extractor_options, jobs=jobs,
                                    progress=progress, dataset_hint=dataset or "DATASET")
         if summary is not None:
             extracted.append(summary)

@@ -171,9 +171,17 @@ def _inputs(classifier, feature_set: str) -> str:
     return found
 
 
+def _feature_set(classifier, feature_set: FeatureSetSpec | str, options) -> FeatureSet:
+    """What the model reads: ``feature_set`` itself (a set the command line parsed is not parsed again), or
+    the classifier's own input (``finetune`` on ``inception_v3``: the cached mixed8 activations)."""
+    spec = FeatureSetSpec.parse(feature_set)
+    inputs = _inputs(classifier, spec.text)
+    return FeatureSet(spec if inputs == spec.text else inputs, DeepOptions.from_mapping(options))
+
+
 def train_bundle(
     manifest_df: pd.DataFrame,
-    feature_set: str,
+    feature_set: FeatureSetSpec | str,
     classifier,
     store: str | os.PathLike,
     *,
@@ -191,7 +199,7 @@ def train_bundle(
     ----------
     manifest_df : DataFrame
         A manifest; unlabelled rows are ignored.
-    feature_set : str
+    feature_set : FeatureSetSpec or str
         E.g. ``"handcrafted"`` or ``"handcrafted+inception_v3"``; features must be in ``store``.
     classifier : str, callable or estimator
         A name from :func:`blastscan.classifiers.available_classifiers` (or see
@@ -220,7 +228,7 @@ def train_bundle(
     rows, _ = labelled_rows(manifest_df)
     if len(rows) == 0:
         raise BlastscanError(dataset or "manifest", "no labelled images (labels all/hem) to train on")
-    fs = FeatureSet(_inputs(classifier, feature_set), DeepOptions.from_mapping(extractor_options))
+    fs = _feature_set(classifier, feature_set, extractor_options)
     share_weights_dir(classifier if isinstance(classifier, str) else [], extractor_options)
     fm = fs.read(rows, store, dataset_hint=dataset or "DATASET")
     if len(fm.rows) == 0:
@@ -329,7 +337,7 @@ def train(
     ----------
     manifest_df : DataFrame
         A manifest (``blastscan.dataset.build_manifest(...).df``); unlabelled rows are ignored.
-    feature_set, classifier : str
+    feature_set, classifier : FeatureSetSpec or str, str
         E.g. ``"handcrafted"`` and ``"svm"``.
     store : path
         Feature store (missing features are computed into it).
@@ -351,7 +359,7 @@ def train(
     dataset : str, optional
         How the data was named (recorded in the bundle; used in messages).
     """
-    feature_set = FeatureSetSpec.parse(feature_set).text  # a FeatureSetSpec from the CLI, or a str parsed here
+    feature_set = FeatureSetSpec.parse(feature_set)  # a FeatureSetSpec from the CLI is kept, a str parsed here
     clf_params = params_for(classifier, params, params_file)
     if out is not None:
         check_writable_file(out, "--out")
@@ -360,7 +368,7 @@ def train(
     if len(data) == 0:
         raise BlastscanError(str(dataset or "manifest"), "no labelled images (labels all/hem) to train on")
     options = DeepOptions.from_mapping(extractor_options)
-    summary = FeatureSet(_inputs(classifier, feature_set), options).ensure(data, store, jobs=jobs, progress=progress)
+    summary = _feature_set(classifier, feature_set, options).ensure(data, store, jobs=jobs, progress=progress)
     echo(summary.format(max_failures=5))
     bundle = train_bundle(data, feature_set, classifier, store, params=clf_params,
                           extractor_options=options, settings=settings,
