@@ -4,6 +4,7 @@ the entries of one package folder are found by importing its modules once, so ad
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pkgutil
 from typing import Callable, Generic, Iterator, Sequence, TypeVar
@@ -63,6 +64,19 @@ class Registry(Generic[T]):
     def remove(self, name: str) -> None:
         """Forget ``name`` (nothing happens when it is not registered): for entries that a test registers."""
         self._entries.pop(name, None)
+
+    @contextlib.contextmanager
+    def restored(self, *, rediscover: bool = False) -> Iterator["Registry[T]"]:
+        """A block after which the registry is as before it: entries registered inside (a test's own
+        families) are forgotten. ``rediscover``: the package's modules are looked through again on the next
+        lookup, so a module added to its path is found (those imported already are not imported twice)."""
+        self.discover()  # the package's own entries are registered before the block, so they are kept after it
+        saved = dict(self._entries)
+        self._discovered = not rediscover
+        try:
+            yield self
+        finally:
+            self._entries, self._discovered = saved, True
 
     def discover(self) -> None:
         """Import every module of :attr:`package`, then :attr:`modules`, once, so their registrations have run."""

@@ -48,12 +48,10 @@ class ToyClassifier(BinaryClassifier):
 def plugin_dir(tmp_path, monkeypatch):
     """A folder on the package's ``__path__``: a module written there is a module of the package, found
     when the registry next discovers its modules (as a fresh process would)."""
-    CLASSIFIERS.discover()  # the package's own families, registered once for the whole session
     monkeypatch.setattr(classifiers, "__path__", [*classifiers.__path__, str(tmp_path)])
     # the registry as it is now comes back after the test, and discovery runs again (finding tmp_path)
-    monkeypatch.setattr(CLASSIFIERS, "_entries", dict(CLASSIFIERS._entries))
-    monkeypatch.setattr(CLASSIFIERS, "_discovered", False)
-    yield tmp_path
+    with CLASSIFIERS.restored(rediscover=True):
+        yield tmp_path
     for name, module in list(sys.modules.items()):  # the next test must not find the toy family
         if name.startswith("blastscan.classifiers.") and str(tmp_path) in str(getattr(module, "__file__", "")):
             del sys.modules[name]

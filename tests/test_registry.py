@@ -81,3 +81,16 @@ def test_named_modules_are_imported_with_the_package_and_remove_forgets_a_name(t
     finally:
         for mod in [m for m in sys.modules if m.startswith("regpkg_")]:
             del sys.modules[mod]
+
+
+def test_restored_forgets_what_was_registered_inside_the_block():
+    reg = Registry("engine")
+    reg.register("kept", 1)
+    with reg.restored():
+        reg.register("temporary", 2)
+        assert reg.names() == ["kept", "temporary"]
+    assert reg.names() == ["kept"]
+    with pytest.raises(RuntimeError), reg.restored():
+        reg.register("lost", 3)
+        raise RuntimeError
+    assert reg.names() == ["kept"]

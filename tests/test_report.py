@@ -95,15 +95,11 @@ def fake_features_for(df):
 def fake_families():
     """Two extra classifier families, registered as any family is (and forgotten afterwards): a small
     scikit-learn model and one whose fit fails the expected way."""
-    register_classifier("nb", "Gaussian naive Bayes (test)", params={"var_smoothing": [Interval(Real, 0, None,
-                                                                                            closed="left")]},
-                        default=False)(_nb)
-    register_classifier("broken", "fails to fit (test)", params={}, default=False)(_broken)
-    try:
+    with CLASSIFIERS.restored():
+        register_classifier("nb", "Gaussian naive Bayes (test)",
+                            params={"var_smoothing": [Interval(Real, 0, None, closed="left")]}, default=False)(_nb)
+        register_classifier("broken", "fails to fit (test)", params={}, default=False)(_broken)
         yield
-    finally:
-        CLASSIFIERS.remove("nb")
-        CLASSIFIERS.remove("broken")
 
 
 @pytest.fixture(scope="module")
