@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 
 import pytest
 
+from blastscan.features import prefetch
 from blastscan.features.prefetch import Prefetcher
 
 
@@ -100,3 +102,26 @@ def test_the_preparation_thread_runs_at_the_lowest_priority_and_the_caller_keeps
     assert pf.lowered and "blastscan-prep" in tids
     assert 19 in out  # items the thread prepared ran at nice 19 ...
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # ... this thread did not change
+
+
+def test_stopping_early_does_not_wait_for_items_never_started():
+    """A consumer that stops at an error leaves batches the thread has not started: close() cancels them
+    and waits only for the item in the thread's hands, not its CLOSE_WAIT_SECONDS for futures that can
+    never finish."""
+    in_hand, release = threading.Event(), threading.Event()
+
+    def prepare(i):
+        if i == 0:
+            raise ValueError("bad first item")
+        if i == 4:  # the thread holds this one while the later batches wait behind it
+            in_hand.set()
+            release.wait(30)
+        return i
+
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match="bad first item"):
+        with Prefetcher(prepare, batches_of(40, 4), ahead=5) as pf:
+            assert in_hand.wait(30)
+            threading.Timer(0.2, release.set).start()
+            pf.take(0)
+    assert release.is_set() and time.monotonic() - t0 < prefetch.CLOSE_WAIT_SECONDS

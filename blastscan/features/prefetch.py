@@ -83,7 +83,8 @@ class Prefetcher:
     def close(self) -> None:
         """Stop preparing (the item in hand is finished and dropped)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
-        wait(list(self._futures.values()), timeout=CLOSE_WAIT_SECONDS)
+        # a future the shutdown cancelled never counts as done for wait(): wait for the one in hand only
+        wait([f for f in self._futures.values() if not f.cancelled()], timeout=CLOSE_WAIT_SECONDS)
         self._futures.clear()
 
     def _start_thread(self) -> None:
