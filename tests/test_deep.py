@@ -273,6 +273,7 @@ def _subject_sample(root: Path, per_class: int = 120, per_subject: int = 25):
             np.array([r["subject"] for r in picked]))
 
 
+@pytest.mark.slow  # a real network over real cells of several subjects
 def test_inception_embeddings_separate_all_from_hem_across_subjects(weights_dir, cnmc_root):
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score

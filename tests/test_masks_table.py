@@ -86,7 +86,7 @@ def test_masks_bad_options_give_one_line(few_cells, tmp_path, args, message):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "PNG" in r.stderr
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+@pytest.mark.parametrize("suffix", [".csv", pytest.param(".parquet", marks=pytest.mark.slow)])
 def test_extract_writes_the_feature_table(few_cells, tmp_path, suffix):
     out = tmp_path / f"features{suffix}"
     r = _blastscan("extract", few_cells, "-f", "shape,chromatin", "--store", tmp_path / "st", "-j", 1, "-q",

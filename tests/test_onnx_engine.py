@@ -74,7 +74,7 @@ def test_real_weights_give_tensorflows_embeddings_and_the_graph_is_cached(name, 
     np.testing.assert_array_equal(np.load(out), a[:4])
 
 
-@pytest.mark.parametrize("name,size", [("inception_v3", 75), ("vgg16", 48)])
+@pytest.mark.parametrize("name,size", [pytest.param("inception_v3", 75, marks=pytest.mark.slow), ("vgg16", 48)])
 def test_random_weights_same_function_both_engines_with_preprocessing(name, size, tmp_path):
     rng = np.random.default_rng(1)
     batch = rng.integers(0, 256, (3, size, size, 3), dtype=np.uint8)  # every channel matters (BGR for vgg16)

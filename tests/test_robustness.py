@@ -216,6 +216,7 @@ def sample_dir(sample_root) -> Path:
     return sample_root / "C-NMC_Leukemia" / "training_data" / "fold_0"
 
 
+@pytest.mark.slow  # several real CLI runs as another user
 def test_read_only_store_is_reused_and_refused_up_front_for_new_rows(tmp_path, sample_dir):
     cells = tmp_path / "cells"
     shutil.copytree(sample_dir / "all", cells / "all")
