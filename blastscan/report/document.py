@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from blastscan._io import atomic_write_bytes
-from blastscan.evaluation.decision import SPREAD_BOUND
+from blastscan.evaluation.decision import OPERATING_TARGETS, SPREAD_BOUND
 from blastscan.report.figures import make_figures
 from blastscan.report.results import (LEAKY, LEAKY_NOTE, OFFICIAL, OPERATING, SUBJECT_FOLD, SUBJECT_POOLED,
                                          WITHIN_SUBJECT,
@@ -159,7 +159,7 @@ def _operating_blocks(result: CompareResult, ranked: pd.DataFrame, order: _Order
         "threshold (median, spread)": [f"{fmt(r['threshold'])} ({fmt(r.get('threshold_spread'))})"
                                        for _, r in op.iterrows()],
     })
-    return [("h2", "Operating points: target ALL recall 0.90 / 0.95 / 0.97"),
+    return [("h2", "Operating points: target ALL recall " + " / ".join(f"{t:.2f}" for t in OPERATING_TARGETS)),
             ("p", "Per outer fold, the threshold reaching the target ALL recall on the training part's inner "
                   "out-of-fold (calibrated) P(ALL) is applied to that fold's held-out subjects; pooled over folds. "
                   "A target is met on the training folds by construction; what it gives on new patients is the "
