@@ -169,10 +169,12 @@ def _screening(data) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
-def _check_names(feature_sets, classifiers, params, votes=()) -> tuple[list[str], list[str], dict]:
-    # FeatureSetSpecs parsed by the CLI (kept by the caller), or names: results are keyed by each set's name
-    # as written, and a name given as text is parsed (checked) when its features are read
-    feature_sets, classifiers = split_list(feature_sets), split_list(classifiers)
+def _check_names(feature_sets, classifiers, params, votes=()) -> tuple[list[str], dict, list[str], dict]:
+    # Results are keyed by each set's name as written. The FeatureSetSpecs the CLI parsed travel on as they
+    # are, by name, to the store; a name given as text is parsed (checked) when its features are read.
+    given = [feature_sets] if isinstance(feature_sets, FeatureSetSpec) else feature_sets
+    specs = {} if isinstance(given, str) else {s.text: s for s in given if isinstance(s, FeatureSetSpec)}
+    feature_sets, classifiers = split_list(given), split_list(classifiers)
     if not feature_sets:
         raise BlastscanError("--features", "no feature set given")
     used = classifiers + [c for v in votes for _, c in v]
@@ -186,7 +188,7 @@ def _check_names(feature_sets, classifiers, params, votes=()) -> tuple[list[str]
     unused = sorted(set(params) - set(used))
     if unused:
         raise BlastscanError(f"--param {unused[0]}.*", f"'{unused[0]}' is not among the compared classifiers")
-    return feature_sets, classifiers, params
+    return feature_sets, specs, classifiers, params
 
 
 def compare(
@@ -253,10 +255,7 @@ def compare(
     settings = settings or EvalSettings()
     extractor_options = DeepOptions.from_mapping(extractor_options)
     votes = [] if tune else parse_ensembles(ensembles)
-    # the sets the CLI parsed travel on as they are to the store; results are keyed by their text
-    specs = {str(s): s for s in ([feature_sets] if isinstance(feature_sets, FeatureSetSpec) else
-                                 [] if isinstance(feature_sets, str) else feature_sets) if isinstance(s, FeatureSetSpec)}
-    feature_sets, classifiers, params = _check_names(feature_sets, classifiers, params, votes)
+    feature_sets, specs, classifiers, params = _check_names(feature_sets, classifiers, params, votes)
     configs, needed = _plan_configs(feature_sets, classifiers, votes, params, tune)
     not_run = _not_applicable(feature_sets, classifiers)
     share_weights_dir(classifiers + [c for v in votes for _, c in v], extractor_options)

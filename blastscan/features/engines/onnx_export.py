@@ -168,10 +168,15 @@ WRITERS: dict[str, Callable[[_Graph, str, dict, Any, list[str]], str]] = {
 SUPPORTED = tuple(WRITERS)
 
 
-def _write_preprocessing(g: _Graph, preprocess: str) -> str:
-    """uint8 NHWC -> float32 -> ``preprocess_input`` (per-channel affine, RGB->BGR for caffe) -> NCHW."""
-    from onnx import TensorProto
+def _write_input(g: _Graph, model, input_size: int | None, preprocess: str | None):
+    """Set :attr:`_Graph.input` to the network's NCHW float32 input made from the graph's input ``x``, and
+    return ``x``'s description: uint8 NHWC images -> float32 -> ``preprocess_input`` (per-channel affine,
+    RGB->BGR for caffe) -> NCHW; or, ``preprocess`` None, float32 NHWC activations of an earlier block -> NCHW."""
+    from onnx import TensorProto, helper
 
+    if preprocess is None:
+        g.input = g.node("Transpose", ["x"], "pre/nchw", perm=[0, 3, 1, 2])
+        return helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", *[int(d) for d in model.input_shape[1:]]])
     pre = PREPROCESS_MODES[preprocess]
     x = g.node("Cast", ["x"], "pre/cast", to=TensorProto.FLOAT)
     x = g.node("Mul", [x, g.const("pre/scale", np.asarray(pre.scale, np.float32))], "pre/scaled")
@@ -179,7 +184,8 @@ def _write_preprocessing(g: _Graph, preprocess: str) -> str:
     x = g.node("Transpose", [x], "pre/nchw", perm=[0, 3, 1, 2])
     if pre.bgr:
         x = g.node("Gather", [x, g.const("pre/bgr", np.asarray([2, 1, 0], np.int64))], "pre/bgr_out", axis=1)
-    return x
+    g.input = x
+    return helper.make_tensor_value_info("x", TensorProto.UINT8, ["n", input_size, input_size, 3])
 
 
 def export_keras(model, input_size: int | None, preprocess: str | None) -> bytes:
@@ -203,12 +209,7 @@ def export_keras(model, input_size: int | None, preprocess: str | None) -> bytes
     cfg = model.get_config()
     layers = {layer.name: layer for layer in model.layers}
     g = _Graph()
-    if preprocess is None:  # float32 activations NHWC -> NCHW
-        g.input = g.node("Transpose", ["x"], "pre/nchw", perm=[0, 3, 1, 2])
-        x_in = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", *[int(d) for d in model.input_shape[1:]]])
-    else:
-        g.input = _write_preprocessing(g, preprocess)
-        x_in = helper.make_tensor_value_info("x", TensorProto.UINT8, ["n", input_size, input_size, 3])
+    x_in = _write_input(g, model, input_size, preprocess)
     out_of: dict[str, str] = {}
     for lc in cfg["layers"]:
         kind, name = lc["class_name"], lc["name"]
